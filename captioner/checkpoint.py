@@ -1,0 +1,74 @@
+"""Checkpoints: weights + resolved config + vocabulary + training state, in a file torch.load reads
+with weights_only=True (no pickle of code), written atomically so a crash never leaves half a file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+FORMAT = "captioner"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, foreign or made for another architecture."""
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> None:
+    """Write {"format", "version", **payload} to path atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": FORMAT, "version": VERSION, **payload}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            torch.save(data, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint without unpickling code; check that it is ours and, if given, of this kind."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # zip errors, unpickling errors, EOF: all mean the same to a user
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read (corrupt, truncated or not a torch file): {reason}"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a captioner checkpoint (it has no 'format': '{FORMAT}' entry)")
+    if data.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {data.get('version')}, this code reads {VERSION}")
+    if kind is not None and data.get("kind") != kind:
+        raise CheckpointError(f"checkpoint {path} holds a {data.get('kind')!r} model, not a {kind!r} model")
+    for key in ("model", "config", "vocab"):
+        if key not in data:
+            raise CheckpointError(f"checkpoint {path} lacks its {key!r} entry")
+    return data
+
+
+def load_weights(model: nn.Module, state_dict: dict, path: str | Path) -> None:
+    """Load weights strictly, turning torch's long mismatch report into one line."""
+    try:
+        result = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as error:  # shape mismatches raise even with strict=False
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = next((line for line in lines if "size mismatch" in line), lines[0] if lines else "")
+        raise CheckpointError(f"checkpoint {path} does not fit this architecture: {detail[:200]}") from None
+    if result.missing_keys or result.unexpected_keys:
+        missing, unexpected = result.missing_keys[:2], result.unexpected_keys[:2]
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this architecture (missing {missing}, unexpected {unexpected})"
+        )

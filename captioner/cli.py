@@ -1,0 +1,194 @@
+"""The `captioner` command: data, train, caption, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from captioner.checkpoint import CheckpointError
+from captioner.config import ConfigError
+from captioner.data.images import ImageLoadError
+from captioner.data.manifest import DataError
+from captioner.models.image_encoder import EncoderError
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, EncoderError, ImageLoadError)
+
+
+def _device(name: str):
+    from captioner.engine import resolve_device
+
+    return resolve_device(name)
+
+
+def cmd_data_shapes(args: argparse.Namespace) -> int:
+    from captioner.data.shapes import ShapesSpec, build_shapes
+
+    spec = ShapesSpec(seed=args.seed, image_size=args.image_size, train=args.train, val=args.val, test=args.test)
+    path = build_shapes(args.out, spec)
+    print(f"shapes data set ready: {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from captioner.config import load_config
+    from captioner.engine import fit
+
+    config = load_config(args.config, args.overrides)
+    best = fit(config, resume=args.resume)
+    print(f"best checkpoint: {best}")
+    return 0
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    import torch
+
+    from captioner.data.images import ImageTransform, load_image
+    from captioner.engine import restore_captioner
+    from captioner.text import detokenize
+    from captioner.visualize import attention_figure, save_png
+
+    device = _device(args.device)
+    model, config, vocab = restore_captioner(args.checkpoint, device)
+    transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
+    if args.attention_dir:
+        Path(args.attention_dir).mkdir(parents=True, exist_ok=True)
+    failures, results, used_names = 0, [], set()
+    paths = [Path(p) for p in args.images]
+    for start in range(0, len(paths), args.batch_size):
+        loaded = []
+        for path in paths[start : start + args.batch_size]:
+            try:
+                loaded.append((path, load_image(path, config.data.image_size)))
+            except ImageLoadError as error:
+                print(f"captioner: skipped {error}", file=sys.stderr)
+                failures += 1
+        if not loaded:
+            continue
+        images = torch.stack([transform(image) for _, image in loaded]).to(device)
+        generation = model.generate(images, beam_size=args.beam_size, max_len=args.max_len)
+        for (path, image), ids, trace, score in zip(
+            loaded, generation.tokens, generation.traces, generation.scores.tolist(), strict=True
+        ):
+            words = vocab.decode(ids)
+            entry = {"image": str(path), "caption": detokenize(words), "score": round(score, 4)}
+            if args.attention_dir:
+                name = path.stem
+                while name in used_names:  # two inputs with the same file name
+                    name += "_"
+                used_names.add(name)
+                out = Path(args.attention_dir) / f"{name}.attention.png"
+                save_png(attention_figure(image, words, trace.cpu(), config.encoder.grid_size), out)
+                entry["attention"] = str(out)
+            results.append(entry)
+            if not args.json:
+                print(f"{path}\t{entry['caption']}", flush=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    if failures:
+        print(f"captioner: {failures} of {len(paths)} images could not be captioned", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from captioner.data.images import ImageTransform
+    from captioner.data.manifest import load_manifest
+    from captioner.engine import generate_captions, restore_captioner, score_captions
+
+    device = _device(args.device)
+    model, config, vocab = restore_captioner(args.checkpoint, device)
+    manifest = load_manifest(args.data_root or config.data.root)
+    records = manifest.split(args.split)
+    transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
+    rows = []
+    for beam_size in args.beam_size:
+        captions = generate_captions(
+            model, records, transform, vocab, device, beam_size, args.max_len, config.train.eval_batch_size
+        )
+        rows.append(
+            {
+                "beam_size": beam_size,
+                **score_captions(captions, records, manifest.object_words, config.encoder.grid_size),
+            }
+        )
+    keys = [k for k in rows[0] if k not in ("beam_size", "object_words")]
+    print(f"{args.split} split of {manifest.root}: {len(records)} images, scores on a 0-100 scale")
+    print("| beam | " + " | ".join(keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for row in rows:
+        print(f"| {row['beam_size']} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
+    if args.output:
+        Path(args.output).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="captioner", description="Show, Attend and Tell image captioning: train, caption, evaluate."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="prepare a data set")
+    sources = data.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    shapes = sources.add_parser("shapes", help="draw the synthetic shapes data set (deterministic from a seed)")
+    shapes.add_argument("--out", default="data/shapes", help="output folder (default: data/shapes)")
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--image-size", type=int, default=64)
+    shapes.add_argument("--train", type=int, default=12000, help="training images (default: 12000)")
+    shapes.add_argument("--val", type=int, default=500)
+    shapes.add_argument("--test", type=int, default=500)
+    shapes.set_defaults(func=cmd_data_shapes)
+
+    train = commands.add_parser(
+        "train",
+        help="train a captioner from a YAML recipe",
+        description="Train from a YAML recipe; key=value arguments override it, e.g. train.epochs=3.",
+    )
+    train.add_argument("--config", required=True, help="YAML recipe, e.g. configs/shapes.yaml")
+    train.add_argument("--resume", action="store_true", help="continue from last.pt in the run directory")
+    train.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides of the recipe")
+    train.set_defaults(func=cmd_train)
+
+    caption = commands.add_parser("caption", help="caption image files")
+    caption.add_argument("images", nargs="+", metavar="IMAGE")
+    caption.add_argument("--checkpoint", required=True, help="a checkpoint written by `captioner train`")
+    caption.add_argument("--beam-size", type=int, default=3, help="1 = greedy (default: 3)")
+    caption.add_argument("--max-len", type=int, default=30, help="maximum caption length in words")
+    caption.add_argument("--batch-size", type=int, default=32)
+    caption.add_argument("--json", action="store_true", help="print a JSON list instead of IMAGE<TAB>CAPTION lines")
+    caption.add_argument("--attention-dir", help="write IMAGE.attention.png with every word's attention map here")
+    caption.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+    caption.set_defaults(func=cmd_caption)
+
+    evaluate = commands.add_parser("evaluate", help="score free-running captions on a data split")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--data-root", help="data folder (default: the one the checkpoint was trained on)")
+    evaluate.add_argument("--beam-size", type=int, nargs="+", default=[1], help="one or more beam sizes")
+    evaluate.add_argument("--max-len", type=int, default=30)
+    evaluate.add_argument("--output", help="also write the scores as JSON here")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    for name in ("beam_size", "max_len", "batch_size"):
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and value < 1:
+                get_parser().error(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        return args.func(args)
+    except USER_ERRORS as error:
+        print(f"captioner: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("captioner: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Configuration as data: one dataclass per component; defaults < YAML recipe < command-line overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be used; the message names the file or key at fault."""
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/shapes"  # folder holding captions.json and the images it lists
+    image_size: int = 224  # images are resized to image_size x image_size
+    min_word_freq: int = 1  # words seen fewer times in the training captions become <unk>
+    max_caption_len: int = 30  # longer training captions are cut to this many words
+    num_workers: int = 0  # DataLoader worker processes
+
+
+@dataclass
+class EncoderConfig:
+    backbone: str = "resnet101"  # resnet18/34/50/101/152, efficientnet_lite0, small_cnn
+    weights: str | None = "DEFAULT"  # torchvision weights name, DEFAULT, a state-dict file, or null (random init)
+    grid_size: int = 14  # the feature map is pooled to grid_size x grid_size = P positions
+    fine_tune_stages: int = 0  # 0 freezes a pretrained backbone; N trains its last N stages
+    learning_rate: float = 1e-4  # learning rate of the fine-tuned backbone stages
+    position_embedding: bool = False  # add a learned embedding of each grid cell to its feature
+    channels_last: bool = False  # NHWC memory layout for the CNN (faster with AMP on GPUs)
+    width: int = 64  # channel width of small_cnn (ignored by the other backbones)
+
+
+@dataclass
+class DecoderConfig:
+    cell: str = "lstm"  # lstm, gru or rnn
+    embed_dim: int = 512
+    hidden_dim: int = 512
+    attention_dim: int = 512
+    num_layers: int = 1
+    dropout: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"
+    epochs: int = 20
+    batch_size: int = 32
+    learning_rate: float = 4e-4
+    lr_schedule: str = "constant"  # constant or cosine (per step, down to 5% of the start)
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0  # max global gradient norm; 0 disables clipping
+    attention_penalty: float = 1.0  # lambda of the doubly stochastic attention penalty
+    amp: str = "none"  # none, bf16 or fp16
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+    seed: int = 0
+    max_minutes: float | None = None  # stop after the epoch in which this much wall time has passed
+    eval_beam_size: int = 1  # 1 = greedy captions for validation BLEU
+    eval_max_len: int = 30
+    eval_batch_size: int = 128
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> Config:
+        """Build a config from nested dicts, rejecting unknown sections and keys."""
+        return _build(cls, data, source, "")
+
+
+def _check_type(value, annotation, where: str):
+    allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None and type(None) in allowed:
+        return value
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if float in allowed and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if any(
+        t is not type(None) and isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed
+    ):
+        return value
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    raise ConfigError(f"{where} must be {names}, got {value!r}")
+
+
+def _build(cls, data: dict, source: str, prefix: str):
+    where = f"{source}: {prefix.rstrip('.')}" if prefix else source
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {prefix + unknown[0]!r} (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, source, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_type(value, hint, f"{source}: {prefix}{name}")
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` overrides (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        dotted, raw = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {key!r} is not a section")
+        node[keys[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML recipe at `path`, then the overrides."""
+    data: dict = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+    data = apply_overrides(data, overrides or [])
+    return Config.from_dict(data, source)

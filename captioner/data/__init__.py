@@ -1,0 +1,1 @@
+"""Data sources, one module each, and the image-caption datasets they feed."""

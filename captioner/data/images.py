@@ -1,0 +1,85 @@
+"""Loading image files robustly, and the transforms that turn them into normalised tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Formats that cannot be decoded at reduced size are refused above this many pixels (PIL's own
+# decompression-bomb limit); JPEGs of any size are decoded at 1/2 .. 1/8 scale instead.
+MAX_FULL_DECODE_PIXELS = 2 * 89_478_485
+
+
+class ImageLoadError(ValueError):
+    """An image file that cannot be used; the message names the file and the reason."""
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: 16-bit scaled down, transparency composited on white, CMYK converted."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image) * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path, target_size: int | None = None) -> Image.Image:
+    """Open an image file as 8-bit RGB, upright (EXIF orientation applied).
+
+    With target_size, large JPEGs are decoded at a reduced scale that still covers target_size.
+    Raises ImageLoadError naming the file for anything that is not a usable image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageLoadError(f"{path}: is a directory, not an image")
+    previous_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, after JPEG draft mode has had its say
+    try:
+        with Image.open(path) as image:
+            if image.format == "JPEG" and target_size is not None:
+                image.draft("RGB", (target_size, target_size))
+            width, height = image.size
+            if width * height > MAX_FULL_DECODE_PIXELS:
+                raise ImageLoadError(
+                    f"{path}: {width} x {height} pixels is above the {MAX_FULL_DECODE_PIXELS // 1_000_000} megapixel "
+                    f"limit for {image.format} files; resize it first"
+                )
+            image = ImageOps.exif_transpose(image)  # also loads the pixels
+            image.load()
+            return _to_rgb(image)
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{path}: not an image (unrecognised file format)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        if isinstance(error, ImageLoadError):
+            raise
+        raise ImageLoadError(f"{path}: corrupt or truncated image ({error})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous_limit
+
+
+class ImageTransform:
+    """PIL RGB image -> normalised float tensor (3, size, size). Keyword-only, like torchvision's presets."""
+
+    def __init__(self, *, size: int, mean: tuple[float, ...], std: tuple[float, ...]):
+        self.size = size
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H, W)
+        return (pixels.float() / 255.0 - self.mean) / self.std

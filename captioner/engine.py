@@ -1,0 +1,313 @@
+"""Training and evaluation as plain functions: train_one_epoch, generate_captions, evaluate, fit."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, RandomSampler
+from tqdm import tqdm
+
+from captioner.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from captioner.config import Config, ConfigError, TrainConfig
+from captioner.data.images import ImageTransform
+from captioner.data.manifest import (
+    CaptionTrainingSet,
+    ImageRecord,
+    ImageSet,
+    collate_captions,
+    collate_images,
+    load_manifest,
+)
+from captioner.metrics import corpus_bleu, grounding_score
+from captioner.models.captioner import Captioner, caption_loss
+from captioner.text import tokenize
+from captioner.vocab import Vocab
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name!r} but no CUDA GPU is available")
+    return device
+
+
+def autocast(device: torch.device, amp: str):
+    """Mixed-precision context for amp in none / bf16 / fp16."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp not in AMP_DTYPES:
+        raise ConfigError(f"train.amp must be none, bf16 or fp16, not {amp!r}")
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def build_optimizer(model: Captioner, config: Config) -> torch.optim.Optimizer:
+    """Adam with the fine-tuned backbone stages in their own group (encoder.learning_rate)."""
+    backbone = {id(p) for p in model.encoder.backbone_parameters()}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone]
+    groups = [{"params": rest, "lr": config.train.learning_rate}]
+    if backbone:
+        groups.append({"params": model.encoder.backbone_parameters(), "lr": config.encoder.learning_rate})
+    return torch.optim.Adam(groups, weight_decay=config.train.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int):
+    total = max(1, train.epochs * steps_per_epoch)
+    if train.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if train.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        )
+    raise ConfigError(f"train.lr_schedule must be constant or cosine, not {train.lr_schedule!r}")
+
+
+def train_one_epoch(
+    model: Captioner,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    train: TrainConfig,
+    device: torch.device,
+    scaler: torch.amp.GradScaler | None = None,
+    description: str = "train",
+) -> dict:
+    """One pass over the loader; returns mean loss, cross-entropy and throughput."""
+    model.train()
+    total_loss = total_xent = 0.0
+    batches = captions = 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=description, unit="batch", leave=False, disable=None)
+    for images, tokens in bar:
+        images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (B, T)
+        with autocast(device, train.amp):
+            logits, alphas = model(images, inputs)
+            loss, xent = caption_loss(logits, targets, alphas, train.attention_penalty)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if train.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        total_loss += loss.item()
+        total_xent += xent.item()
+        batches += 1
+        captions += tokens.size(0)
+        bar.set_postfix(loss=f"{total_loss / batches:.3f}")
+    seconds = time.perf_counter() - start
+    return {
+        "loss": total_loss / max(batches, 1),
+        "xent": total_xent / max(batches, 1),
+        "seconds": seconds,
+        "captions_per_s": captions / seconds if seconds > 0 else 0.0,
+    }
+
+
+@dataclass
+class Captions:
+    """Generated captions for a list of records, with per-word attention maps (len_i, P)."""
+
+    tokens: list[list[str]]
+    attention: list[Tensor]
+    scores: list[float]
+
+
+@torch.no_grad()
+def generate_captions(
+    model: Captioner,
+    records: list[ImageRecord],
+    transform: ImageTransform,
+    vocab: Vocab,
+    device: torch.device,
+    beam_size: int = 1,
+    max_len: int = 30,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    amp: str = "none",
+) -> Captions:
+    """Caption every record's image without teacher forcing."""
+    model.eval()
+    loader = DataLoader(ImageSet(records, transform), batch_size, num_workers=num_workers, collate_fn=collate_images)
+    tokens, attention, scores = [], [], []
+    for images, _ in tqdm(loader, desc=f"captioning (beam {beam_size})", unit="batch", leave=False, disable=None):
+        with autocast(device, amp):
+            result = model.generate(images.to(device), beam_size=beam_size, max_len=max_len)
+        tokens += [vocab.decode(ids) for ids in result.tokens]
+        attention += [trace.float().cpu() for trace in result.traces]
+        scores += result.scores.tolist()
+    return Captions(tokens, attention, scores)
+
+
+def score_captions(captions: Captions, records: list[ImageRecord], object_words: list[str], grid_size: int) -> dict:
+    """BLEU-1..4 (0-100) against the records' references, and grounding where boxes are known."""
+    references = [[tokenize(c) for c in record.captions] for record in records]
+    bleu = corpus_bleu(captions.tokens, references)
+    result = {f"bleu{n}": 100.0 * b for n, b in enumerate(bleu, 1)}
+    if object_words and any(record.objects for record in records):
+        from PIL import Image
+
+        sizes = []
+        for record in records:
+            with Image.open(record.path) as image:
+                sizes.append(image.size)
+        score, count = grounding_score(
+            captions.tokens, captions.attention, [r.objects for r in records], set(object_words), grid_size, sizes
+        )
+        result["grounding"] = 100.0 * score
+        result["object_words"] = count
+    return result
+
+
+def _write_yaml(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(path)
+
+
+def fit(config: Config, resume: bool = False, log=print) -> Path:
+    """Train a captioner as the config says; write the run directory; return the best checkpoint's path.
+
+    The run directory gets config.yaml (resolved), vocab.json, metrics.jsonl (one line per epoch),
+    last.pt (every epoch) and best.pt (best validation BLEU-4 from free-running captions).
+    With resume, training continues from last.pt exactly where it stopped.
+    """
+    train = config.train
+    device = resolve_device(train.device)
+    run_dir = Path(train.run_dir)
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    manifest = load_manifest(config.data.root)
+    train_records, val_records = manifest.split("train"), manifest.split("val")
+
+    checkpoint = None
+    if resume:
+        checkpoint = load_checkpoint(last_path, kind="captioner")
+        vocab = Vocab.from_dict(checkpoint["vocab"])
+    else:
+        vocab = Vocab.build(
+            (tokenize(c)[: config.data.max_caption_len] for r in train_records for c in r.captions),
+            min_freq=config.data.min_word_freq,
+        )
+    torch.manual_seed(train.seed)
+    model = Captioner.from_config(config, len(vocab), load_pretrained=checkpoint is None).to(device)
+    transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
+    dataset = CaptionTrainingSet(train_records, vocab, transform, config.data.max_caption_len)
+    sampler = RandomSampler(dataset, generator=torch.Generator())
+    loader = DataLoader(
+        dataset,
+        train.batch_size,
+        sampler=sampler,
+        num_workers=config.data.num_workers,
+        collate_fn=collate_captions,
+        pin_memory=device.type == "cuda",
+        persistent_workers=config.data.num_workers > 0,
+        drop_last=len(dataset) > train.batch_size,
+    )
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, train, len(loader))
+    scaler = torch.amp.GradScaler(device.type) if train.amp == "fp16" and device.type == "cuda" else None
+
+    start_epoch, step, best_bleu, elapsed = 0, 0, -1.0, 0.0
+    if checkpoint is not None:
+        load_weights(model, checkpoint["model"], last_path)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        torch.set_rng_state(checkpoint["rng"])
+        start_epoch, step = checkpoint["epoch"] + 1, checkpoint["step"]
+        best_bleu, elapsed = checkpoint["best_bleu4"], checkpoint["elapsed"]
+        log(f"resuming {last_path} at epoch {start_epoch + 1}")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.jsonl").write_text("")
+    _write_yaml(run_dir / "config.yaml", config.to_dict())
+    (run_dir / "vocab.json").write_text(json.dumps(vocab.to_dict()))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(
+        f"{len(train_records)} train / {len(val_records)} val images, {len(dataset)} captions, "
+        f"vocabulary {len(vocab)}, {trainable / 1e6:.2f} M trainable parameters, device {device}"
+    )
+
+    for epoch in range(start_epoch, train.epochs):
+        sampler.generator.manual_seed(train.seed * 100_003 + epoch)  # same order on resume
+        stats = train_one_epoch(
+            model, loader, optimizer, scheduler, train, device, scaler, f"epoch {epoch + 1}/{train.epochs}"
+        )
+        step += len(loader)
+        captions = generate_captions(
+            model,
+            val_records,
+            transform,
+            vocab,
+            device,
+            train.eval_beam_size,
+            train.eval_max_len,
+            train.eval_batch_size,
+            config.data.num_workers,
+            train.amp,
+        )
+        scores = score_captions(captions, val_records, manifest.object_words, config.encoder.grid_size)
+        elapsed += stats["seconds"]
+        record = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0], **stats, "elapsed": elapsed}
+        record.update({f"val_{key}": value for key, value in scores.items()})
+        with open(run_dir / "metrics.jsonl", "a") as file:
+            file.write(json.dumps(record) + "\n")
+        grounding = f", grounding {scores['grounding']:.1f}" if "grounding" in scores else ""
+        log(
+            f"epoch {epoch + 1}: loss {stats['loss']:.3f}, val BLEU-4 {scores['bleu4']:.1f}{grounding} "
+            f"(greedy, 0-100), {stats['captions_per_s']:.0f} captions/s, {elapsed / 60:.1f} min"
+        )
+        improved = scores["bleu4"] > best_bleu
+        best_bleu = max(best_bleu, scores["bleu4"])
+        payload = {
+            "kind": "captioner",
+            "model": model.state_dict(),
+            "config": config.to_dict(),
+            "vocab": vocab.to_dict(),
+            "epoch": epoch,
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "best_bleu4": best_bleu,
+            "elapsed": elapsed,
+            "metrics": scores,
+        }
+        save_checkpoint(last_path, payload)
+        if improved:
+            save_checkpoint(best_path, payload)
+        if train.max_minutes is not None and elapsed >= 60 * train.max_minutes:
+            log(f"stopping: {elapsed / 60:.1f} minutes of training reached train.max_minutes")
+            break
+    return best_path
+
+
+def restore_captioner(path: str | Path, device: torch.device | str = "cpu") -> tuple[Captioner, Config, Vocab]:
+    """Rebuild a captioner from its checkpoint alone: config and vocabulary travel inside it."""
+    checkpoint = load_checkpoint(path, kind="captioner")
+    try:
+        config = Config.from_dict(checkpoint["config"], source=f"{path} config")
+        vocab = Vocab.from_dict(checkpoint["vocab"])
+    except (ValueError, KeyError, TypeError) as error:  # ConfigError is a ValueError
+        raise CheckpointError(f"checkpoint {path} has an unusable config or vocabulary: {error}") from None
+    model = Captioner.from_config(config, len(vocab), load_pretrained=False)
+    load_weights(model, checkpoint["model"], path)
+    return model.to(device).eval(), config, vocab

@@ -1,0 +1,99 @@
+"""Captioner = ImageEncoder + AttentionDecoder, and the Show, Attend and Tell training loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from captioner.config import Config
+from captioner.decoding import Generation, beam_search, greedy
+from captioner.models.decoder import AttentionDecoder
+from captioner.models.image_encoder import ImageEncoder
+from captioner.vocab import Vocab
+
+
+class Captioner(nn.Module):
+    """Images -> a grid memory -> words, with the attention map of every word."""
+
+    def __init__(self, encoder: ImageEncoder, decoder: AttentionDecoder):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    @classmethod
+    def from_config(cls, config: Config, vocab_size: int, load_pretrained: bool = True) -> Captioner:
+        """Build from a config. load_pretrained=False skips fetching backbone weights (a checkpoint follows)."""
+        enc, dec = config.encoder, config.decoder
+        encoder = ImageEncoder(
+            enc.backbone,
+            enc.weights if load_pretrained else None,
+            enc.grid_size,
+            enc.fine_tune_stages,
+            enc.position_embedding,
+            enc.channels_last,
+            enc.width,
+        )
+        decoder = AttentionDecoder(
+            vocab_size,
+            encoder.out_dim,
+            dec.embed_dim,
+            dec.hidden_dim,
+            dec.attention_dim,
+            dec.num_layers,
+            dec.cell,
+            dec.dropout,
+            pad_id=Vocab.pad_id,
+        )
+        return cls(encoder, decoder)
+
+    def forward(self, images: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher forcing: images (B, 3, S, S), tokens (B, T) -> logits (B, T, V), alphas (B, T, P)."""
+        return self.decoder(self.encoder(images), tokens)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: Tensor,
+        beam_size: int = 1,
+        max_len: int = 30,
+        alpha: float = 0.0,
+        bos_id: int = Vocab.bos_id,
+        eos_id: int = Vocab.eos_id,
+    ) -> Generation:
+        """Caption a batch of images: greedy for beam_size 1, else batched beam search.
+
+        The traces of the result are the attention maps (len_i, P) of each generated word.
+        """
+        memory = self.encoder(images)  # (B, P, D)
+        attended = self.decoder.prepare(memory)
+        state = self.decoder.init_state(memory)
+        start = torch.full((images.size(0),), bos_id, dtype=torch.long, device=images.device)
+        if beam_size > 1:
+            attended = attended.expand(beam_size)
+            state = tuple(s.repeat_interleave(beam_size, 0) for s in state)
+
+        def step(tokens: Tensor, state):
+            return self.decoder.step(tokens, state, attended)
+
+        if beam_size > 1:
+            return beam_search(step, state, start, beam_size, max_len, eos_id, alpha)
+        return greedy(step, state, start, max_len, eos_id)
+
+
+def caption_loss(
+    logits: Tensor, targets: Tensor, alphas: Tensor, attention_penalty: float, pad_id: int = Vocab.pad_id
+) -> tuple[Tensor, Tensor]:
+    """Cross-entropy over real words plus the doubly stochastic attention penalty.
+
+    logits (B, T, V), targets (B, T), alphas (B, T, P). The penalty is lambda * mean over images and
+    positions of (1 - sum_t alpha_tp)^2 over the real (non-PAD) steps: Xu et al. (2015) eq. 14, averaged
+    rather than summed over positions so lambda does not scale with the grid size.
+    Returns (total loss, cross-entropy).
+    """
+    cross_entropy = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=pad_id)
+    if attention_penalty == 0:
+        return cross_entropy, cross_entropy
+    real = (targets != pad_id).unsqueeze(-1).to(alphas.dtype)  # (B, T, 1)
+    coverage = (alphas * real).sum(dim=1)  # (B, P)
+    penalty = ((1.0 - coverage) ** 2).mean()
+    return cross_entropy + attention_penalty * penalty, cross_entropy

@@ -1,0 +1,132 @@
+"""AttentionDecoder: an embedding, a RecurrentCore, soft attention over a memory, and a deep output layer.
+
+It does not know whether its memory came from pixels (an image grid) or from words (an encoded
+sentence). Per word step only the attention and the recurrence run; the embedding, its input
+projection, the attention keys and the output layer are each one large matrix product outside the
+step loop (ARCHITECTURE.md, "Where the time goes").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from captioner.models.attention import AdditiveAttention
+from captioner.models.core import RecurrentCore, State
+
+
+@dataclass
+class AttendedMemory:
+    """What the decoder reads at every step, prepared once: memory (B, P, D), keys (B, P, A), mask (B, P)."""
+
+    memory: Tensor
+    keys: Tensor
+    mask: Tensor | None
+
+    def expand(self, times: int) -> AttendedMemory:
+        """Repeat every row `times` times (row i becomes rows i*times .. i*times+times-1), for beam search."""
+        return AttendedMemory(
+            self.memory.repeat_interleave(times, 0),
+            self.keys.repeat_interleave(times, 0),
+            None if self.mask is None else self.mask.repeat_interleave(times, 0),
+        )
+
+
+class AttentionDecoder(nn.Module):
+    """Show, Attend and Tell decoder: gated soft attention, LSTM/GRU/RNN core, deep output layer."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        memory_dim: int,
+        embed_dim: int = 512,
+        hidden_dim: int = 512,
+        attention_dim: int = 512,
+        num_layers: int = 1,
+        cell: str = "lstm",
+        dropout: float = 0.5,
+        pad_id: int = 0,
+    ):
+        super().__init__()
+        self.vocab_size, self.memory_dim, self.embed_dim = vocab_size, memory_dim, embed_dim
+        self.hidden_dim, self.num_layers, self.cell = hidden_dim, num_layers, cell
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
+        self.attention = AdditiveAttention(memory_dim, hidden_dim, attention_dim)
+        self.core = RecurrentCore(embed_dim + memory_dim, hidden_dim, num_layers, cell, dropout)
+        # Initial state from the mean of the memory (Xu et al. 2015, section 3.1.2), one per layer.
+        self.init_h = nn.Linear(memory_dim, num_layers * hidden_dim)
+        self.init_c = nn.Linear(memory_dim, num_layers * hidden_dim) if cell == "lstm" else None
+        # Gating scalar beta = sigmoid(f_beta(h_{t-1})) scales the context (section 4.2.1).
+        self.gate = nn.Linear(hidden_dim, 1)
+        # Deep output (eq. 7): logits = L_o(E y_{t-1} + L_h h_t + L_z z_t).
+        self.out_hidden = nn.Linear(hidden_dim, embed_dim)
+        self.out_context = nn.Linear(memory_dim, embed_dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(embed_dim, vocab_size)
+
+    def prepare(self, memory: Tensor, mask: Tensor | None = None) -> AttendedMemory:
+        """Project the attention keys once per memory. memory (B, P, D), mask (B, P) True where valid."""
+        return AttendedMemory(memory, self.attention.project_memory(memory), mask)
+
+    def init_state(self, memory: Tensor, mask: Tensor | None = None) -> State:
+        """Initial (h, c) (or (h,)) from the mean of the valid memory positions; each (B, L, H)."""
+        if mask is None:
+            mean = memory.mean(dim=1)
+        else:
+            weights = mask.unsqueeze(-1).to(memory.dtype)  # (B, P, 1)
+            mean = (memory * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        B = memory.size(0)
+        h = torch.tanh(self.init_h(mean)).view(B, self.num_layers, self.hidden_dim)
+        if self.init_c is None:
+            return (h,)
+        return h, torch.tanh(self.init_c(mean)).view(B, self.num_layers, self.hidden_dim)
+
+    def _recur(
+        self, embed_gates: Tensor, state: State, attended: AttendedMemory
+    ) -> tuple[Tensor, Tensor, Tensor, State]:
+        """The sequential part of one step: attend with h_{t-1}, gate, run the core.
+
+        embed_gates (B, G * H) is the core's projection of the word embedding. Returns h_t (B, H),
+        the gated context z_t (B, D), alpha_t (B, P) and the new state.
+        """
+        query = state[0][:, -1]  # top layer's h_{t-1}: (B, H)
+        context, alpha = self.attention(attended.keys, attended.memory, query, attended.mask)
+        gated = torch.sigmoid(self.gate(query)) * context  # (B, D)
+        gates = embed_gates + self.core.project_input(gated, start=self.embed_dim, bias=False)
+        hidden, state = self.core.step_projected(gates, state)
+        return hidden, gated, alpha, state
+
+    def _output(self, embedded: Tensor, hidden: Tensor, gated: Tensor) -> Tensor:
+        """Deep output layer over any leading shape: (..., E), (..., H), (..., D) -> logits (..., V)."""
+        mixed = embedded + self.out_hidden(hidden) + self.out_context(gated)
+        return self.classifier(self.dropout(mixed))
+
+    def forward(self, memory: Tensor, tokens: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Teacher-forced decoding.
+
+        memory (B, P, D); tokens (B, T) the input words (BOS w1 ... w_{T-1}); mask (B, P).
+        Returns logits (B, T, V) predicting w1 ... w_T, and attention weights alphas (B, T, P).
+        """
+        attended = self.prepare(memory, mask)
+        state = self.init_state(memory, mask)
+        embedded = self.embedding(tokens)  # (B, T, E)
+        embed_gates = self.core.project_input(embedded, stop=self.embed_dim)  # (B, T, G * H), one matmul
+        hiddens, gateds, alphas = [], [], []
+        for t in range(tokens.size(1)):
+            hidden, gated, alpha, state = self._recur(embed_gates[:, t], state, attended)
+            hiddens.append(hidden)
+            gateds.append(gated)
+            alphas.append(alpha)
+        hidden_all = torch.stack(hiddens, dim=1)  # (B, T, H)
+        gated_all = torch.stack(gateds, dim=1)  # (B, T, D)
+        logits = self._output(embedded, hidden_all, gated_all)  # (B, T, V), one matmul over all steps
+        return logits, torch.stack(alphas, dim=1)
+
+    def step(self, tokens: Tensor, state: State, attended: AttendedMemory) -> tuple[Tensor, State, Tensor]:
+        """One free-running step: previous words (B,) -> logits (B, V), new state, alpha (B, P)."""
+        embedded = self.embedding(tokens)  # (B, E)
+        embed_gates = self.core.project_input(embedded, stop=self.embed_dim)
+        hidden, gated, alpha, state = self._recur(embed_gates, state, attended)
+        return self._output(embedded, hidden, gated), state, alpha

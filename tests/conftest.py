@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny models and a tiny shapes data set, made in the test session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captioner.config import Config
+from captioner.data.shapes import ShapesSpec, build_shapes
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory):
+    """A small shapes data set written once per test session."""
+    root = tmp_path_factory.mktemp("shapes")
+    build_shapes(
+        root, ShapesSpec(seed=0, image_size=32, train=48, val=8, test=8, min_size=8, max_size=11), progress=False
+    )
+    return root
+
+
+def tiny_config(root, run_dir, **train) -> Config:
+    """A small_cnn captioner small enough to train for a few steps in seconds."""
+    config = Config.from_dict(
+        {
+            "data": {"root": str(root), "image_size": 32},
+            "encoder": {
+                "backbone": "small_cnn",
+                "weights": None,
+                "width": 16,
+                "grid_size": 4,
+                "fine_tune_stages": -1,
+                "position_embedding": True,
+            },
+            "decoder": {"embed_dim": 16, "hidden_dim": 32, "attention_dim": 16, "dropout": 0.1},
+            "train": {
+                "run_dir": str(run_dir),
+                "epochs": 2,
+                "batch_size": 16,
+                "learning_rate": 0.003,
+                "eval_batch_size": 8,
+                **train,
+            },
+        }
+    )
+    return config

@@ -1,0 +1,88 @@
+"""The `captioner` command as a user runs it: good and bad images, bad checkpoints, --help."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from captioner.cli import main
+from captioner.engine import fit
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def checkpoint(shapes_root, tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli_run")
+    return fit(tiny_config(shapes_root, run, epochs=1), log=lambda _: None)
+
+
+def test_help_of_every_command(capsys):
+    for argv in ([], ["train"], ["caption"], ["evaluate"], ["data"], ["data", "shapes"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: captioner" in capsys.readouterr().out
+
+
+def test_caption_good_and_bad_images(checkpoint, shapes_root, tmp_path, capsys):
+    good = sorted((shapes_root / "images").glob("test_*.png"))[:2]
+    Image.new("RGBA", (50, 40), (0, 0, 255, 128)).save(tmp_path / "rgba.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    args = [str(p) for p in good] + [str(tmp_path / "rgba.png"), str(tmp_path / "broken.jpg"), str(tmp_path / "no.png")]
+    code = main(["caption", *args, "--checkpoint", str(checkpoint), "--attention-dir", str(tmp_path / "att"), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 1  # some images failed
+    results = json.loads(out)
+    assert [r["image"] for r in results] == [str(p) for p in good] + [str(tmp_path / "rgba.png")]
+    assert all(isinstance(r["caption"], str) for r in results)
+    for r in results:
+        with Image.open(r["attention"]) as figure:
+            assert figure.size[0] > 100
+    assert "broken.jpg" in err and "no.png: no such file" in err
+    assert len([line for line in err.splitlines() if line.startswith("captioner: skipped")]) == 2
+
+
+def test_caption_all_good_exits_zero_and_prints_lines(checkpoint, shapes_root, capsys):
+    good = sorted((shapes_root / "images").glob("test_*.png"))[:3]
+    assert main(["caption", *map(str, good), "--checkpoint", str(checkpoint), "--beam-size", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(p) for p in good]
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "foreign"])
+def test_bad_checkpoint_is_one_line(kind, checkpoint, shapes_root, tmp_path, capsys):
+    path = tmp_path / f"{kind}.pt"
+    if kind == "corrupt":
+        path.write_bytes(checkpoint.read_bytes()[:5000])
+    elif kind == "foreign":
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    image = next((shapes_root / "images").glob("test_*.png"))
+    assert main(["caption", str(image), "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("captioner: error:") and f"{kind}.pt" in err[0]
+
+
+def test_evaluate_prints_a_table(checkpoint, capsys):
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--split", "test", "--beam-size", "1", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| beam | bleu1 | bleu2 | bleu3 | bleu4 | grounding |" in out
+    assert len([line for line in out.splitlines() if line.startswith("| 2 |")]) == 1
+
+
+def test_train_with_a_bad_config_is_one_line(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("decoder:\n  hidden_dims: 3\n")
+    assert main(["train", "--config", str(tmp_path / "bad.yaml")]) == 2
+    assert "unknown key 'decoder.hidden_dims'" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "absent.yaml")]) == 2
+    assert "absent.yaml does not exist" in capsys.readouterr().err
+
+
+def test_data_root_missing_is_named(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text(
+        f"data:\n  root: {tmp_path / 'nowhere'}\nencoder:\n  backbone: small_cnn\n  weights: null\n"
+    )
+    assert main(["train", "--config", str(tmp_path / "c.yaml")]) == 2
+    assert "nowhere/captions.json does not exist" in capsys.readouterr().err

@@ -1,0 +1,125 @@
+"""The captioner model: shapes, gradients to every parameter, encoders, loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captioner.config import Config
+from captioner.models.captioner import Captioner, caption_loss
+from captioner.models.decoder import AttentionDecoder
+from captioner.models.image_encoder import EncoderError, ImageEncoder
+
+
+def small_captioner(cell="lstm", num_layers=1) -> Captioner:
+    config = Config.from_dict(
+        {
+            "encoder": {
+                "backbone": "small_cnn",
+                "weights": None,
+                "width": 16,
+                "grid_size": 4,
+                "fine_tune_stages": -1,
+                "position_embedding": True,
+            },
+            "decoder": {
+                "embed_dim": 8,
+                "hidden_dim": 12,
+                "attention_dim": 10,
+                "cell": cell,
+                "num_layers": num_layers,
+                "dropout": 0.2,
+            },
+        }
+    )
+    return Captioner.from_config(config, vocab_size=15)
+
+
+@pytest.mark.parametrize(("cell", "num_layers"), [("lstm", 1), ("lstm", 2), ("gru", 2), ("rnn", 1)])
+def test_every_parameter_gets_a_finite_gradient(cell, num_layers):
+    model = small_captioner(cell, num_layers).train()
+    images = torch.randn(3, 3, 32, 32)
+    tokens = torch.randint(4, 15, (3, 7))
+    tokens[2, 5:] = 0  # a padded caption
+    logits, alphas = model(images, tokens[:, :-1])
+    assert logits.shape == (3, 6, 15) and alphas.shape == (3, 6, 16)
+    loss, _ = caption_loss(logits, tokens[:, 1:], alphas, attention_penalty=1.0)
+    loss.backward()
+    for name, param in model.named_parameters():
+        if name == "decoder.embedding.weight":  # the PAD row never gets a gradient, by design
+            assert param.grad[1:].abs().sum() > 0 and torch.all(param.grad[0] == 0)
+            continue
+        assert param.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(param.grad).all(), f"{name} has a non-finite gradient"
+        assert param.grad.abs().sum() > 0, f"{name} got a zero gradient"
+
+
+def test_attention_weights_are_distributions_and_respect_the_mask():
+    decoder = AttentionDecoder(10, 6, 5, 8, 7, dropout=0.0).eval()
+    memory = torch.randn(2, 5, 6)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    _, alphas = decoder(memory, torch.randint(4, 10, (2, 4)), mask)
+    torch.testing.assert_close(alphas.sum(-1), torch.ones(2, 4))
+    assert torch.all(alphas[1, :, 3:] == 0)
+
+
+def test_teacher_forcing_equals_stepping():
+    decoder = AttentionDecoder(10, 6, 5, 8, 7, num_layers=2, dropout=0.3).eval()
+    memory, tokens = torch.randn(2, 5, 6), torch.randint(4, 10, (2, 6))
+    logits, alphas = decoder(memory, tokens)
+    attended, state = decoder.prepare(memory), decoder.init_state(memory)
+    for t in range(6):
+        step_logits, state, alpha = decoder.step(tokens[:, t], state, attended)
+        torch.testing.assert_close(step_logits, logits[:, t], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(alpha, alphas[:, t], rtol=1e-5, atol=1e-6)
+
+
+def test_penalty_is_zero_when_attention_covers_each_position_once():
+    T = P = 4
+    alphas = torch.eye(P).unsqueeze(0)  # step t looks only at position t
+    logits = torch.zeros(1, T, 6)
+    targets = torch.full((1, T), 5)
+    total, xent = caption_loss(logits, targets, alphas, attention_penalty=3.0)
+    torch.testing.assert_close(total, xent)
+    uniform = torch.full((1, T, P), 1.0 / P)
+    total, xent = caption_loss(logits[:, :2], targets[:, :2], uniform[:, :2], attention_penalty=1.0)  # covers half
+    torch.testing.assert_close(total - xent, torch.tensor(0.25))
+
+
+def test_resnet_trunk_gives_a_grid_and_freezes():
+    encoder = ImageEncoder("resnet18", weights=None, grid_size=3, fine_tune_stages=1)
+    memory = encoder(torch.randn(2, 3, 96, 96))
+    assert memory.shape == (2, 9, 512)
+    trained = {n.split(".")[0] for n, p in encoder.trunk.named_parameters() if p.requires_grad}
+    assert trained == {"4"}  # only layer4, the last stage
+    encoder.train()
+    assert not encoder.trunk[0].training and encoder.trunk[4].training  # frozen BatchNorm stays in eval
+
+
+def test_resnet_weights_from_a_local_state_dict(tmp_path):
+    import torchvision
+
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    encoder = ImageEncoder("resnet18", weights=str(path), grid_size=2)
+    torch.testing.assert_close(encoder.trunk[0][0].weight, reference.conv1.weight)
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
+    with pytest.raises(EncoderError, match="wrong.pth"):
+        ImageEncoder("resnet18", weights=str(tmp_path / "wrong.pth"))
+    with pytest.raises(EncoderError, match="does not exist"):
+        ImageEncoder("resnet18", weights=str(tmp_path / "absent.pth"))
+
+
+def test_unknown_backbone_and_weights_are_named():
+    with pytest.raises(EncoderError, match="resnet7"):
+        ImageEncoder("resnet7")
+    with pytest.raises(EncoderError, match="NOPE"):
+        ImageEncoder("resnet18", weights="NOPE")
+
+
+def test_efficientnet_lite0_when_installed():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    encoder = ImageEncoder("efficientnet_lite0", weights=None, grid_size=7, fine_tune_stages=0)
+    assert encoder(torch.randn(1, 3, 224, 224)).shape == (1, 49, 1280)
+    assert not encoder.fine_tuned

@@ -1,0 +1,84 @@
+"""Training end to end on a tiny shapes set: run directory, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from captioner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from captioner.engine import fit, restore_captioner
+from tests.conftest import tiny_config
+
+
+def test_fit_writes_a_run_directory(shapes_root, tmp_path):
+    best = fit(tiny_config(shapes_root, tmp_path / "run"), log=lambda _: None)
+    run = tmp_path / "run"
+    assert best == run / "best.pt" and best.is_file() and (run / "last.pt").is_file()
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    assert {"loss", "val_bleu4", "val_grounding", "captions_per_s"} <= set(lines[0])
+    assert lines[1]["loss"] < lines[0]["loss"]
+    assert "small_cnn" in (run / "config.yaml").read_text()
+
+
+def test_checkpoint_loads_with_weights_only_and_rebuilds_the_model(shapes_root, tmp_path):
+    best = fit(tiny_config(shapes_root, tmp_path / "run", epochs=1), log=lambda _: None)
+    raw = torch.load(best, weights_only=True)  # no pickled code anywhere inside
+    assert {"model", "config", "vocab", "step", "optimizer", "epoch"} <= set(raw)
+    model, config, vocab = restore_captioner(best)
+    assert config.encoder.backbone == "small_cnn" and vocab.itos[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, raw["model"][name])
+
+
+def test_resume_continues_with_identical_results(shapes_root, tmp_path):
+    straight = tiny_config(shapes_root, tmp_path / "straight", epochs=3)
+    fit(straight, log=lambda _: None)
+    interrupted = tiny_config(shapes_root, tmp_path / "resumed", epochs=1)
+    fit(interrupted, log=lambda _: None)
+    interrupted.train.epochs = 3
+    fit(interrupted, resume=True, log=lambda _: None)
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert a["step"] == b["step"] and a["epoch"] == b["epoch"] == 2
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0)
+    lines_a = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    lines_b = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["loss"] for x in lines_a] == [json.loads(x)["loss"] for x in lines_b]
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"kind": "captioner", "model": {}, "config": {}, "vocab": {}})
+    before = path.read_bytes()
+
+    class Unsaveable:
+        pass
+
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch raises, the old file must survive
+        save_checkpoint(path, {"kind": "captioner", "model": Unsaveable()})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
+
+
+def test_bad_checkpoints_get_one_clear_error(shapes_root, tmp_path):
+    best = fit(tiny_config(shapes_root, tmp_path / "run", epochs=1), log=lambda _: None)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(best.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match="truncated.pt.*cannot be read"):
+        restore_captioner(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"conv1.weight": torch.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match="not a captioner checkpoint"):
+        restore_captioner(foreign)
+    other = load_checkpoint(best)
+    other["config"]["decoder"]["hidden_dim"] = 64  # weights no longer fit the architecture
+    mismatched = tmp_path / "mismatched.pt"
+    save_checkpoint(mismatched, {k: v for k, v in other.items() if k not in ("format", "version")})
+    with pytest.raises(CheckpointError, match="does not fit this architecture"):
+        restore_captioner(mismatched)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        restore_captioner(tmp_path / "absent.pt")
