@@ -44,6 +44,9 @@ class DecoderConfig:
     attention_dim: int = 512
     num_layers: int = 1
     dropout: float = 0.5
+    word_dropout: float = 0.0  # training only: share of previous words replaced by <unk>
+    output_word: bool = True  # feed the previous word's embedding to the output layer (Xu et al. eq. 7)
+    visual_words: bool = False  # object words are read off the attended context, not chosen by the LM (decoder.py)
 
 
 @dataclass
@@ -53,9 +56,10 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 4e-4
     lr_schedule: str = "constant"  # constant or cosine (per step, down to 5% of the start)
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # decoupled (AdamW)
     grad_clip: float = 5.0  # max global gradient norm; 0 disables clipping
     attention_penalty: float = 1.0  # lambda of the doubly stochastic attention penalty
+    label_smoothing: float = 0.0  # share of each target's probability spread over the vocabulary
     amp: str = "none"  # none, bf16 or fp16
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
     seed: int = 0

@@ -53,13 +53,13 @@ def autocast(device: torch.device, amp: str):
 
 
 def build_optimizer(model: Captioner, config: Config) -> torch.optim.Optimizer:
-    """Adam with the fine-tuned backbone stages in their own group (encoder.learning_rate)."""
+    """AdamW with the fine-tuned backbone stages in their own group (encoder.learning_rate)."""
     backbone = {id(p) for p in model.encoder.backbone_parameters()}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone]
     groups = [{"params": rest, "lr": config.train.learning_rate}]
     if backbone:
         groups.append({"params": model.encoder.backbone_parameters(), "lr": config.encoder.learning_rate})
-    return torch.optim.Adam(groups, weight_decay=config.train.weight_decay)
+    return torch.optim.AdamW(groups, weight_decay=config.train.weight_decay)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int):
@@ -94,7 +94,7 @@ def train_one_epoch(
         inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (B, T)
         with autocast(device, train.amp):
             logits, alphas = model(images, inputs)
-            loss, xent = caption_loss(logits, targets, alphas, train.attention_penalty)
+            loss, xent = caption_loss(logits, targets, alphas, train.attention_penalty, train.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -209,6 +209,11 @@ def fit(config: Config, resume: bool = False, log=print) -> Path:
         )
     torch.manual_seed(train.seed)
     model = Captioner.from_config(config, len(vocab), load_pretrained=checkpoint is None).to(device)
+    if config.decoder.visual_words:
+        visual_ids = [vocab.stoi[w] for w in manifest.object_words if w in vocab.stoi]
+        if not visual_ids:
+            raise ConfigError(f"decoder.visual_words needs 'object_words' in {config.data.root}/captions.json")
+        model.decoder.set_visual_words(visual_ids)
     transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
     dataset = CaptionTrainingSet(train_records, vocab, transform, config.data.max_caption_len)
     sampler = RandomSampler(dataset, generator=torch.Generator())

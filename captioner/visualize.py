@@ -18,15 +18,20 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def attention_overlay(image: Image.Image, alpha: torch.Tensor, grid_size: int, size: int) -> Image.Image:
-    """The image (size x size) lit where alpha (P,) is high and dimmed where it is low."""
+    """The image (size x size), dimmed, with a red-to-yellow heat where alpha (P,) is high.
+
+    The heat is scaled to the map's own maximum, so every word's map uses the full range.
+    """
     heat = alpha.float().view(grid_size, grid_size).numpy()
     heat = heat / max(float(heat.max()), 1e-12)
     heat_image = Image.fromarray((heat * 255).astype(np.uint8), mode="L").resize(
         (size, size), Image.Resampling.BILINEAR
     )
-    light = 0.2 + 0.8 * (np.asarray(heat_image, dtype=np.float32) / 255.0)  # (size, size)
-    base = np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
-    return Image.fromarray((base * light[..., None]).clip(0, 255).astype(np.uint8))
+    h = (np.asarray(heat_image, dtype=np.float32) / 255.0)[..., None]  # (size, size, 1)
+    base = np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) * 0.55
+    colour = np.concatenate([np.ones_like(h), h, np.zeros_like(h)], axis=-1) * 255.0  # red -> yellow
+    weight = 0.75 * h
+    return Image.fromarray((base * (1 - weight) + colour * weight).clip(0, 255).astype(np.uint8))
 
 
 def attention_figure(

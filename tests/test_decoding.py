@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from captioner.decoding import beam_search, greedy, sample
@@ -10,9 +11,14 @@ from captioner.models.decoder import AttentionDecoder
 V, EOS, BOS = 12, 2, 1
 
 
-def make_decoder(cell="lstm"):
+def make_decoder(cell="lstm", visual_words=False):
     torch.manual_seed(1)
-    return AttentionDecoder(V, memory_dim=6, embed_dim=5, hidden_dim=8, attention_dim=7, cell=cell, dropout=0.0).eval()
+    decoder = AttentionDecoder(
+        V, memory_dim=6, embed_dim=5, hidden_dim=8, attention_dim=7, cell=cell, dropout=0.0, visual_words=visual_words
+    ).eval()
+    if visual_words:
+        decoder.set_visual_words([5, 6, 7])
+    return decoder
 
 
 def decode(decoder, memory, beam_size, max_len=9, alpha=0.0):
@@ -41,8 +47,9 @@ def test_beam_one_equals_greedy():
         torch.testing.assert_close(x, y)
 
 
-def test_batched_beam_equals_one_at_a_time():
-    decoder, memory = make_decoder("gru"), torch.randn(5, 4, 6)
+@pytest.mark.parametrize(("cell", "visual_words"), [("gru", False), ("lstm", True)])
+def test_batched_beam_equals_one_at_a_time(cell, visual_words):
+    decoder, memory = make_decoder(cell, visual_words), torch.randn(5, 4, 6)
     batched = decode(decoder, memory, 4, alpha=0.7)
     for i in range(memory.size(0)):
         single = decode(decoder, memory[i : i + 1], 4, alpha=0.7)

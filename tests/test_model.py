@@ -11,7 +11,7 @@ from captioner.models.decoder import AttentionDecoder
 from captioner.models.image_encoder import EncoderError, ImageEncoder
 
 
-def small_captioner(cell="lstm", num_layers=1) -> Captioner:
+def small_captioner(cell="lstm", num_layers=1, visual_words=False) -> Captioner:
     config = Config.from_dict(
         {
             "encoder": {
@@ -29,15 +29,21 @@ def small_captioner(cell="lstm", num_layers=1) -> Captioner:
                 "cell": cell,
                 "num_layers": num_layers,
                 "dropout": 0.2,
+                "visual_words": visual_words,
             },
         }
     )
     return Captioner.from_config(config, vocab_size=15)
 
 
-@pytest.mark.parametrize(("cell", "num_layers"), [("lstm", 1), ("lstm", 2), ("gru", 2), ("rnn", 1)])
-def test_every_parameter_gets_a_finite_gradient(cell, num_layers):
-    model = small_captioner(cell, num_layers).train()
+@pytest.mark.parametrize(
+    ("cell", "num_layers", "visual_words"),
+    [("lstm", 1, False), ("lstm", 2, False), ("gru", 2, False), ("rnn", 1, False), ("lstm", 1, True)],
+)
+def test_every_parameter_gets_a_finite_gradient(cell, num_layers, visual_words):
+    model = small_captioner(cell, num_layers, visual_words).train()
+    if visual_words:
+        model.decoder.set_visual_words([5, 6, 7])
     images = torch.randn(3, 3, 32, 32)
     tokens = torch.randint(4, 15, (3, 7))
     tokens[2, 5:] = 0  # a padded caption
@@ -123,3 +129,35 @@ def test_efficientnet_lite0_when_installed():
     encoder = ImageEncoder("efficientnet_lite0", weights=None, grid_size=7, fine_tune_stages=0)
     assert encoder(torch.randn(1, 3, 224, 224)).shape == (1, 49, 1280)
     assert not encoder.fine_tuned
+
+
+def test_word_dropout_hides_words_behind_unk_in_training_only():
+    torch.manual_seed(0)
+    decoder = AttentionDecoder(10, 6, 5, 8, 7, dropout=0.0, word_dropout=1.0, unk_id=3)
+    memory, tokens = torch.randn(2, 5, 6), torch.tensor([[1, 5, 6, 7], [1, 8, 0, 0]])
+    hidden = torch.tensor([[1, 3, 3, 3], [1, 3, 0, 0]])  # BOS and PAD stay, every word becomes UNK
+    decoder.train()
+    dropped, _ = decoder(memory, tokens)
+    decoder.word_dropout = 0.0
+    torch.testing.assert_close(dropped, decoder(memory, hidden)[0])
+    decoder.word_dropout = 1.0
+    decoder.eval()
+    torch.testing.assert_close(decoder(memory, tokens)[0], decoder.eval()(memory, tokens)[0])
+    assert not torch.allclose(decoder(memory, tokens)[0], decoder(memory, hidden)[0])
+
+
+def test_visual_words_come_from_the_context_and_the_language_model_only_times_them():
+    decoder = AttentionDecoder(10, 6, 5, 8, 7, dropout=0.0, visual_words=True).eval()
+    memory, tokens = torch.randn(3, 5, 6), torch.randint(4, 10, (3, 4))
+    plain, _ = decoder(memory, tokens)  # no visual words chosen yet: the plain deep output
+    decoder.set_visual_words([6, 7, 8])
+    scores, alphas = decoder(memory, tokens)
+    torch.testing.assert_close(scores.exp().sum(-1), torch.ones(3, 4))
+    language = torch.log_softmax(plain, -1)
+    others = torch.tensor([True] * 6 + [False] * 3 + [True])
+    torch.testing.assert_close(scores[..., others], language[..., others])  # other words: the LM's own
+    visual = scores[..., 6:9].exp()
+    torch.testing.assert_close(visual.sum(-1), language[..., 6:9].exp().sum(-1))  # the LM sets the slot's mass
+    contexts = torch.bmm(alphas, memory)  # (B, T, D)
+    which = torch.softmax(decoder.visual_classifier(contexts)[..., 6:9], -1)
+    torch.testing.assert_close(visual / visual.sum(-1, keepdim=True), which)  # the context picks the word

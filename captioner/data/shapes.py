@@ -176,7 +176,7 @@ def build_shapes(root: str | Path, spec: ShapesSpec | None = None, progress: boo
     manifest = {
         "name": "shapes",
         "spec": asdict(spec),
-        "object_words": sorted([*COLOURS, *SHAPES]),
+        "object_words": sorted(SHAPES),  # the nouns that name objects, as grounding studies count them
         "images": entries,
     }
     tmp = manifest_path.with_suffix(".json.tmp")

@@ -42,7 +42,11 @@ class Captioner(nn.Module):
             dec.num_layers,
             dec.cell,
             dec.dropout,
+            dec.word_dropout,
+            dec.output_word,
+            dec.visual_words,
             pad_id=Vocab.pad_id,
+            unk_id=Vocab.unk_id,
         )
         return cls(encoder, decoder)
 
@@ -81,16 +85,25 @@ class Captioner(nn.Module):
 
 
 def caption_loss(
-    logits: Tensor, targets: Tensor, alphas: Tensor, attention_penalty: float, pad_id: int = Vocab.pad_id
+    logits: Tensor,
+    targets: Tensor,
+    alphas: Tensor,
+    attention_penalty: float,
+    label_smoothing: float = 0.0,
+    pad_id: int = Vocab.pad_id,
 ) -> tuple[Tensor, Tensor]:
     """Cross-entropy over real words plus the doubly stochastic attention penalty.
 
     logits (B, T, V), targets (B, T), alphas (B, T, P). The penalty is lambda * mean over images and
     positions of (1 - sum_t alpha_tp)^2 over the real (non-PAD) steps: Xu et al. (2015) eq. 14, averaged
     rather than summed over positions so lambda does not scale with the grid size.
+    Label smoothing (Szegedy et al. 2016) bounds how far any word's logit is pushed down, so a word pair
+    never seen in training (a "red triangle") stays reachable when the image says so.
     Returns (total loss, cross-entropy).
     """
-    cross_entropy = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=pad_id)
+    cross_entropy = F.cross_entropy(
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=pad_id, label_smoothing=label_smoothing
+    )
     if attention_penalty == 0:
         return cross_entropy, cross_entropy
     real = (targets != pad_id).unsqueeze(-1).to(alphas.dtype)  # (B, T, 1)

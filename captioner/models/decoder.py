@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captioner.models.attention import AdditiveAttention
@@ -47,11 +48,16 @@ class AttentionDecoder(nn.Module):
         num_layers: int = 1,
         cell: str = "lstm",
         dropout: float = 0.5,
+        word_dropout: float = 0.0,
+        output_word: bool = True,
+        visual_words: bool = False,
         pad_id: int = 0,
+        unk_id: int = 3,
     ):
         super().__init__()
         self.vocab_size, self.memory_dim, self.embed_dim = vocab_size, memory_dim, embed_dim
         self.hidden_dim, self.num_layers, self.cell = hidden_dim, num_layers, cell
+        self.word_dropout, self.output_word, self.pad_id, self.unk_id = word_dropout, output_word, pad_id, unk_id
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         self.attention = AdditiveAttention(memory_dim, hidden_dim, attention_dim)
         self.core = RecurrentCore(embed_dim + memory_dim, hidden_dim, num_layers, cell, dropout)
@@ -60,11 +66,25 @@ class AttentionDecoder(nn.Module):
         self.init_c = nn.Linear(memory_dim, num_layers * hidden_dim) if cell == "lstm" else None
         # Gating scalar beta = sigmoid(f_beta(h_{t-1})) scales the context (section 4.2.1).
         self.gate = nn.Linear(hidden_dim, 1)
-        # Deep output (eq. 7): logits = L_o(E y_{t-1} + L_h h_t + L_z z_t).
+        # Deep output (eq. 7): logits = L_o(E y_{t-1} + L_h h_t + L_z z_t); output_word=False drops E y_{t-1}.
         self.out_hidden = nn.Linear(hidden_dim, embed_dim)
         self.out_context = nn.Linear(memory_dim, embed_dim, bias=False)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(embed_dim, vocab_size)
+        # Visual words (the slot idea of Neural Baby Talk, Lu et al. 2018): for the words in visual_mask
+        # (the data's object words) the language model only says *when* one comes (their total
+        # probability), and a classifier reading the attended context alone says *which*. The language
+        # model learns from the training captions that "red" is never followed by "triangle"; here that
+        # prior cannot veto a word the image shows. The mask is a buffer, so it travels in checkpoints.
+        self.visual_classifier = nn.Linear(memory_dim, vocab_size) if visual_words else None
+        self.register_buffer("visual_mask", torch.zeros(vocab_size, dtype=torch.bool) if visual_words else None)
+
+    def set_visual_words(self, word_ids: list[int]) -> None:
+        """Choose the words whose identity comes from the attended context (needs visual_words=True)."""
+        if self.visual_mask is None:
+            raise ValueError("this decoder was built without visual_words")
+        self.visual_mask.zero_()
+        self.visual_mask[torch.as_tensor(word_ids, dtype=torch.long)] = True
 
     def prepare(self, memory: Tensor, mask: Tensor | None = None) -> AttendedMemory:
         """Project the attention keys once per memory. memory (B, P, D), mask (B, P) True where valid."""
@@ -89,19 +109,31 @@ class AttentionDecoder(nn.Module):
         """The sequential part of one step: attend with h_{t-1}, gate, run the core.
 
         embed_gates (B, G * H) is the core's projection of the word embedding. Returns h_t (B, H),
-        the gated context z_t (B, D), alpha_t (B, P) and the new state.
+        the context (B, D), the gated context z_t = beta * context (B, D), alpha_t (B, P), the new state.
         """
         query = state[0][:, -1]  # top layer's h_{t-1}: (B, H)
         context, alpha = self.attention(attended.keys, attended.memory, query, attended.mask)
         gated = torch.sigmoid(self.gate(query)) * context  # (B, D)
         gates = embed_gates + self.core.project_input(gated, start=self.embed_dim, bias=False)
         hidden, state = self.core.step_projected(gates, state)
-        return hidden, gated, alpha, state
+        return hidden, context, gated, alpha, state
 
-    def _output(self, embedded: Tensor, hidden: Tensor, gated: Tensor) -> Tensor:
-        """Deep output layer over any leading shape: (..., E), (..., H), (..., D) -> logits (..., V)."""
-        mixed = embedded + self.out_hidden(hidden) + self.out_context(gated)
-        return self.classifier(self.dropout(mixed))
+    def _output(self, embedded: Tensor, hidden: Tensor, context: Tensor, gated: Tensor) -> Tensor:
+        """Output layer over any leading shape: (..., E), (..., H), (..., D), (..., D) -> scores (..., V).
+
+        The word distribution is softmax(scores) in both modes: logits of the deep output, or, with
+        visual words, log-probabilities already (log_softmax leaves those unchanged).
+        """
+        mixed = self.out_hidden(hidden) + self.out_context(gated)
+        if self.output_word:
+            mixed = mixed + embedded
+        logits = self.classifier(self.dropout(mixed))
+        if self.visual_mask is None or not bool(self.visual_mask.any()):
+            return logits
+        language = F.log_softmax(logits.float(), dim=-1)  # (..., V)
+        slot = torch.logsumexp(language.masked_fill(~self.visual_mask, float("-inf")), dim=-1, keepdim=True)
+        visual = self.visual_classifier(self.dropout(context)).float().masked_fill(~self.visual_mask, float("-inf"))
+        return torch.where(self.visual_mask, slot + F.log_softmax(visual, dim=-1), language)
 
     def forward(self, memory: Tensor, tokens: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Teacher-forced decoding.
@@ -111,22 +143,29 @@ class AttentionDecoder(nn.Module):
         """
         attended = self.prepare(memory, mask)
         state = self.init_state(memory, mask)
+        if self.training and self.word_dropout > 0:
+            # Word dropout (Bowman et al. 2016): hide previous words (never the first, BOS) behind UNK,
+            # so the next word must come from the memory, not from a word-to-word prior.
+            hide = torch.rand(tokens.shape, device=tokens.device) < self.word_dropout
+            hide[:, 0] = False
+            tokens = tokens.masked_fill(hide & (tokens != self.pad_id), self.unk_id)
         embedded = self.embedding(tokens)  # (B, T, E)
         embed_gates = self.core.project_input(embedded, stop=self.embed_dim)  # (B, T, G * H), one matmul
-        hiddens, gateds, alphas = [], [], []
+        hiddens, contexts, gateds, alphas = [], [], [], []
         for t in range(tokens.size(1)):
-            hidden, gated, alpha, state = self._recur(embed_gates[:, t], state, attended)
+            hidden, context, gated, alpha, state = self._recur(embed_gates[:, t], state, attended)
             hiddens.append(hidden)
+            contexts.append(context)
             gateds.append(gated)
             alphas.append(alpha)
         hidden_all = torch.stack(hiddens, dim=1)  # (B, T, H)
-        gated_all = torch.stack(gateds, dim=1)  # (B, T, D)
-        logits = self._output(embedded, hidden_all, gated_all)  # (B, T, V), one matmul over all steps
+        context_all, gated_all = torch.stack(contexts, dim=1), torch.stack(gateds, dim=1)  # (B, T, D)
+        logits = self._output(embedded, hidden_all, context_all, gated_all)  # (B, T, V), matmuls over all steps
         return logits, torch.stack(alphas, dim=1)
 
     def step(self, tokens: Tensor, state: State, attended: AttendedMemory) -> tuple[Tensor, State, Tensor]:
         """One free-running step: previous words (B,) -> logits (B, V), new state, alpha (B, P)."""
         embedded = self.embedding(tokens)  # (B, E)
         embed_gates = self.core.project_input(embedded, stop=self.embed_dim)
-        hidden, gated, alpha, state = self._recur(embed_gates, state, attended)
-        return self._output(embedded, hidden, gated), state, alpha
+        hidden, context, gated, alpha, state = self._recur(embed_gates, state, attended)
+        return self._output(embedded, hidden, context, gated), state, alpha
