@@ -4,6 +4,7 @@ with weights_only=True (no pickle of code), written atomically so a crash never 
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -40,13 +41,19 @@ def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as file:
+        magic = file.read(4)
+    if magic != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise CheckpointError(f"{path} is not a checkpoint (not a file written by torch.save)")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # zip errors, unpickling errors, EOF: all mean the same to a user
-        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+    except pickle.UnpicklingError:
         raise CheckpointError(
-            f"checkpoint {path} cannot be read (corrupt, truncated or not a torch file): {reason}"
+            f"checkpoint {path} holds pickled Python objects (a whole model saved with torch.save(model)?); "
+            "captioner reads only weights-only checkpoints"
         ) from None
+    except Exception:  # zip and stream errors from a cut-off or damaged file
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a captioner checkpoint (it has no 'format': '{FORMAT}' entry)")
     if data.get("version") != VERSION:

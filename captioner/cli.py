@@ -93,7 +93,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from captioner.data.images import ImageTransform
-    from captioner.data.manifest import load_manifest
+    from captioner.data.manifest import ImageSet, load_manifest
     from captioner.engine import generate_captions, restore_captioner, score_captions
 
     device = _device(args.device)
@@ -104,7 +104,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     rows = []
     for beam_size in args.beam_size:
         captions = generate_captions(
-            model, records, transform, vocab, device, beam_size, args.max_len, config.train.eval_batch_size
+            model, ImageSet(records, transform), vocab, device, beam_size, args.max_len, config.train.eval_batch_size
         )
         rows.append(
             {
@@ -135,7 +135,7 @@ def get_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--out", default="data/shapes", help="output folder (default: data/shapes)")
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--image-size", type=int, default=64)
-    shapes.add_argument("--train", type=int, default=12000, help="training images (default: 12000)")
+    shapes.add_argument("--train", type=int, default=5000, help="training images (default: 5000)")
     shapes.add_argument("--val", type=int, default=500)
     shapes.add_argument("--test", type=int, default=500)
     shapes.set_defaults(func=cmd_data_shapes)

@@ -22,6 +22,7 @@ class DataConfig:
     min_word_freq: int = 1  # words seen fewer times in the training captions become <unk>
     max_caption_len: int = 30  # longer training captions are cut to this many words
     num_workers: int = 0  # DataLoader worker processes
+    cache_features: bool = True  # with a frozen backbone, compute each image's grid once (fp16, ROOT/cache)
 
 
 @dataclass
@@ -46,7 +47,7 @@ class DecoderConfig:
     dropout: float = 0.5
     word_dropout: float = 0.0  # training only: share of previous words replaced by <unk>
     output_word: bool = True  # feed the previous word's embedding to the output layer (Xu et al. eq. 7)
-    visual_words: bool = False  # object words are read off the attended context, not chosen by the LM (decoder.py)
+    visual_word_groups: int = 0  # groups of words read off the attended context (the data's "visual_words")
 
 
 @dataclass

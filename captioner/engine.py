@@ -12,11 +12,12 @@ from pathlib import Path
 import torch
 import yaml
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
 from captioner.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from captioner.config import Config, ConfigError, TrainConfig
+from captioner.data.feature_cache import CachedCaptionSet, CachedImageSet, build_feature_cache, cache_file
 from captioner.data.images import ImageTransform
 from captioner.data.manifest import (
     CaptionTrainingSet,
@@ -135,8 +136,7 @@ class Captions:
 @torch.no_grad()
 def generate_captions(
     model: Captioner,
-    records: list[ImageRecord],
-    transform: ImageTransform,
+    dataset: Dataset,
     vocab: Vocab,
     device: torch.device,
     beam_size: int = 1,
@@ -145,13 +145,16 @@ def generate_captions(
     num_workers: int = 0,
     amp: str = "none",
 ) -> Captions:
-    """Caption every record's image without teacher forcing."""
+    """Caption every item of an ImageSet (or CachedImageSet) without teacher forcing."""
     model.eval()
-    loader = DataLoader(ImageSet(records, transform), batch_size, num_workers=num_workers, collate_fn=collate_images)
+    # Its own generator: evaluating must not move the global random stream that training uses.
+    loader = DataLoader(
+        dataset, batch_size, num_workers=num_workers, collate_fn=collate_images, generator=torch.Generator()
+    )
     tokens, attention, scores = [], [], []
-    for images, _ in tqdm(loader, desc=f"captioning (beam {beam_size})", unit="batch", leave=False, disable=None):
+    for inputs, _ in tqdm(loader, desc=f"captioning (beam {beam_size})", unit="batch", leave=False, disable=None):
         with autocast(device, amp):
-            result = model.generate(images.to(device), beam_size=beam_size, max_len=max_len)
+            result = model.generate(inputs.to(device), beam_size=beam_size, max_len=max_len)
         tokens += [vocab.decode(ids) for ids in result.tokens]
         attention += [trace.float().cpu() for trace in result.traces]
         scores += result.scores.tolist()
@@ -209,13 +212,35 @@ def fit(config: Config, resume: bool = False, log=print) -> Path:
         )
     torch.manual_seed(train.seed)
     model = Captioner.from_config(config, len(vocab), load_pretrained=checkpoint is None).to(device)
-    if config.decoder.visual_words:
-        visual_ids = [vocab.stoi[w] for w in manifest.object_words if w in vocab.stoi]
-        if not visual_ids:
-            raise ConfigError(f"decoder.visual_words needs 'object_words' in {config.data.root}/captions.json")
-        model.decoder.set_visual_words(visual_ids)
+    if config.decoder.visual_word_groups:
+        groups = [[vocab.stoi[w] for w in group if w in vocab.stoi] for group in manifest.visual_words]
+        if len(groups) != config.decoder.visual_word_groups or not all(groups):
+            raise ConfigError(
+                f"decoder.visual_word_groups is {config.decoder.visual_word_groups} but "
+                f"{config.data.root}/captions.json lists {len(groups)} non-empty 'visual_words' groups"
+            )
+        model.decoder.set_visual_words(groups)
     transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
     dataset = CaptionTrainingSet(train_records, vocab, transform, config.data.max_caption_len)
+    val_set = ImageSet(val_records, transform)
+    if config.data.cache_features and not model.encoder.fine_tuned:
+        # A frozen backbone gives every image the same grid in every epoch: compute it once.
+        grids = {}
+        for split, records in (("train", train_records), ("val", val_records)):
+            path = cache_file(config, records, split)
+            if not path.is_file():
+                log(f"caching {config.encoder.backbone} grids of {len(records)} {split} images in {path}")
+            grids[split] = build_feature_cache(
+                model.encoder,
+                records,
+                transform,
+                path,
+                device,
+                train.eval_batch_size,
+                config.data.num_workers,
+            )
+        dataset, val_set = CachedCaptionSet(dataset, grids["train"]), CachedImageSet(grids["val"])
+        log(f"training from cached {config.encoder.backbone} grids in {Path(config.data.root) / 'cache'}")
     sampler = RandomSampler(dataset, generator=torch.Generator())
     loader = DataLoader(
         dataset,
@@ -259,8 +284,7 @@ def fit(config: Config, resume: bool = False, log=print) -> Path:
         step += len(loader)
         captions = generate_captions(
             model,
-            val_records,
-            transform,
+            val_set,
             vocab,
             device,
             train.eval_beam_size,

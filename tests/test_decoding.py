@@ -11,13 +11,20 @@ from captioner.models.decoder import AttentionDecoder
 V, EOS, BOS = 12, 2, 1
 
 
-def make_decoder(cell="lstm", visual_words=False):
+def make_decoder(cell="lstm", visual_words=False):  # visual_words: two groups of visual words
     torch.manual_seed(1)
     decoder = AttentionDecoder(
-        V, memory_dim=6, embed_dim=5, hidden_dim=8, attention_dim=7, cell=cell, dropout=0.0, visual_words=visual_words
+        V,
+        memory_dim=6,
+        embed_dim=5,
+        hidden_dim=8,
+        attention_dim=7,
+        cell=cell,
+        dropout=0.0,
+        visual_word_groups=2 if visual_words else 0,
     ).eval()
     if visual_words:
-        decoder.set_visual_words([5, 6, 7])
+        decoder.set_visual_words([[5, 6, 7], [8, 9]])
     return decoder
 
 

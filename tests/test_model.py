@@ -11,7 +11,7 @@ from captioner.models.decoder import AttentionDecoder
 from captioner.models.image_encoder import EncoderError, ImageEncoder
 
 
-def small_captioner(cell="lstm", num_layers=1, visual_words=False) -> Captioner:
+def small_captioner(cell="lstm", num_layers=1, visual_word_groups=0) -> Captioner:
     config = Config.from_dict(
         {
             "encoder": {
@@ -29,7 +29,7 @@ def small_captioner(cell="lstm", num_layers=1, visual_words=False) -> Captioner:
                 "cell": cell,
                 "num_layers": num_layers,
                 "dropout": 0.2,
-                "visual_words": visual_words,
+                "visual_word_groups": visual_word_groups,
             },
         }
     )
@@ -37,13 +37,13 @@ def small_captioner(cell="lstm", num_layers=1, visual_words=False) -> Captioner:
 
 
 @pytest.mark.parametrize(
-    ("cell", "num_layers", "visual_words"),
-    [("lstm", 1, False), ("lstm", 2, False), ("gru", 2, False), ("rnn", 1, False), ("lstm", 1, True)],
+    ("cell", "num_layers", "visual_word_groups"),
+    [("lstm", 1, 0), ("lstm", 2, 0), ("gru", 2, 0), ("rnn", 1, 0), ("lstm", 1, 2)],
 )
-def test_every_parameter_gets_a_finite_gradient(cell, num_layers, visual_words):
-    model = small_captioner(cell, num_layers, visual_words).train()
-    if visual_words:
-        model.decoder.set_visual_words([5, 6, 7])
+def test_every_parameter_gets_a_finite_gradient(cell, num_layers, visual_word_groups):
+    model = small_captioner(cell, num_layers, visual_word_groups).train()
+    if visual_word_groups:
+        model.decoder.set_visual_words([[5, 6], [7, 8, 9]])
     images = torch.randn(3, 3, 32, 32)
     tokens = torch.randint(4, 15, (3, 7))
     tokens[2, 5:] = 0  # a padded caption
@@ -147,17 +147,23 @@ def test_word_dropout_hides_words_behind_unk_in_training_only():
 
 
 def test_visual_words_come_from_the_context_and_the_language_model_only_times_them():
-    decoder = AttentionDecoder(10, 6, 5, 8, 7, dropout=0.0, visual_words=True).eval()
+    decoder = AttentionDecoder(10, 6, 5, 8, 7, dropout=0.0, visual_word_groups=2).eval()
     memory, tokens = torch.randn(3, 5, 6), torch.randint(4, 10, (3, 4))
-    plain, _ = decoder(memory, tokens)  # no visual words chosen yet: the plain deep output
-    decoder.set_visual_words([6, 7, 8])
+    plain, _ = decoder(memory, tokens)  # no visual words chosen yet: the plain deep output's distribution
+    groups = [[5, 6], [7, 8, 9]]
+    decoder.set_visual_words(groups)
     scores, alphas = decoder(memory, tokens)
     torch.testing.assert_close(scores.exp().sum(-1), torch.ones(3, 4))
     language = torch.log_softmax(plain, -1)
-    others = torch.tensor([True] * 6 + [False] * 3 + [True])
+    others = [0, 1, 2, 3, 4]
     torch.testing.assert_close(scores[..., others], language[..., others])  # other words: the LM's own
-    visual = scores[..., 6:9].exp()
-    torch.testing.assert_close(visual.sum(-1), language[..., 6:9].exp().sum(-1))  # the LM sets the slot's mass
-    contexts = torch.bmm(alphas, memory)  # (B, T, D)
-    which = torch.softmax(decoder.visual_classifier(contexts)[..., 6:9], -1)
-    torch.testing.assert_close(visual / visual.sum(-1, keepdim=True), which)  # the context picks the word
+    contexts = torch.bmm(alphas, memory)  # (B, T, D): the attended context of every step
+    for group in groups:
+        probs = scores[..., group].exp()
+        torch.testing.assert_close(probs.sum(-1), language[..., group].exp().sum(-1))  # the LM sets the slot
+        which = torch.softmax(decoder.visual_classifier(contexts)[..., group], -1)
+        torch.testing.assert_close(probs / probs.sum(-1, keepdim=True), which)  # the context picks the word
+    with pytest.raises(ValueError, match="one visual word group only"):
+        decoder.set_visual_words([[5, 6], [6, 7]])
+    with pytest.raises(ValueError, match="built for 2 visual word groups, not 1"):
+        decoder.set_visual_words([[5]])

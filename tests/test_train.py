@@ -68,8 +68,16 @@ def test_bad_checkpoints_get_one_clear_error(shapes_root, tmp_path):
     best = fit(tiny_config(shapes_root, tmp_path / "run", epochs=1), log=lambda _: None)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(best.read_bytes()[:2000])
-    with pytest.raises(CheckpointError, match="truncated.pt.*cannot be read"):
+    with pytest.raises(CheckpointError, match="truncated.pt is corrupt or truncated"):
         restore_captioner(truncated)
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="notes.pt is not a checkpoint"):
+        restore_captioner(text)
+    pickled = tmp_path / "pickled.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled)  # a whole module: needs pickle to load
+    with pytest.raises(CheckpointError, match="pickled.pt holds pickled Python objects"):
+        restore_captioner(pickled)
     foreign = tmp_path / "foreign.pt"
     torch.save({"conv1.weight": torch.zeros(3)}, foreign)
     with pytest.raises(CheckpointError, match="not a captioner checkpoint"):
@@ -82,3 +90,16 @@ def test_bad_checkpoints_get_one_clear_error(shapes_root, tmp_path):
         restore_captioner(mismatched)
     with pytest.raises(CheckpointError, match="does not exist"):
         restore_captioner(tmp_path / "absent.pt")
+
+
+def test_visual_word_groups_come_from_the_manifest(shapes_root, tmp_path):
+    from captioner.config import ConfigError
+
+    config = tiny_config(shapes_root, tmp_path / "run", epochs=1)
+    config.decoder.visual_word_groups = 2  # shapes lists colours and shape names
+    model, _, vocab = restore_captioner(fit(config, log=lambda _: None))
+    colours = {vocab.itos[i] for i in model.decoder.visual_groups[0].nonzero().flatten().tolist()}
+    assert colours <= {"red", "green", "blue", "yellow", "purple"} and len(colours) >= 3
+    config.decoder.visual_word_groups = 3
+    with pytest.raises(ConfigError, match="lists 2 non-empty 'visual_words' groups"):
+        fit(config, log=lambda _: None)

@@ -5,7 +5,8 @@
                  "objects": [{"phrase": "red circle", "box": [x0, y0, x1, y1]}]}]}
 
 "objects" (boxes of the things a caption names) and "object_words" are optional; with them the
-attention grounding score can be measured.
+attention grounding score can be measured. So is "visual_words", groups of words (e.g. colours,
+object names) that a decoder with visual word groups reads off the image (models/decoder.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Manifest:
     root: Path
     records: list[ImageRecord]
     object_words: list[str]
+    visual_words: list[list[str]] = field(default_factory=list)
 
     def split(self, name: str) -> list[ImageRecord]:
         records = [r for r in self.records if r.split == name]
@@ -80,7 +82,12 @@ def load_manifest(root: str | Path) -> Manifest:
         if not image_path.is_file():
             raise DataError(f"{where}: image {image_path} is listed but missing")
         records.append(ImageRecord(image_path, entry["split"], captions, entry.get("objects", [])))
-    return Manifest(root, records, list(data.get("object_words", [])))
+    visual_words = data.get("visual_words", [])
+    if not isinstance(visual_words, list) or not all(
+        isinstance(group, list) and all(isinstance(w, str) for w in group) for group in visual_words
+    ):
+        raise DataError(f"{path}: 'visual_words' must be a list of lists of words")
+    return Manifest(root, records, list(data.get("object_words", [])), visual_words)
 
 
 class CaptionTrainingSet(Dataset):

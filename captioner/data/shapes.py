@@ -40,7 +40,7 @@ class ShapesSpec:
 
     seed: int = 0
     image_size: int = 64
-    train: int = 12000
+    train: int = 5000
     val: int = 500
     test: int = 500
     min_size: int = 14
@@ -177,6 +177,7 @@ def build_shapes(root: str | Path, spec: ShapesSpec | None = None, progress: boo
         "name": "shapes",
         "spec": asdict(spec),
         "object_words": sorted(SHAPES),  # the nouns that name objects, as grounding studies count them
+        "visual_words": [list(COLOURS), list(SHAPES)],
         "images": entries,
     }
     tmp = manifest_path.with_suffix(".json.tmp")

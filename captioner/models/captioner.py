@@ -44,14 +44,17 @@ class Captioner(nn.Module):
             dec.dropout,
             dec.word_dropout,
             dec.output_word,
-            dec.visual_words,
+            dec.visual_word_groups,
             pad_id=Vocab.pad_id,
             unk_id=Vocab.unk_id,
         )
         return cls(encoder, decoder)
 
     def forward(self, images: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """Teacher forcing: images (B, 3, S, S), tokens (B, T) -> logits (B, T, V), alphas (B, T, P)."""
+        """Teacher forcing: images (B, 3, S, S) or cached grids (B, P, D), tokens (B, T).
+
+        Returns logits (B, T, V) and attention weights alphas (B, T, P).
+        """
         return self.decoder(self.encoder(images), tokens)
 
     @torch.no_grad()
@@ -64,7 +67,7 @@ class Captioner(nn.Module):
         bos_id: int = Vocab.bos_id,
         eos_id: int = Vocab.eos_id,
     ) -> Generation:
-        """Caption a batch of images: greedy for beam_size 1, else batched beam search.
+        """Caption images (B, 3, S, S) or cached grids (B, P, D): greedy for beam_size 1, else beam search.
 
         The traces of the result are the attention maps (len_i, P) of each generated word.
         """

@@ -50,7 +50,7 @@ class AttentionDecoder(nn.Module):
         dropout: float = 0.5,
         word_dropout: float = 0.0,
         output_word: bool = True,
-        visual_words: bool = False,
+        visual_word_groups: int = 0,
         pad_id: int = 0,
         unk_id: int = 3,
     ):
@@ -71,20 +71,28 @@ class AttentionDecoder(nn.Module):
         self.out_context = nn.Linear(memory_dim, embed_dim, bias=False)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(embed_dim, vocab_size)
-        # Visual words (the slot idea of Neural Baby Talk, Lu et al. 2018): for the words in visual_mask
-        # (the data's object words) the language model only says *when* one comes (their total
-        # probability), and a classifier reading the attended context alone says *which*. The language
-        # model learns from the training captions that "red" is never followed by "triangle"; here that
-        # prior cannot veto a word the image shows. The mask is a buffer, so it travels in checkpoints.
-        self.visual_classifier = nn.Linear(memory_dim, vocab_size) if visual_words else None
-        self.register_buffer("visual_mask", torch.zeros(vocab_size, dtype=torch.bool) if visual_words else None)
+        # Visual words (the slot idea of Neural Baby Talk, Lu et al. 2018): the vocabulary may hold groups
+        # of visual words (say, colours and object names). For a group, the language model only says
+        # *when* one of its words comes (the group's total probability), and a classifier reading the
+        # attended context alone says *which*. The language model learns from the training captions
+        # that "red" is never followed by "triangle"; here that prior cannot veto what the image shows.
+        # The groups are a buffer (G, V), so they travel in checkpoints.
+        self.visual_classifier = nn.Linear(memory_dim, vocab_size) if visual_word_groups else None
+        self.register_buffer(
+            "visual_groups",
+            torch.zeros(visual_word_groups, vocab_size, dtype=torch.bool) if visual_word_groups else None,
+        )
 
-    def set_visual_words(self, word_ids: list[int]) -> None:
-        """Choose the words whose identity comes from the attended context (needs visual_words=True)."""
-        if self.visual_mask is None:
-            raise ValueError("this decoder was built without visual_words")
-        self.visual_mask.zero_()
-        self.visual_mask[torch.as_tensor(word_ids, dtype=torch.long)] = True
+    def set_visual_words(self, groups: list[list[int]]) -> None:
+        """Choose the groups of words whose identity comes from the attended context."""
+        if self.visual_groups is None or len(groups) != self.visual_groups.size(0):
+            have = 0 if self.visual_groups is None else self.visual_groups.size(0)
+            raise ValueError(f"this decoder was built for {have} visual word groups, not {len(groups)}")
+        self.visual_groups.zero_()
+        for group, word_ids in enumerate(groups):
+            self.visual_groups[group, torch.as_tensor(word_ids, dtype=torch.long)] = True
+        if bool((self.visual_groups.sum(0) > 1).any()):
+            raise ValueError("a word may belong to one visual word group only")
 
     def prepare(self, memory: Tensor, mask: Tensor | None = None) -> AttendedMemory:
         """Project the attention keys once per memory. memory (B, P, D), mask (B, P) True where valid."""
@@ -128,12 +136,18 @@ class AttentionDecoder(nn.Module):
         if self.output_word:
             mixed = mixed + embedded
         logits = self.classifier(self.dropout(mixed))
-        if self.visual_mask is None or not bool(self.visual_mask.any()):
+        if self.visual_groups is None:
             return logits
         language = F.log_softmax(logits.float(), dim=-1)  # (..., V)
-        slot = torch.logsumexp(language.masked_fill(~self.visual_mask, float("-inf")), dim=-1, keepdim=True)
-        visual = self.visual_classifier(self.dropout(context)).float().masked_fill(~self.visual_mask, float("-inf"))
-        return torch.where(self.visual_mask, slot + F.log_softmax(visual, dim=-1), language)
+        visual = self.visual_classifier(self.dropout(context)).float()  # (..., V)
+        scores = language
+        for group in self.visual_groups:  # (V,) each; G is small
+            if not bool(group.any()):
+                continue
+            slot = torch.logsumexp(language.masked_fill(~group, float("-inf")), dim=-1, keepdim=True)
+            pick = F.log_softmax(visual.masked_fill(~group, float("-inf")), dim=-1)
+            scores = torch.where(group, slot + pick, scores)
+        return scores
 
     def forward(self, memory: Tensor, tokens: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Teacher-forced decoding.

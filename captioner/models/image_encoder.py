@@ -206,14 +206,22 @@ class ImageEncoder(nn.Module):
     def backbone_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.trunk.parameters() if p.requires_grad]
 
-    def forward(self, images: Tensor) -> Tensor:
+    def grid(self, images: Tensor) -> Tensor:
+        """The backbone's feature grid, before the position embedding: (B, 3, H, W) -> (B, P, D).
+
+        For a frozen backbone this is what the feature cache stores (see data/feature_cache.py).
+        """
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.fine_tuned):
             features = self.trunk(images)  # (B, D, h, w)
         if features.shape[-2:] != (self.grid_size, self.grid_size):
             features = F.adaptive_avg_pool2d(features, self.grid_size)  # (B, D, g, g)
-        memory = features.flatten(2).transpose(1, 2)  # (B, P, D)
+        return features.flatten(2).transpose(1, 2)  # (B, P, D)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """Images (B, 3, H, W), or grids (B, P, D) read from the feature cache -> memory (B, P, D)."""
+        memory = inputs.float() if inputs.dim() == 3 else self.grid(inputs)
         if self.position is not None:
             memory = memory + self.position
         return memory

@@ -1,0 +1,100 @@
+"""The encoder feature cache: for a frozen backbone, every image's grid computed once and kept on disk.
+
+Decoder-only training then reads (P, D) fp16 grids from a memory-mapped .npy file instead of
+decoding images and running the CNN every epoch. The file name carries a key of everything that
+determines the grids (backbone, weights, image size, grid, the image list and the manifest's time
+stamp), so a changed setting builds a new cache; the file is written under a temporary name and
+renamed when complete, so an interrupted build is simply redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from captioner.config import Config
+from captioner.data.images import ImageTransform
+from captioner.data.manifest import CaptionTrainingSet, ImageRecord, ImageSet, collate_images
+from captioner.models.image_encoder import ImageEncoder
+
+
+def cache_file(config: Config, records: list[ImageRecord], split: str) -> Path:
+    """Where the grids of these records live: ROOT/cache/SPLIT-BACKBONE-SIZE-GRID-KEY.npy."""
+    root = Path(config.data.root)
+    enc = config.encoder
+    manifest = root / "captions.json"
+    stamp = manifest.stat().st_mtime_ns if manifest.exists() else 0
+    key = f"{enc.backbone}|{enc.weights}|{enc.width}|{config.data.image_size}|{enc.grid_size}|{stamp}|"
+    key += "|".join(str(r.path) for r in records)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    return root / "cache" / f"{split}-{enc.backbone}-{config.data.image_size}px-{enc.grid_size}x{enc.grid_size}-{digest}.npy"
+
+
+@torch.no_grad()
+def build_feature_cache(
+    encoder: ImageEncoder,
+    records: list[ImageRecord],
+    transform: ImageTransform,
+    path: Path,
+    device: torch.device,
+    batch_size: int = 64,
+    num_workers: int = 0,
+) -> np.ndarray:
+    """Compute (or reuse) the grids of `records`: a read-only memory-mapped array (N, P, D) of fp16."""
+    expected = (len(records), encoder.grid_size**2, encoder.out_dim)
+    if path.is_file():
+        cached = np.load(path, mmap_mode="r")
+        if cached.shape == expected:
+            return cached
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=expected)
+    was_training = encoder.training
+    encoder.eval()
+    # Its own generator: building a cache must not move the global random stream that training uses.
+    loader = DataLoader(
+        ImageSet(records, transform), batch_size, num_workers=num_workers, collate_fn=collate_images,
+        generator=torch.Generator(),
+    )
+    for images, indices in tqdm(loader, desc=f"caching {path.name}", unit="batch", disable=None):
+        grids = encoder.grid(images.to(device))  # (B, P, D)
+        array[indices[0] : indices[-1] + 1] = grids.half().cpu().numpy()
+    array.flush()
+    del array
+    os.replace(tmp, path)
+    encoder.train(was_training)
+    return np.load(path, mmap_mode="r")
+
+
+class CachedCaptionSet(Dataset):
+    """CaptionTrainingSet with cached grids (P, D) in place of images."""
+
+    def __init__(self, captions: CaptionTrainingSet, grids: np.ndarray):
+        self.items, self.grids = captions.items, grids
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        record_index, ids = self.items[index]
+        return torch.from_numpy(np.asarray(self.grids[record_index], dtype=np.float32)), ids
+
+
+class CachedImageSet(Dataset):
+    """ImageSet with cached grids: (grid (P, D), record index)."""
+
+    def __init__(self, grids: np.ndarray):
+        self.grids = grids
+
+    def __len__(self) -> int:
+        return len(self.grids)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return torch.from_numpy(np.asarray(self.grids[index], dtype=np.float32)), index

@@ -1,0 +1,94 @@
+"""Where a shapes captioner fails on the held-out colour-shape pairs, measured with teacher forcing.
+
+For every object in the first --images test images, the decoder is fed the reference caption up to
+the object's colour word and we read its most likely next word (the shape noun):
+  * `noun right`: with the true colour word, as the model would see it;
+  * `noun right, colour swapped` (--swap): with the colour word replaced by a colour that *was* seen
+    with that shape in training. If the noun becomes right, the language model's word prior vetoed it.
+It also reports the grounding (attention peak inside the box) of colour words and nouns per object
+position, from free-running greedy captions.
+
+    python scripts/shapes_analysis.py --checkpoint runs/shapes/best.pt --swap
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+import torch
+from PIL import Image
+
+from captioner.data.images import ImageTransform
+from captioner.data.manifest import ImageSet, load_manifest
+from captioner.data.shapes import COLOURS, HELD_OUT
+from captioner.engine import generate_captions, restore_captioner
+from captioner.metrics import attention_peak_in_box
+from captioner.text import tokenize
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data-root", help="default: the checkpoint's data.root")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--images", type=int, default=200, help="how many images of the split (default: 200)")
+    parser.add_argument("--swap", action="store_true", help="also measure with a swapped colour word")
+    return parser
+
+
+def seen_partner(colour: str, shape: str) -> str:
+    """A colour other than `colour` that appears with `shape` in training."""
+    return next(c for c in COLOURS if c != colour and (c, shape) not in HELD_OUT)
+
+
+@torch.no_grad()
+def main(args: argparse.Namespace) -> None:
+    model, config, vocab = restore_captioner(args.checkpoint)
+    manifest = load_manifest(args.data_root or config.data.root)
+    records = manifest.split(args.split)[: args.images]
+    transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
+    held = {" ".join(pair) for pair in HELD_OUT}
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # right, right when swapped, total
+    for index, record in enumerate(records):
+        image = ImageSet(records, transform)[index][0].unsqueeze(0)
+        words = tokenize(record.captions[0])
+        for thing in record.objects:
+            colour, shape = thing["phrase"].split()
+            at = next(k for k in range(len(words) - 1) if words[k : k + 2] == [colour, shape])
+            ids = torch.tensor([[vocab.bos_id, *vocab.encode(words[: at + 1])]])
+            row = counts["held-out pairs" if thing["phrase"] in held else "seen pairs"]
+            row[0] += vocab.itos[int(model(image, ids)[0][0, -1].argmax())] == shape
+            if args.swap:
+                ids[0, -1] = vocab.stoi[seen_partner(colour, shape)]
+                row[1] += vocab.itos[int(model(image, ids)[0][0, -1].argmax())] == shape
+            row[2] += 1
+    print(f"{args.split} split, first {len(records)} images, teacher-forced next word after the colour:")
+    for name, (right, swapped, total) in counts.items():
+        extra = f", noun right with a swapped colour word {swapped / total:.2f}" if args.swap else ""
+        print(f"  {name}: {total} objects, noun right {right / total:.2f}{extra}")
+
+    captions = generate_captions(model, ImageSet(records, transform), vocab, torch.device("cpu"))
+    grounded: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
+    exact = 0
+    for tokens, attention, record in zip(captions.tokens, captions.attention, records, strict=True):
+        with Image.open(record.path) as image:
+            size = image.size  # boxes are in the file's pixels, whatever size the encoder reads
+        exact += " ".join(tokens) == " ".join(tokenize(record.captions[0]))
+        for order, thing in enumerate(record.objects):
+            phrase = thing["phrase"].split()
+            for start in range(len(tokens) - 1):
+                if tokens[start : start + 2] == phrase:
+                    for offset, kind in enumerate(("colour", "noun")):
+                        hit = attention_peak_in_box(
+                            attention[start + offset], config.encoder.grid_size, size, thing["box"]
+                        )
+                        grounded[(kind, order + 1)][0] += hit
+                        grounded[(kind, order + 1)][1] += 1
+    print(f"greedy captions: exact match {exact / len(records):.3f}; grounding by word kind and object position:")
+    for (kind, order), (hits, total) in sorted(grounded.items()):
+        print(f"  {kind} of object {order}: {hits / total:.2f} of {total}")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
