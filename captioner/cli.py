@@ -92,6 +92,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from captioner.data.feature_cache import CachedImageSet, build_feature_cache, cache_file
     from captioner.data.images import ImageTransform
     from captioner.data.manifest import ImageSet, load_manifest
     from captioner.engine import generate_captions, restore_captioner, score_captions
@@ -101,10 +102,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.data_root or config.data.root)
     records = manifest.split(args.split)
     transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
+    dataset = ImageSet(records, transform)
+    if not model.encoder.fine_tuned and config.data.cache_features:
+        # A frozen backbone: compute the split's grids once (or reuse them), not once per beam size.
+        config.data.root = str(manifest.root)
+        path = cache_file(config, records, args.split, model.encoder)
+        dataset = CachedImageSet(build_feature_cache(model.encoder, records, transform, path, device))
     rows = []
     for beam_size in args.beam_size:
         captions = generate_captions(
-            model, ImageSet(records, transform), vocab, device, beam_size, args.max_len, config.train.eval_batch_size
+            model, dataset, vocab, device, beam_size, args.max_len, config.train.eval_batch_size
         )
         rows.append(
             {

@@ -227,7 +227,7 @@ def fit(config: Config, resume: bool = False, log=print) -> Path:
         # A frozen backbone gives every image the same grid in every epoch: compute it once.
         grids = {}
         for split, records in (("train", train_records), ("val", val_records)):
-            path = cache_file(config, records, split)
+            path = cache_file(config, records, split, model.encoder)
             if not path.is_file():
                 log(f"caching {config.encoder.backbone} grids of {len(records)} {split} images in {path}")
             grids[split] = build_feature_cache(

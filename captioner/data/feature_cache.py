@@ -2,8 +2,8 @@
 
 Decoder-only training then reads (P, D) fp16 grids from a memory-mapped .npy file instead of
 decoding images and running the CNN every epoch. The file name carries a key of everything that
-determines the grids (backbone, weights, image size, grid, the image list and the manifest's time
-stamp), so a changed setting builds a new cache; the file is written under a temporary name and
+determines the grids (backbone, a fingerprint of its weights, image size, grid, the image list and
+the manifest's time stamp), so a changed setting builds a new cache; the file is written under a temporary name and
 renamed when complete, so an interrupted build is simply redone.
 """
 
@@ -25,13 +25,22 @@ from captioner.data.manifest import CaptionTrainingSet, ImageRecord, ImageSet, c
 from captioner.models.image_encoder import ImageEncoder
 
 
-def cache_file(config: Config, records: list[ImageRecord], split: str) -> Path:
+def weights_fingerprint(encoder: ImageEncoder) -> str:
+    """A short hash of the trunk's weights, so two differently initialised backbones never share a cache."""
+    digest = hashlib.sha1()
+    for name, tensor in encoder.trunk.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().flatten()[:256].cpu().float().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def cache_file(config: Config, records: list[ImageRecord], split: str, encoder: ImageEncoder) -> Path:
     """Where the grids of these records live: ROOT/cache/SPLIT-BACKBONE-SIZE-GRID-KEY.npy."""
     root = Path(config.data.root)
     enc = config.encoder
     manifest = root / "captions.json"
     stamp = manifest.stat().st_mtime_ns if manifest.exists() else 0
-    key = f"{enc.backbone}|{enc.weights}|{enc.width}|{config.data.image_size}|{enc.grid_size}|{stamp}|"
+    key = f"{enc.backbone}|{weights_fingerprint(encoder)}|{config.data.image_size}|{enc.grid_size}|{stamp}|"
     key += "|".join(str(r.path) for r in records)
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     return root / "cache" / f"{split}-{enc.backbone}-{config.data.image_size}px-{enc.grid_size}x{enc.grid_size}-{digest}.npy"
