@@ -212,6 +212,8 @@ def fit(config: Config, resume: bool = False, log=print) -> Path:
         )
     torch.manual_seed(train.seed)
     model = Captioner.from_config(config, len(vocab), load_pretrained=checkpoint is None).to(device)
+    if checkpoint is not None:  # before anything reads the weights (the feature cache's key does)
+        load_weights(model, checkpoint["model"], last_path)
     if config.decoder.visual_word_groups:
         groups = [[vocab.stoi[w] for w in group if w in vocab.stoi] for group in manifest.visual_words]
         if len(groups) != config.decoder.visual_word_groups or not all(groups):
@@ -258,7 +260,6 @@ def fit(config: Config, resume: bool = False, log=print) -> Path:
 
     start_epoch, step, best_bleu, elapsed = 0, 0, -1.0, 0.0
     if checkpoint is not None:
-        load_weights(model, checkpoint["model"], last_path)
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         torch.set_rng_state(checkpoint["rng"])

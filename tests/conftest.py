@@ -24,19 +24,23 @@ def shapes_root(tmp_path_factory):
     return root
 
 
+# A from-scratch small_cnn that reads 32 px images into a 4 x 4 grid.
+TINY_ENCODER = {
+    "backbone": "small_cnn",
+    "weights": None,
+    "width": 16,
+    "grid_size": 4,
+    "fine_tune_stages": -1,
+    "position_embedding": True,
+}
+
+
 def tiny_config(root, run_dir, **train) -> Config:
     """A small_cnn captioner small enough to train for a few steps in seconds."""
     config = Config.from_dict(
         {
             "data": {"root": str(root), "image_size": 32},
-            "encoder": {
-                "backbone": "small_cnn",
-                "weights": None,
-                "width": 16,
-                "grid_size": 4,
-                "fine_tune_stages": -1,
-                "position_embedding": True,
-            },
+            "encoder": dict(TINY_ENCODER),
             "decoder": {"embed_dim": 16, "hidden_dim": 32, "attention_dim": 16, "dropout": 0.1},
             "train": {
                 "run_dir": str(run_dir),

@@ -28,6 +28,12 @@ def make_decoder(cell="lstm", visual_words=False):  # visual_words: two groups o
     return decoder
 
 
+def step_function(decoder, memory):
+    """The decoder's step over one memory, as decoding.py wants it."""
+    attended = decoder.prepare(memory)
+    return lambda tokens, state: decoder.step(tokens, state, attended)
+
+
 def decode(decoder, memory, beam_size, max_len=9, alpha=0.0):
     attended, state = decoder.prepare(memory), decoder.init_state(memory)
     start = torch.full((memory.size(0),), BOS)
@@ -87,11 +93,7 @@ def test_beam_never_worse_than_greedy():
 
 def test_sampling_is_deterministic_with_a_seed_and_greedy_near_zero_temperature():
     decoder, memory = make_decoder(), torch.randn(3, 5, 6)
-    attended = decoder.prepare(memory)
-
-    def step(tokens, state):
-        return decoder.step(tokens, state, attended)
-
+    step = step_function(decoder, memory)
     start = torch.full((3,), BOS)
     runs = [
         sample(step, decoder.init_state(memory), start, 10, EOS, 1.0, 5, torch.Generator().manual_seed(7))
@@ -104,11 +106,7 @@ def test_sampling_is_deterministic_with_a_seed_and_greedy_near_zero_temperature(
 
 def test_top_k_one_is_greedy():
     decoder, memory = make_decoder(), torch.randn(3, 5, 6)
-    attended = decoder.prepare(memory)
-
-    def step(tokens, state):
-        return decoder.step(tokens, state, attended)
-
+    step = step_function(decoder, memory)
     start = torch.full((3,), BOS)
     top1 = sample(step, decoder.init_state(memory), start, 10, EOS, 2.0, 1, torch.Generator().manual_seed(0))
     assert top1.tokens == greedy(step, decoder.init_state(memory), start, 10, EOS).tokens

