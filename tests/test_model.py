@@ -161,3 +161,24 @@ def test_visual_words_come_from_the_context_and_the_language_model_only_times_th
         decoder.set_visual_words([[5, 6], [6, 7]])
     with pytest.raises(ValueError, match="built for 2 visual word groups, not 1"):
         decoder.set_visual_words([[5]])
+
+
+def test_output_without_the_previous_word_ignores_it():
+    """output_word=False drops E y_{t-1} from the deep output: the output layer ignores the embedding."""
+    decoder = AttentionDecoder(10, 6, 5, 8, 7, dropout=0.0, output_word=False).eval()
+    memory = torch.randn(2, 5, 6)
+    attended, state = decoder.prepare(memory), decoder.init_state(memory)
+    embedded = decoder.embedding(torch.tensor([4, 4]))
+    hidden, context, gated, _, _ = decoder._recur(decoder.core.project_input(embedded, stop=5), state, attended)
+    with_word = decoder._output(embedded, hidden, context, gated)
+    torch.testing.assert_close(with_word, decoder._output(torch.zeros_like(embedded), hidden, context, gated))
+    decoder.output_word = True
+    assert not torch.allclose(with_word, decoder._output(embedded, hidden, context, gated))
+
+
+def test_label_smoothing_moves_probability_to_every_word():
+    logits = torch.tensor([[[10.0, -10.0, -10.0, -10.0]]])
+    targets, alphas = torch.tensor([[0]]), torch.ones(1, 1, 1)
+    sharp, _ = caption_loss(logits, targets, alphas, 0.0, label_smoothing=0.0, pad_id=-1)
+    smooth, _ = caption_loss(logits, targets, alphas, 0.0, label_smoothing=0.3, pad_id=-1)
+    assert sharp < 1e-6 < smooth  # a confident right answer costs something once targets are smoothed
