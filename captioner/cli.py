@@ -95,7 +95,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from captioner.data.feature_cache import CachedImageSet, build_feature_cache, cache_file
     from captioner.data.images import ImageTransform
     from captioner.data.manifest import ImageSet, load_manifest
-    from captioner.engine import generate_captions, restore_captioner, score_captions
+    from captioner.engine import generate_captions, image_sizes, restore_captioner, score_captions
 
     device = _device(args.device)
     model, config, vocab = restore_captioner(args.checkpoint, device)
@@ -105,9 +105,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = ImageSet(records, transform)
     if not model.encoder.fine_tuned and config.data.cache_features:
         # A frozen backbone: compute the split's grids once (or reuse them), not once per beam size.
-        config.data.root = str(manifest.root)
-        path = cache_file(config, records, args.split, model.encoder)
+        path = cache_file(manifest.root, config, records, args.split, model.encoder)
         dataset = CachedImageSet(build_feature_cache(model.encoder, records, transform, path, device))
+    sizes = image_sizes(records)
     rows = []
     for beam_size in args.beam_size:
         captions = generate_captions(
@@ -116,7 +116,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         rows.append(
             {
                 "beam_size": beam_size,
-                **score_captions(captions, records, manifest.object_words, config.encoder.grid_size),
+                **score_captions(captions, records, manifest.object_words, config.encoder.grid_size, sizes),
             }
         )
     keys = [k for k in rows[0] if k not in ("beam_size", "object_words")]

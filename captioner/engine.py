@@ -161,20 +161,39 @@ def generate_captions(
     return Captions(tokens, attention, scores)
 
 
-def score_captions(captions: Captions, records: list[ImageRecord], object_words: list[str], grid_size: int) -> dict:
-    """BLEU-1..4 (0-100) against the records' references, and grounding where boxes are known."""
+def image_sizes(records: list[ImageRecord]) -> list[tuple[int, int]]:
+    """(width, height) of every record's file, read from the headers; boxes are in these pixels."""
+    from PIL import Image
+
+    sizes = []
+    for record in records:
+        with Image.open(record.path) as image:
+            sizes.append(image.size)
+    return sizes
+
+
+def score_captions(
+    captions: Captions,
+    records: list[ImageRecord],
+    object_words: list[str],
+    grid_size: int,
+    sizes: list[tuple[int, int]] | None = None,
+) -> dict:
+    """BLEU-1..4 (0-100) against the records' references, and grounding where boxes are known.
+
+    sizes: the records' image_sizes(), when the caller scores the same records more than once.
+    """
     references = [[tokenize(c) for c in record.captions] for record in records]
     bleu = corpus_bleu(captions.tokens, references)
     result = {f"bleu{n}": 100.0 * b for n, b in enumerate(bleu, 1)}
     if object_words and any(record.objects for record in records):
-        from PIL import Image
-
-        sizes = []
-        for record in records:
-            with Image.open(record.path) as image:
-                sizes.append(image.size)
         score, count = grounding_score(
-            captions.tokens, captions.attention, [r.objects for r in records], set(object_words), grid_size, sizes
+            captions.tokens,
+            captions.attention,
+            [r.objects for r in records],
+            set(object_words),
+            grid_size,
+            sizes if sizes is not None else image_sizes(records),
         )
         result["grounding"] = 100.0 * score
         result["object_words"] = count
@@ -225,11 +244,12 @@ def fit(config: Config, resume: bool = False, log=print) -> Path:
     transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
     dataset = CaptionTrainingSet(train_records, vocab, transform, config.data.max_caption_len)
     val_set = ImageSet(val_records, transform)
+    val_sizes = image_sizes(val_records)  # for grounding, once rather than every epoch
     if config.data.cache_features and not model.encoder.fine_tuned:
         # A frozen backbone gives every image the same grid in every epoch: compute it once.
         grids = {}
         for split, records in (("train", train_records), ("val", val_records)):
-            path = cache_file(config, records, split, model.encoder)
+            path = cache_file(manifest.root, config, records, split, model.encoder)
             if not path.is_file():
                 log(f"caching {config.encoder.backbone} grids of {len(records)} {split} images in {path}")
             grids[split] = build_feature_cache(
@@ -294,7 +314,7 @@ def fit(config: Config, resume: bool = False, log=print) -> Path:
             config.data.num_workers,
             train.amp,
         )
-        scores = score_captions(captions, val_records, manifest.object_words, config.encoder.grid_size)
+        scores = score_captions(captions, val_records, manifest.object_words, config.encoder.grid_size, val_sizes)
         elapsed += stats["seconds"]
         record = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0], **stats, "elapsed": elapsed}
         record.update({f"val_{key}": value for key, value in scores.items()})

@@ -50,25 +50,26 @@ def main(args: argparse.Namespace) -> None:
     transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
     held = {" ".join(pair) for pair in HELD_OUT}
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # right, right when swapped, total
+    images = ImageSet(records, transform)
     for index, record in enumerate(records):
-        image = ImageSet(records, transform)[index][0].unsqueeze(0)
+        memory = model.encoder(images[index][0].unsqueeze(0))  # (1, P, D): the CNN runs once per image
         words = tokenize(record.captions[0])
         for thing in record.objects:
             colour, shape = thing["phrase"].split()
             at = next(k for k in range(len(words) - 1) if words[k : k + 2] == [colour, shape])
             ids = torch.tensor([[vocab.bos_id, *vocab.encode(words[: at + 1])]])
             row = counts["held-out pairs" if thing["phrase"] in held else "seen pairs"]
-            row[0] += vocab.itos[int(model(image, ids)[0][0, -1].argmax())] == shape
+            row[0] += vocab.itos[int(model.decoder(memory, ids)[0][0, -1].argmax())] == shape
             if args.swap:
                 ids[0, -1] = vocab.stoi[seen_partner(colour, shape)]
-                row[1] += vocab.itos[int(model(image, ids)[0][0, -1].argmax())] == shape
+                row[1] += vocab.itos[int(model.decoder(memory, ids)[0][0, -1].argmax())] == shape
             row[2] += 1
     print(f"{args.split} split, first {len(records)} images, teacher-forced next word after the colour:")
     for name, (right, swapped, total) in counts.items():
         extra = f", noun right with a swapped colour word {swapped / total:.2f}" if args.swap else ""
         print(f"  {name}: {total} objects, noun right {right / total:.2f}{extra}")
 
-    captions = generate_captions(model, ImageSet(records, transform), vocab, torch.device("cpu"))
+    captions = generate_captions(model, images, vocab, torch.device("cpu"))
     grounded: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
     exact = 0
     for tokens, attention, record in zip(captions.tokens, captions.attention, records, strict=True):

@@ -36,9 +36,10 @@ def test_cached_grids_equal_the_encoder_and_are_reused(shapes_root, tmp_path):
     build_feature_cache(encoder, records, transform, path, torch.device("cpu"))  # reused, not rebuilt
     assert path.stat().st_mtime_ns == modified
     assert [p.name for p in path.parent.iterdir()] == ["val.npy"]  # no temporary file left
-    assert cache_file(config, records, "val", encoder) != cache_file(config, records[:-1], "val", encoder)
+    key = cache_file(shapes_root, config, records, "val", encoder)
+    assert key != cache_file(shapes_root, config, records[:-1], "val", encoder)
     other = ImageEncoder("small_cnn", None, grid_size=4, fine_tune_stages=0, width=16)  # another random init
-    assert cache_file(config, records, "val", encoder) != cache_file(config, records, "val", other)
+    assert key != cache_file(shapes_root, config, records, "val", other)
 
 
 def test_training_from_the_cache_matches_training_from_images(shapes_root, tmp_path):

@@ -182,3 +182,15 @@ def test_label_smoothing_moves_probability_to_every_word():
     sharp, _ = caption_loss(logits, targets, alphas, 0.0, label_smoothing=0.0, pad_id=-1)
     smooth, _ = caption_loss(logits, targets, alphas, 0.0, label_smoothing=0.3, pad_id=-1)
     assert sharp < 1e-6 < smooth  # a confident right answer costs something once targets are smoothed
+
+
+def test_visual_groups_unset_or_empty():
+    """Before set_visual_words the groups select nothing: the output is the language model's and gradients
+    stay finite; an empty group is refused when the groups are set."""
+    decoder = AttentionDecoder(10, 6, 5, 8, 7, dropout=0.0, visual_word_groups=2).train()
+    memory, tokens = torch.randn(2, 5, 6), torch.randint(4, 10, (2, 3))
+    scores, _ = decoder(memory, tokens)
+    scores.logsumexp(-1).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in decoder.parameters() if p.grad is not None)
+    with pytest.raises(ValueError, match="at least one word"):
+        decoder.set_visual_words([[5, 6], []])

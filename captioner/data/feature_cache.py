@@ -34,9 +34,11 @@ def weights_fingerprint(encoder: ImageEncoder) -> str:
     return digest.hexdigest()[:12]
 
 
-def cache_file(config: Config, records: list[ImageRecord], split: str, encoder: ImageEncoder) -> Path:
-    """Where the grids of these records live: ROOT/cache/SPLIT-BACKBONE-SIZE-GRID-KEY.npy."""
-    root = Path(config.data.root)
+def cache_file(
+    root: str | Path, config: Config, records: list[ImageRecord], split: str, encoder: ImageEncoder
+) -> Path:
+    """Where the grids of these records (of the data set in `root`) live: ROOT/cache/SPLIT-...-KEY.npy."""
+    root = Path(root)
     enc = config.encoder
     manifest = root / "captions.json"
     stamp = manifest.stat().st_mtime_ns if manifest.exists() else 0

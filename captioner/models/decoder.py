@@ -88,6 +88,8 @@ class AttentionDecoder(nn.Module):
         if self.visual_groups is None or len(groups) != self.visual_groups.size(0):
             have = 0 if self.visual_groups is None else self.visual_groups.size(0)
             raise ValueError(f"this decoder was built for {have} visual word groups, not {len(groups)}")
+        if not all(groups):
+            raise ValueError("every visual word group needs at least one word")
         self.visual_groups.zero_()
         for group, word_ids in enumerate(groups):
             self.visual_groups[group, torch.as_tensor(word_ids, dtype=torch.long)] = True
@@ -140,12 +142,13 @@ class AttentionDecoder(nn.Module):
             return logits
         language = F.log_softmax(logits.float(), dim=-1)  # (..., V)
         visual = self.visual_classifier(self.dropout(context)).float()  # (..., V)
+        # A finite "minus infinity": a group that selects no word (not yet set) yields finite values
+        # that torch.where never picks, instead of NaNs whose gradient would poison the classifier.
+        lowest = torch.finfo(torch.float32).min
         scores = language
-        for group in self.visual_groups:  # (V,) each; G is small
-            if not bool(group.any()):
-                continue
-            slot = torch.logsumexp(language.masked_fill(~group, float("-inf")), dim=-1, keepdim=True)
-            pick = F.log_softmax(visual.masked_fill(~group, float("-inf")), dim=-1)
+        for group in self.visual_groups:  # (V,) each; G is small, and no host sync happens here
+            slot = torch.logsumexp(language.masked_fill(~group, lowest), dim=-1, keepdim=True)
+            pick = F.log_softmax(visual.masked_fill(~group, lowest), dim=-1)
             scores = torch.where(group, slot + pick, scores)
         return scores
 
