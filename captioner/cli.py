@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,27 @@ from captioner.data.manifest import DataError
 from captioner.models.image_encoder import EncoderError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, EncoderError, ImageLoadError)
+
+
+# The model `captioner caption` uses without --checkpoint: $CAPTIONER_CHECKPOINT, else the one the README's
+# demo (scripts/demo.sh) trains, looked for in the current folder and in the checkout this package runs from.
+DEFAULT_RUN = Path("runs/stamps/best.pt")
+
+
+def resolve_checkpoint(given: str | None) -> Path:
+    if given:
+        return Path(given)
+    env = os.environ.get("CAPTIONER_CHECKPOINT")
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[1] / DEFAULT_RUN
+    for candidate in (DEFAULT_RUN, checkout):
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(
+        f"no --checkpoint given and no default model at {checkout}: train it with `bash scripts/demo.sh`, "
+        f"or pass --checkpoint PATH (or set CAPTIONER_CHECKPOINT)"
+    )
 
 
 def _device(name: str):
@@ -28,6 +50,37 @@ def cmd_data_shapes(args: argparse.Namespace) -> int:
     spec = ShapesSpec(seed=args.seed, image_size=args.image_size, train=args.train, val=args.val, test=args.test)
     path = build_shapes(args.out, spec)
     print(f"shapes data set ready: {path}")
+    return 0
+
+
+def cmd_data_stamps(args: argparse.Namespace) -> int:
+    from captioner.data.stamps import build_stamps
+
+    path = build_stamps(args.out, source=args.source, size=args.image_size, force=args.force)
+    print(f"stamps data set ready: {path}")
+    return 0
+
+
+def cmd_data_coco(args: argparse.Namespace) -> int:
+    from captioner.data import coco
+
+    if bool(args.karpathy) == bool(args.train_json):
+        raise DataError("give either --karpathy FILE or --train-json FILE --val-json FILE (official COCO files)")
+    if args.karpathy:
+        entries, source = coco.read_karpathy(args.karpathy, args.images), args.karpathy
+    else:
+        if not args.val_json:
+            raise DataError("--train-json needs --val-json too")
+        entries = coco.read_coco_captions(args.train_json, args.images, "train")
+        entries += coco.read_coco_captions(args.val_json, args.images, "val")
+        if args.test_json:
+            entries += coco.read_coco_captions(args.test_json, args.images, "test")
+        else:
+            coco.split_off_test(entries)
+        source = ", ".join(p for p in (args.train_json, args.val_json, args.test_json) if p)
+    name = Path(args.karpathy).stem.removeprefix("dataset_") if args.karpathy else "coco"
+    manifest, vocab = coco.prepare_captions(args.out, entries, source, args.min_word_freq, name)
+    print(f"{coco.summary(entries)}\nwrote {manifest} and {vocab}")
     return 0
 
 
@@ -50,7 +103,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from captioner.visualize import attention_figure, save_png
 
     device = _device(args.device)
-    model, config, vocab = restore_captioner(args.checkpoint, device)
+    model, config, vocab = restore_captioner(resolve_checkpoint(args.checkpoint), device)
     transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
     if args.attention_dir:
         Path(args.attention_dir).mkdir(parents=True, exist_ok=True)
@@ -98,7 +151,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from captioner.engine import generate_captions, image_sizes, restore_captioner, score_captions
 
     device = _device(args.device)
-    model, config, vocab = restore_captioner(args.checkpoint, device)
+    model, config, vocab = restore_captioner(resolve_checkpoint(args.checkpoint), device)
     manifest = load_manifest(args.data_root or config.data.root)
     records = manifest.split(args.split)
     transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
@@ -146,6 +199,36 @@ def get_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--val", type=int, default=500)
     shapes.add_argument("--test", type=int, default=500)
     shapes.set_defaults(func=cmd_data_shapes)
+    stamps = sources.add_parser(
+        "stamps",
+        help="the Tux Paint stamps: ~950 real pictures with captions, from a Debian package",
+        description="Fetch the Debian package tuxpaint-stamps-default with apt-get download (no root needed, nothing "
+        "installed), composite its pictures on white and write a captions.json with a train/val/test split. "
+        "A second run reuses what the first wrote.",
+    )
+    stamps.add_argument("--out", default="data/stamps", help="output folder (default: data/stamps)")
+    stamps.add_argument("--source", help="an already downloaded .deb, or an unpacked stamps folder (skips apt-get)")
+    stamps.add_argument("--image-size", type=int, default=256, help="side of the square images written (default: 256)")
+    stamps.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")
+    stamps.set_defaults(func=cmd_data_stamps)
+    coco = sources.add_parser(
+        "coco",
+        help="COCO or Flickr8k/30k from the official caption files or the Karpathy split",
+        description="Check the caption files and every image they list, then write OUT/captions.json (the split "
+        "index: each image once with all its captions) and OUT/vocab.json (training captions only). Either a "
+        "Karpathy split file (restval joins train), or the official COCO captions files (every second val image "
+        "by id becomes test unless --test-json is given).",
+    )
+    coco.add_argument("--karpathy", help="dataset_coco.json, dataset_flickr8k.json or dataset_flickr30k.json")
+    coco.add_argument("--train-json", help="official captions_train2014.json or captions_train2017.json")
+    coco.add_argument("--val-json", help="official captions_val2014.json or captions_val2017.json")
+    coco.add_argument("--test-json", help="a third captions file for the test split (default: half of val)")
+    coco.add_argument(
+        "--images", required=True, help="folder holding train2014/ and val2014/ (COCO) or the Flickr images"
+    )
+    coco.add_argument("--out", default="data/coco", help="output folder (default: data/coco)")
+    coco.add_argument("--min-word-freq", type=int, default=5, help="rarer training words become <unk> (default: 5)")
+    coco.set_defaults(func=cmd_data_coco)
 
     train = commands.add_parser(
         "train",
@@ -159,7 +242,11 @@ def get_parser() -> argparse.ArgumentParser:
 
     caption = commands.add_parser("caption", help="caption image files")
     caption.add_argument("images", nargs="+", metavar="IMAGE")
-    caption.add_argument("--checkpoint", required=True, help="a checkpoint written by `captioner train`")
+    caption.add_argument(
+        "--checkpoint",
+        help="a checkpoint written by `captioner train` (default: $CAPTIONER_CHECKPOINT, else the demo's "
+        "runs/stamps/best.pt)",
+    )
     caption.add_argument("--beam-size", type=int, default=3, help="1 = greedy (default: 3)")
     caption.add_argument("--max-len", type=int, default=30, help="maximum caption length in words")
     caption.add_argument("--batch-size", type=int, default=32)
@@ -169,7 +256,7 @@ def get_parser() -> argparse.ArgumentParser:
     caption.set_defaults(func=cmd_caption)
 
     evaluate = commands.add_parser("evaluate", help="score free-running captions on a data split")
-    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--checkpoint", help="as for caption (default: the demo's runs/stamps/best.pt)")
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--data-root", help="data folder (default: the one the checkpoint was trained on)")
     evaluate.add_argument("--beam-size", type=int, nargs="+", default=[1], help="one or more beam sizes")

@@ -23,6 +23,9 @@ class DataConfig:
     max_caption_len: int = 30  # longer training captions are cut to this many words
     num_workers: int = 0  # DataLoader worker processes
     cache_features: bool = True  # with a frozen backbone, compute each image's grid once (fp16, ROOT/cache)
+    vocab: str | None = None  # a vocab.json (from `captioner data coco`) instead of one built from the train split
+    train_crop: float = 1.0  # training on images: resize to image_size / train_crop, random crop (1 = no crop)
+    hflip: bool = False  # training on images: random horizontal flips (off: captions say "left" and "right")
 
 
 @dataclass
@@ -30,7 +33,8 @@ class EncoderConfig:
     backbone: str = "resnet101"  # resnet18/34/50/101/152, efficientnet_lite0, small_cnn
     weights: str | None = "DEFAULT"  # torchvision weights name, DEFAULT, a state-dict file, or null (random init)
     grid_size: int = 14  # the feature map is pooled to grid_size x grid_size = P positions
-    fine_tune_stages: int = 0  # 0 freezes a pretrained backbone; N trains its last N stages
+    fine_tune_stages: int = 0  # 0 freezes a pretrained backbone; N trains its last N stages (-1: all)
+    fine_tune_after: int = 0  # epochs of decoder-only training (frozen, cached grids) before those stages train
     learning_rate: float = 1e-4  # learning rate of the fine-tuned backbone stages
     position_embedding: bool = False  # add a learned embedding of each grid cell to its feature
     channels_last: bool = False  # NHWC memory layout for the CNN (faster with AMP on GPUs)

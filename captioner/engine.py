@@ -21,6 +21,7 @@ from captioner.data.feature_cache import CachedCaptionSet, CachedImageSet, build
 from captioner.data.images import ImageTransform
 from captioner.data.manifest import (
     CaptionTrainingSet,
+    DataError,
     ImageRecord,
     ImageSet,
     collate_captions,
@@ -224,6 +225,11 @@ def fit(config: Config, resume: bool = False, log=print) -> Path:
     if resume:
         checkpoint = load_checkpoint(last_path, kind="captioner")
         vocab = Vocab.from_dict(checkpoint["vocab"])
+    elif config.data.vocab:
+        try:
+            vocab = Vocab.load(config.data.vocab)
+        except ValueError as error:
+            raise DataError(f"data.vocab: {error}") from None
     else:
         vocab = Vocab.build(
             (tokenize(c)[: config.data.max_caption_len] for r in train_records for c in r.captions),
@@ -241,56 +247,72 @@ def fit(config: Config, resume: bool = False, log=print) -> Path:
                 f"{config.data.root}/captions.json lists {len(groups)} non-empty 'visual_words' groups"
             )
         model.decoder.set_visual_words(groups)
-    transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
-    dataset = CaptionTrainingSet(train_records, vocab, transform, config.data.max_caption_len)
-    val_set = ImageSet(val_records, transform)
-    val_sizes = image_sizes(val_records)  # for grounding, once rather than every epoch
-    if config.data.cache_features and not model.encoder.fine_tuned:
-        # A frozen backbone gives every image the same grid in every epoch: compute it once.
-        grids = {}
-        for split, records in (("train", train_records), ("val", val_records)):
-            path = cache_file(manifest.root, config, records, split, model.encoder)
-            if not path.is_file():
-                log(f"caching {config.encoder.backbone} grids of {len(records)} {split} images in {path}")
-            grids[split] = build_feature_cache(
-                model.encoder,
-                records,
-                transform,
-                path,
-                device,
-                train.eval_batch_size,
-                config.data.num_workers,
-            )
-        dataset, val_set = CachedCaptionSet(dataset, grids["train"]), CachedImageSet(grids["val"])
-        log(f"training from cached {config.encoder.backbone} grids in {Path(config.data.root) / 'cache'}")
-    sampler = RandomSampler(dataset, generator=torch.Generator())
-    loader = DataLoader(
-        dataset,
-        train.batch_size,
-        sampler=sampler,
-        num_workers=config.data.num_workers,
-        collate_fn=collate_captions,
-        pin_memory=device.type == "cuda",
-        persistent_workers=config.data.num_workers > 0,
-        drop_last=len(dataset) > train.batch_size,
+    start_epoch = checkpoint["epoch"] + 1 if checkpoint is not None else 0
+    data, enc = config.data, config.encoder
+    transform = ImageTransform(size=data.image_size, mean=model.encoder.mean, std=model.encoder.std)
+    train_transform = ImageTransform(
+        size=data.image_size, mean=model.encoder.mean, std=model.encoder.std, crop=data.train_crop, hflip=data.hflip
     )
+    image_sets = (
+        CaptionTrainingSet(train_records, vocab, train_transform, data.max_caption_len),
+        ImageSet(val_records, transform),
+    )
+    val_sizes = image_sizes(val_records)  # for grounding, once rather than every epoch
+    cached_sets = None
+
+    def datasets_for(epoch: int) -> tuple[Dataset, Dataset]:
+        """Stage 1 (frozen backbone): cached grids where allowed; stage 2 (fine-tuning): images."""
+        nonlocal cached_sets
+        model.encoder.set_fine_tuning(epoch >= enc.fine_tune_after)
+        if model.encoder.fine_tuned or not data.cache_features:
+            return image_sets
+        if cached_sets is None:  # a frozen backbone gives every image the same grid every epoch: compute it once
+            grids = {}
+            for split, records in (("train", train_records), ("val", val_records)):
+                path = cache_file(manifest.root, config, records, split, model.encoder)
+                if not path.is_file():
+                    log(f"caching {enc.backbone} grids of {len(records)} {split} images in {path}")
+                grids[split] = build_feature_cache(
+                    model.encoder, records, transform, path, device, train.eval_batch_size, data.num_workers
+                )
+            cached_sets = CachedCaptionSet(image_sets[0], grids["train"]), CachedImageSet(grids["val"])
+            log(f"training from cached {enc.backbone} grids in {manifest.root / 'cache'}")
+        return cached_sets
+
+    def make_loader(dataset: Dataset) -> DataLoader:
+        return DataLoader(
+            dataset,
+            train.batch_size,
+            sampler=RandomSampler(dataset, generator=torch.Generator()),
+            num_workers=data.num_workers,
+            collate_fn=collate_captions,
+            pin_memory=device.type == "cuda",
+            persistent_workers=data.num_workers > 0,
+            drop_last=len(dataset) > train.batch_size,
+        )
+
+    def stage(epoch: int) -> int:
+        return 2 if enc.fine_tune_stages != 0 and epoch >= enc.fine_tune_after > 0 else 1
+
+    dataset, val_set = datasets_for(start_epoch)
+    loader = make_loader(dataset)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, train, len(loader))
     scaler = torch.amp.GradScaler(device.type) if train.amp == "fp16" and device.type == "cuda" else None
 
-    start_epoch, step, best_bleu, elapsed = 0, 0, -1.0, 0.0
+    step, best_bleu, elapsed = 0, -1.0, 0.0
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         torch.set_rng_state(checkpoint["rng"])
-        start_epoch, step = checkpoint["epoch"] + 1, checkpoint["step"]
+        step = checkpoint["step"]
         best_bleu, elapsed = checkpoint["best_bleu4"], checkpoint["elapsed"]
         log(f"resuming {last_path} at epoch {start_epoch + 1}")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.jsonl").write_text("")
     _write_yaml(run_dir / "config.yaml", config.to_dict())
-    (run_dir / "vocab.json").write_text(json.dumps(vocab.to_dict()))
+    vocab.save(run_dir / "vocab.json")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(
         f"{len(train_records)} train / {len(val_records)} val images, {len(dataset)} captions, "
@@ -298,7 +320,13 @@ def fit(config: Config, resume: bool = False, log=print) -> Path:
     )
 
     for epoch in range(start_epoch, train.epochs):
-        sampler.generator.manual_seed(train.seed * 100_003 + epoch)  # same order on resume
+        if stage(epoch) == 2 and (epoch == start_epoch or stage(epoch - 1) == 1):
+            if epoch > start_epoch:
+                dataset, val_set = datasets_for(epoch)
+                loader = make_loader(dataset)
+            tuned = f"the last {enc.fine_tune_stages} backbone stages train on images"
+            log(f"stage 2 from epoch {enc.fine_tune_after + 1}: {tuned}")
+        loader.sampler.generator.manual_seed(train.seed * 100_003 + epoch)  # same order on resume
         stats = train_one_epoch(
             model, loader, optimizer, scheduler, train, device, scaler, f"epoch {epoch + 1}/{train.epochs}"
         )
@@ -311,10 +339,10 @@ def fit(config: Config, resume: bool = False, log=print) -> Path:
             train.eval_beam_size,
             train.eval_max_len,
             train.eval_batch_size,
-            config.data.num_workers,
+            data.num_workers,
             train.amp,
         )
-        scores = score_captions(captions, val_records, manifest.object_words, config.encoder.grid_size, val_sizes)
+        scores = score_captions(captions, val_records, manifest.object_words, enc.grid_size, val_sizes)
         elapsed += stats["seconds"]
         record = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0], **stats, "elapsed": elapsed}
         record.update({f"val_{key}": value for key, value in scores.items()})

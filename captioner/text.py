@@ -10,8 +10,8 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
 
 
 def tokenize(text: str) -> list[str]:
-    """Split a caption into lower-case word tokens, dropping punctuation."""
-    return _WORD.findall(text.lower())
+    """Split a caption into lower-case word tokens, dropping punctuation ("Grandma’s" -> ["grandma's"])."""
+    return _WORD.findall(text.lower().replace("\u2019", "'"))
 
 
 def detokenize(tokens: list[str]) -> str:

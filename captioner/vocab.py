@@ -57,6 +57,31 @@ class Vocab:
     def to_dict(self) -> dict:
         return {"itos": list(self.itos)}
 
+    def save(self, path) -> None:
+        """Write vocab.json atomically."""
+        import json
+        import os
+        from pathlib import Path
+
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=False))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path) -> Vocab:
+        """Read a vocab.json; ValueError naming the file if it is missing or not a vocabulary."""
+        import json
+        from pathlib import Path
+
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise ValueError(f"vocabulary file {path} does not exist") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"vocabulary file {path} is not a vocabulary ({error})") from None
+
     @classmethod
     def from_dict(cls, data: dict) -> Vocab:
         itos = data["itos"]

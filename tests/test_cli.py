@@ -20,7 +20,16 @@ def checkpoint(shapes_root, tmp_path_factory):
 
 
 def test_help_of_every_command(capsys):
-    for argv in ([], ["train"], ["caption"], ["evaluate"], ["data"], ["data", "shapes"]):
+    for argv in (
+        [],
+        ["train"],
+        ["caption"],
+        ["evaluate"],
+        ["data"],
+        ["data", "shapes"],
+        ["data", "stamps"],
+        ["data", "coco"],
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main([*argv, "--help"])
         assert exit_info.value.code == 0
@@ -86,3 +95,19 @@ def test_data_root_missing_is_named(tmp_path, capsys):
     )
     assert main(["train", "--config", str(tmp_path / "c.yaml")]) == 2
     assert "nowhere/captions.json does not exist" in capsys.readouterr().err
+
+
+def test_caption_without_checkpoint_uses_the_default(checkpoint, shapes_root, tmp_path, capsys, monkeypatch):
+    image = str(next((shapes_root / "images").glob("test_*.png")))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CAPTIONER_CHECKPOINT", raising=False)
+    monkeypatch.setattr("captioner.cli.DEFAULT_RUN", tmp_path / "runs" / "stamps" / "best.pt")
+    assert main(["caption", image]) == 2
+    assert "no --checkpoint given and no default model" in capsys.readouterr().err
+    (tmp_path / "runs" / "stamps").mkdir(parents=True)
+    (tmp_path / "runs" / "stamps" / "best.pt").write_bytes(checkpoint.read_bytes())  # what the demo leaves
+    assert main(["caption", image]) == 0
+    assert capsys.readouterr().out.startswith(image + "\t")
+    monkeypatch.setenv("CAPTIONER_CHECKPOINT", str(tmp_path / "elsewhere.pt"))
+    assert main(["caption", image]) == 2
+    assert "elsewhere.pt" in capsys.readouterr().err

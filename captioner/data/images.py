@@ -71,15 +71,36 @@ def load_image(path: str | Path, target_size: int | None = None) -> Image.Image:
 
 
 class ImageTransform:
-    """PIL RGB image -> normalised float tensor (3, size, size). Keyword-only, like torchvision's presets."""
+    """PIL RGB image -> normalised float tensor (3, size, size). Keyword-only, like torchvision's presets.
 
-    def __init__(self, *, size: int, mean: tuple[float, ...], std: tuple[float, ...]):
-        self.size = size
+    The evaluation preset (the default) resizes to size x size. The training preset may also
+    resize to size / crop and take a random size x size crop, and flip at random; flips are off by
+    default because captions say "left" and "right".
+    """
+
+    def __init__(
+        self,
+        *,
+        size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        crop: float = 1.0,
+        hflip: bool = False,
+    ):
+        if not 0 < crop <= 1:
+            raise ValueError(f"crop must be in (0, 1], got {crop}")
+        self.size, self.crop, self.hflip = size, crop, hflip
+        self.resize = round(size / crop)
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        if image.size != (self.size, self.size):
-            image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
+        if image.size != (self.resize, self.resize):
+            image = image.resize((self.resize, self.resize), Image.Resampling.BICUBIC)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H, W)
+        if self.resize != self.size:
+            top, left = (int(v) for v in torch.randint(0, self.resize - self.size + 1, (2,)))
+            pixels = pixels[:, top : top + self.size, left : left + self.size]
+        if self.hflip and torch.rand(()) < 0.5:
+            pixels = pixels.flip(-1)
         return (pixels.float() / 255.0 - self.mean) / self.std

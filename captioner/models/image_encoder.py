@@ -184,13 +184,20 @@ class ImageEncoder(nn.Module):
             self.trunk.to(memory_format=torch.channels_last)
 
     def _freeze(self, stages: list[nn.Module], fine_tune_stages: int) -> None:
-        """Freeze the trunk except its last `fine_tune_stages` stages (-1: all of them)."""
+        """Mark the last `fine_tune_stages` stages (-1: all of them) tunable; freeze the rest."""
         count = len(stages) if fine_tune_stages < 0 else min(fine_tune_stages, len(stages))
+        # Plain lists, not registered: these modules already live under self.trunk.
+        self._stages, self._tunable = stages, stages[len(stages) - count :]
+        self.set_fine_tuning(True)
+
+    def set_fine_tuning(self, enabled: bool) -> None:
+        """Train the tunable stages (enabled) or freeze the whole trunk, e.g. for a first, decoder-only stage."""
         self.trunk.requires_grad_(False)
-        for stage in stages[len(stages) - count :]:
+        tuned = self._tunable if enabled else []
+        for stage in tuned:
             stage.requires_grad_(True)
-        # A plain list, not registered: these modules already live under self.trunk.
-        self._frozen = stages[: len(stages) - count]
+        self._frozen = [stage for stage in self._stages if not any(stage is t for t in tuned)]
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> ImageEncoder:
         """Frozen stages stay in eval mode, so their BatchNorm statistics are never updated."""
@@ -204,7 +211,8 @@ class ImageEncoder(nn.Module):
         return any(p.requires_grad for p in self.trunk.parameters())
 
     def backbone_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.trunk.parameters() if p.requires_grad]
+        """The tunable stages' parameters, also while set_fine_tuning(False) holds them frozen."""
+        return [p for stage in self._tunable for p in stage.parameters()]
 
     def grid(self, images: Tensor) -> Tensor:
         """The backbone's feature grid, before the position embedding: (B, 3, H, W) -> (B, P, D).

@@ -1,0 +1,188 @@
+"""COCO and Flickr captions, from the official files, into a captions.json manifest (data/manifest.py).
+
+Two sources are read:
+
+- The official COCO caption files, captions_{train,val}2014.json or captions_{train,val}2017.json
+  (https://cocodataset.org/#download), through pycocotools: {"images": [{"id", "file_name"}],
+  "annotations": [{"image_id", "caption"}]}. Images are looked up in IMAGES/<train2014 ...>/file_name
+  (the folder named like the file) or IMAGES/file_name.
+- The Karpathy split files dataset_coco.json, dataset_flickr8k.json, dataset_flickr30k.json
+  (Karpathy & Fei-Fei 2015): {"images": [{"filepath"?, "filename", "split", "sentences": [{"raw"}]}]}
+  with split train / restval / val / test; restval is folded into train, as every paper since does.
+
+`prepare_captions` checks every file and image first, then writes ROOT/captions.json (the split index:
+every image once, with its split and all its captions) and ROOT/vocab.json (from the training split's
+captions only), each under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from captioner.data.manifest import SPLITS, DataError
+from captioner.text import tokenize
+from captioner.vocab import Vocab
+
+KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+
+
+@dataclass
+class Entry:
+    path: Path  # the image file
+    split: str
+    captions: list[str]
+    image_id: int | str
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise DataError(f"{what} file {path} does not exist")
+    try:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{what} file {path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{what} file {path} must hold a JSON object, not a {type(data).__name__}")
+    return data
+
+
+def _check_captions(path: Path, image: str, captions: list) -> list[str]:
+    if not captions:
+        raise DataError(f"{path}: image {image} has no captions")
+    for caption in captions:
+        if not isinstance(caption, str) or not tokenize(caption):
+            raise DataError(f"{path}: image {image} has a caption with no words: {caption!r}")
+    return captions
+
+
+def read_coco_captions(annotation_file: str | Path, images: str | Path, split: str) -> list[Entry]:
+    """Every image of an official COCO captions file, with all its captions, as `split`."""
+    from pycocotools.coco import COCO
+
+    path = Path(annotation_file)
+    data = _read_json(path, "COCO captions")
+    if not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
+        if isinstance(data.get("images"), list) and data["images"] and "sentences" in data["images"][0]:
+            raise DataError(f"{path} is a Karpathy split file, not a COCO captions file: pass it with --karpathy")
+        raise DataError(f"{path} is not a COCO captions file: it needs 'images' and 'annotations' lists")
+    for i, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
+            raise DataError(f"{path}: images[{i}] needs an 'id' and a 'file_name'")
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
+            raise DataError(f"{path}: annotations[{i}] needs an 'image_id' and a 'caption' (instances file?)")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco.createIndex()
+    unknown = [ann["image_id"] for ann in data["annotations"] if ann["image_id"] not in coco.imgs]
+    if unknown:
+        raise DataError(f"{path}: {len(unknown)} captions belong to no listed image (image_id {unknown[0]})")
+    folder = re.fullmatch(r"captions_(\w+)\.json", path.name)
+    roots = [Path(images) / folder.group(1)] if folder else []
+    roots.append(Path(images))
+    entries = []
+    for image_id in sorted(coco.imgs):
+        info = coco.imgs[image_id]
+        captions = [ann["caption"] for ann in coco.imgToAnns.get(image_id, [])]
+        _check_captions(path, info["file_name"], captions)
+        file = next((root / info["file_name"] for root in roots if (root / info["file_name"]).is_file()), None)
+        entries.append(Entry(file or roots[0] / info["file_name"], split, captions, image_id))
+    return entries
+
+
+def read_karpathy(split_file: str | Path, images: str | Path) -> list[Entry]:
+    """Every image of a Karpathy split file (dataset_coco.json, dataset_flickr8k.json, ...); restval -> train."""
+    path = Path(split_file)
+    data = _read_json(path, "Karpathy split")
+    if isinstance(data.get("annotations"), list):
+        raise DataError(f"{path} is a COCO captions file, not a Karpathy split file: pass it with --train-json")
+    if not isinstance(data.get("images"), list):
+        raise DataError(f"{path} is not a Karpathy split file: it needs an 'images' list")
+    entries = []
+    for i, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or not isinstance(image.get("filename"), str):
+            raise DataError(f"{path}: images[{i}] needs a 'filename'")
+        if image.get("split") not in KARPATHY_SPLITS:
+            raise DataError(
+                f"{path}: images[{i}] ({image['filename']}) has split {image.get('split')!r}, "
+                f"not one of {', '.join(KARPATHY_SPLITS)}"
+            )
+        sentences = image.get("sentences")
+        if not isinstance(sentences, list) or not all(isinstance(s, dict) and "raw" in s for s in sentences):
+            raise DataError(f"{path}: images[{i}] ({image['filename']}) needs 'sentences' with a 'raw' caption each")
+        captions = _check_captions(path, image["filename"], [s["raw"] for s in sentences])
+        file = Path(images) / image.get("filepath", "") / image["filename"]
+        image_id = image.get("cocoid", image.get("imgid", i))
+        entries.append(Entry(file, KARPATHY_SPLITS[image["split"]], captions, image_id))
+    return entries
+
+
+def split_off_test(entries: list[Entry]) -> list[Entry]:
+    """Official files have no test captions: every second val image (by id) becomes test, deterministically."""
+    val = sorted((e for e in entries if e.split == "val"), key=lambda e: str(e.image_id))
+    for entry in val[1::2]:
+        entry.split = "test"
+    return entries
+
+
+def check_images(entries: list[Entry], source: str) -> None:
+    missing = [e.path for e in entries if not e.path.is_file()]
+    if missing:
+        raise DataError(
+            f"{len(missing)} of the {len(entries)} images listed in {source} are missing, e.g. {missing[0]} "
+            f"(is --images the folder that holds them?)"
+        )
+
+
+def prepare_captions(
+    root: str | Path, entries: list[Entry], source: str, min_word_freq: int = 5, name: str = "coco"
+) -> tuple[Path, Path]:
+    """Write root/captions.json and root/vocab.json (training captions only) for these entries."""
+    root = Path(root)
+    check_images(entries, source)
+    seen: dict[Path, Entry] = {}
+    for entry in entries:
+        if entry.path in seen:
+            raise DataError(f"{source}: image {entry.path} is listed twice ({seen[entry.path].split}, {entry.split})")
+        seen[entry.path] = entry
+    for split in SPLITS:
+        if not any(e.split == split for e in entries):
+            raise DataError(f"{source}: no images in the {split!r} split")
+    train_tokens = (tokenize(c) for e in entries if e.split == "train" for c in e.captions)
+    vocab = Vocab.build(train_tokens, min_freq=min_word_freq)
+    root.mkdir(parents=True, exist_ok=True)
+    resolved = root.resolve()
+
+    def relative(path: Path) -> str:  # relative to root where the images lie under it, else absolute
+        path = path.resolve()
+        return path.relative_to(resolved).as_posix() if path.is_relative_to(resolved) else str(path)
+
+    manifest = {
+        "name": name,
+        "source": source,
+        "images": [
+            {"file": relative(e.path), "split": e.split, "captions": e.captions, "id": e.image_id} for e in entries
+        ],
+    }
+    manifest_path = root / "captions.json"
+    tmp = manifest_path.with_name(".captions.json.tmp")
+    tmp.write_text(json.dumps(manifest, ensure_ascii=False))
+    os.replace(tmp, manifest_path)
+    vocab.save(root / "vocab.json")
+    return manifest_path, root / "vocab.json"
+
+
+def summary(entries: list[Entry]) -> str:
+    images = Counter(e.split for e in entries)
+    captions = Counter()
+    for e in entries:
+        captions[e.split] += len(e.captions)
+    return ", ".join(f"{split} {images[split]} images / {captions[split]} captions" for split in SPLITS)
