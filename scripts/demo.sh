@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: draw the shapes data set, train on the CPU, score the
-# held-out test split, and caption test images with their attention maps.
+# The main job on the embedded default: fetch the Tux Paint stamps (real pictures with human captions,
+# from a Debian package), train a captioner on the CPU with the offline ImageNet EfficientNet-Lite0,
+# score the held-out test split, and caption the test pictures with their attention maps.
+# A second run reuses the data, the feature cache and the trained model (delete runs/stamps to retrain).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 captioner=.venv/bin/captioner
-$captioner data shapes --out data/shapes
-$captioner train --config configs/shapes.yaml
-$captioner evaluate --checkpoint runs/shapes/best.pt --split test --beam-size 1 3 --output runs/shapes/test_scores.json
-$captioner caption data/shapes/images/test_00000{0..7}.png --checkpoint runs/shapes/best.pt \
-  --attention-dir runs/shapes/attention
-echo "attention maps: runs/shapes/attention/*.attention.png"
+$captioner data stamps --out data/stamps
+if [ -f runs/stamps/last.pt ]; then
+  $captioner train --config configs/stamps.yaml --resume  # finishes an interrupted run; a no-op if complete
+else
+  $captioner train --config configs/stamps.yaml
+fi
+$captioner evaluate --checkpoint runs/stamps/best.pt --split test --beam-size 1 3 --output runs/stamps/test_scores.json
+mapfile -t test_images < <(.venv/bin/python -c '
+import json
+for e in json.load(open("data/stamps/captions.json"))["images"]:
+    if e["split"] == "test":
+        print("data/stamps/" + e["file"])')
+# No --checkpoint: the demo's model (runs/stamps/best.pt) is the default one.
+$captioner caption "${test_images[@]}" --attention-dir runs/stamps/attention > runs/stamps/test_captions.tsv
+head -n 12 runs/stamps/test_captions.tsv
+echo "... all ${#test_images[@]} test captions: runs/stamps/test_captions.tsv; attention maps: runs/stamps/attention/"
+echo "caption your own pictures: .venv/bin/captioner caption my_photo.jpg"

@@ -68,3 +68,17 @@ def test_resuming_a_cached_run_reuses_its_cache(shapes_root, tmp_path):
     config.train.epochs = 2
     fit(config, resume=True, log=lambda _: None)
     assert sorted(p.name for p in (shapes_root / "cache").iterdir() if "efficientnet" in p.name) == caches
+
+
+def test_cache_refuses_to_start_without_disk_room(shapes_root, tmp_path, monkeypatch):
+    import shutil
+
+    from captioner.data.manifest import DataError
+
+    records = load_manifest(shapes_root).split("val")
+    encoder = ImageEncoder("small_cnn", None, grid_size=4, fine_tune_stages=0, width=16).eval()
+    transform = ImageTransform(size=32, mean=encoder.mean, std=encoder.std)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9 - 100, 100))
+    with pytest.raises(DataError, match=r"needs 0\.0 GiB and only 0\.0 GiB is free.*cache_features=false"):
+        build_feature_cache(encoder, records, transform, tmp_path / "cache" / "val.npy", torch.device("cpu"))
+    assert not any((tmp_path / "cache").iterdir())  # nothing written

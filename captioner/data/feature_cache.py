@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from captioner.config import Config
 from captioner.data.images import ImageTransform
-from captioner.data.manifest import CaptionTrainingSet, ImageRecord, ImageSet, collate_images
+from captioner.data.manifest import CaptionTrainingSet, DataError, ImageRecord, ImageSet, collate_images
 from captioner.models.image_encoder import ImageEncoder
 
 
@@ -65,6 +66,13 @@ def build_feature_cache(
         if cached.shape == expected:
             return cached
     path.parent.mkdir(parents=True, exist_ok=True)
+    needed = 2 * int(np.prod(expected))  # fp16
+    free = shutil.disk_usage(path.parent).free
+    if needed > free:
+        raise DataError(
+            f"the feature cache {path} needs {needed / 2**30:.1f} GiB and only {free / 2**30:.1f} GiB is free there: "
+            f"free some space, or set data.cache_features=false to run the frozen CNN every step instead"
+        )
     tmp = path.with_name(f".{path.name}.tmp")
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=expected)
     was_training = encoder.training
