@@ -144,14 +144,31 @@ def cmd_caption(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+# Column order and headings of the evaluate table; keys missing from a run (METEOR without Java,
+# grounding without boxes) are left out.
+TABLE = {
+    "bleu1": "BLEU-1",
+    "bleu2": "BLEU-2",
+    "bleu3": "BLEU-3",
+    "bleu4": "BLEU-4",
+    "meteor": "METEOR",
+    "rouge_l": "ROUGE-L",
+    "cider_d": "CIDEr-D",
+    "nltk_bleu4": "NLTK BLEU-4",
+    "grounding": "grounding",
+}
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from captioner.data.feature_cache import CachedImageSet, build_feature_cache, cache_file
     from captioner.data.images import ImageTransform
     from captioner.data.manifest import ImageSet, load_manifest
     from captioner.engine import generate_captions, image_sizes, restore_captioner, score_captions
+    from captioner.text import detokenize
 
     device = _device(args.device)
-    model, config, vocab = restore_captioner(resolve_checkpoint(args.checkpoint), device)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    model, config, vocab = restore_captioner(checkpoint, device)
     manifest = load_manifest(args.data_root or config.data.root)
     records = manifest.split(args.split)
     transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
@@ -161,25 +178,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         path = cache_file(manifest.root, config, records, args.split, model.encoder)
         dataset = CachedImageSet(build_feature_cache(model.encoder, records, transform, path, device))
     sizes = image_sizes(records)
-    rows = []
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    runs = []
     for beam_size in args.beam_size:
         captions = generate_captions(
             model, dataset, vocab, device, beam_size, args.max_len, config.train.eval_batch_size
         )
-        rows.append(
-            {
-                "beam_size": beam_size,
-                **score_captions(captions, records, manifest.object_words, config.encoder.grid_size, sizes),
-            }
+        scores = score_captions(
+            captions, records, manifest.object_words, config.encoder.grid_size, sizes, args.metrics, log
         )
-    keys = [k for k in rows[0] if k not in ("beam_size", "object_words")]
-    print(f"{args.split} split of {manifest.root}: {len(records)} images, scores on a 0-100 scale")
-    print("| beam | " + " | ".join(keys) + " |")
+        log = lambda line: None  # noqa: E731  (say a missing Java once, not once per beam size)
+        generated = [
+            {"image": str(record.path), "generated": detokenize(tokens), "references": record.captions}
+            for record, tokens in zip(records, captions.tokens, strict=True)
+        ]
+        runs.append({"beam_size": beam_size, "scores": scores, "captions": generated})
+    keys = [k for k in TABLE if k in runs[0]["scores"]]
+    print(f"{args.split} split of {manifest.root}: {len(records)} images, free-running captions, scores 0-100")
+    print("| beam | " + " | ".join(TABLE[k] for k in keys) + " |")
     print("|---" * (len(keys) + 1) + "|")
-    for row in rows:
-        print(f"| {row['beam_size']} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
+    for run in runs:
+        print(f"| {run['beam_size']} | " + " | ".join(f"{run['scores'][k]:.2f}" for k in keys) + " |")
     if args.output:
-        Path(args.output).write_text(json.dumps(rows, indent=2))
+        report = {
+            "checkpoint": str(checkpoint),
+            "data": str(manifest.root),
+            "split": args.split,
+            "images": len(records),
+            "metrics": "BLEU-n and bleun: the COCO caption toolkit's; nltk_bleun: NLTK corpus_bleu; all 0-100",
+            "runs": runs,
+        }
+        output = Path(args.output)
+        tmp = output.with_name(f".{output.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+        os.replace(tmp, output)
+        print(f"scores and captions: {output}")
     return 0
 
 
@@ -261,7 +294,13 @@ def get_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-root", help="data folder (default: the one the checkpoint was trained on)")
     evaluate.add_argument("--beam-size", type=int, nargs="+", default=[1], help="one or more beam sizes")
     evaluate.add_argument("--max-len", type=int, default=30)
-    evaluate.add_argument("--output", help="also write the scores as JSON here")
+    evaluate.add_argument(
+        "--metrics",
+        choices=["all", "bleu"],
+        default="all",
+        help="all: BLEU (COCO toolkit and NLTK), METEOR, ROUGE-L, CIDEr-D (default); bleu: BLEU only, no Java",
+    )
+    evaluate.add_argument("--output", help="write every score and the captions beside their references as JSON")
     evaluate.add_argument("--device", default="auto")
     evaluate.set_defaults(func=cmd_evaluate)
     return parser

@@ -70,6 +70,7 @@ class TrainConfig:
     seed: int = 0
     max_minutes: float | None = None  # stop after the epoch in which this much wall time has passed
     eval_beam_size: int = 1  # 1 = greedy captions for validation BLEU
+    val_metrics: str = "all"  # all: BLEU (both variants), METEOR, ROUGE-L, CIDEr-D; bleu: BLEU only, no Java
     eval_max_len: int = 30
     eval_batch_size: int = 128
 

@@ -28,9 +28,9 @@ from captioner.data.manifest import (
     collate_images,
     load_manifest,
 )
-from captioner.metrics import corpus_bleu, grounding_score
+from captioner.metrics import caption_metrics, coco_bleu, grounding_score, nltk_bleu
 from captioner.models.captioner import Captioner, caption_loss
-from captioner.text import tokenize
+from captioner.text import detokenize, tokenize
 from captioner.vocab import Vocab
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -179,14 +179,26 @@ def score_captions(
     object_words: list[str],
     grid_size: int,
     sizes: list[tuple[int, int]] | None = None,
+    metrics: str = "all",
+    log=print,
 ) -> dict:
-    """BLEU-1..4 (0-100) against the records' references, and grounding where boxes are known.
+    """Every caption metric (0-100) against the records' references, and grounding where boxes are known.
 
-    sizes: the records' image_sizes(), when the caller scores the same records more than once.
+    metrics: "all" (captioner.metrics.caption_metrics: BLEU both variants, METEOR, ROUGE-L, CIDEr-D, the
+    COCO toolkit's PTB tokenizer when Java is there) or "bleu" (both BLEU variants on captioner's
+    tokens; no Java, for quick validation). sizes: the records' image_sizes(), when the caller scores
+    the same records more than once.
     """
-    references = [[tokenize(c) for c in record.captions] for record in records]
-    bleu = corpus_bleu(captions.tokens, references)
-    result = {f"bleu{n}": 100.0 * b for n, b in enumerate(bleu, 1)}
+    if metrics not in ("all", "bleu"):
+        raise ConfigError(f"train.val_metrics must be all or bleu, not {metrics!r}")
+    hypotheses = [detokenize(tokens) for tokens in captions.tokens]
+    references = [record.captions for record in records]
+    if metrics == "all":
+        result = caption_metrics(hypotheses, references, log=log)
+    else:
+        tokens = [[tokenize(c) for c in refs] for refs in references]
+        result = {f"bleu{n}": 100.0 * b for n, b in enumerate(coco_bleu(captions.tokens, tokens), 1)}
+        result.update({f"nltk_bleu{n}": 100.0 * b for n, b in enumerate(nltk_bleu(captions.tokens, tokens), 1)})
     if object_words and any(record.objects for record in records):
         score, count = grounding_score(
             captions.tokens,
@@ -342,15 +354,19 @@ def fit(config: Config, resume: bool = False, log=print) -> Path:
             data.num_workers,
             train.amp,
         )
-        scores = score_captions(captions, val_records, manifest.object_words, enc.grid_size, val_sizes)
+        scores = score_captions(
+            captions, val_records, manifest.object_words, enc.grid_size, val_sizes, train.val_metrics, log
+        )
         elapsed += stats["seconds"]
         record = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0], **stats, "elapsed": elapsed}
         record.update({f"val_{key}": value for key, value in scores.items()})
         with open(run_dir / "metrics.jsonl", "a") as file:
             file.write(json.dumps(record) + "\n")
         grounding = f", grounding {scores['grounding']:.1f}" if "grounding" in scores else ""
+        cider = f", CIDEr-D {scores['cider_d']:.1f}" if "cider_d" in scores else ""
         log(
-            f"epoch {epoch + 1}: loss {stats['loss']:.3f}, val BLEU-4 {scores['bleu4']:.1f}{grounding} "
+            f"epoch {epoch + 1}: loss {stats['loss']:.3f}, val BLEU-4 {scores['bleu4']:.1f} "
+            f"(NLTK {scores['nltk_bleu4']:.1f}){cider}{grounding} "
             f"(greedy, 0-100), {stats['captions_per_s']:.0f} captions/s, {elapsed / 60:.1f} min"
         )
         improved = scores["bleu4"] > best_bleu

@@ -1,8 +1,25 @@
-"""Caption metrics: corpus BLEU (Papineni et al. 2002) and the attention grounding score."""
+"""Caption metrics, every report on a 0-100 scale.
+
+- BLEU-1..4 (Papineni et al. 2002) in the two variants people report, each computed here and tested
+  equal to its original: `coco_bleu`, the COCO caption toolkit's (pycocoevalcap; what papers report),
+  and `nltk_bleu`, NLTK's corpus_bleu without smoothing (what several popular PyTorch tutorials report).
+  They differ in small ways that matter on short or poor captions: the toolkit adds 1e-15 / 1e-9 to
+  every precision, so a corpus without a single matching 4-gram still gets a tiny non-zero BLEU-4 where
+  NLTK gives 0, and it counts len - n + 1 n-grams of a hypothesis where NLTK counts at least one.
+- METEOR (Java), ROUGE-L and CIDEr-D through pycocoevalcap (`caption_metrics`); the toolkit's PTB
+  tokenizer (Java) prepares the text for the toolkit's metrics. Without Java those two are skipped with
+  one line saying so, and captioner's own tokenizer (captioner/text.py) takes the PTB tokenizer's place.
+- The attention grounding score, for data sets with object boxes.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import os
+import shutil
+import subprocess
 from collections import Counter
 
 import torch
@@ -12,7 +29,7 @@ def _ngrams(tokens: list[str], n: int) -> Counter:
     return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
-def corpus_bleu(hypotheses: list[list[str]], references: list[list[list[str]]], max_n: int = 4) -> list[float]:
+def nltk_bleu(hypotheses: list[list[str]], references: list[list[list[str]]], max_n: int = 4) -> list[float]:
     """Corpus BLEU-1 .. BLEU-max_n on a 0-1 scale, computed as NLTK's corpus_bleu without smoothing.
 
     Clipped n-gram counts and lengths are summed over the corpus before the geometric mean; the
@@ -43,6 +60,112 @@ def corpus_bleu(hypotheses: list[list[str]], references: list[list[list[str]]], 
             continue
         log_precision = sum(math.log(matches[k] / totals[k]) for k in range(n)) / n
         scores.append(brevity * math.exp(log_precision))
+    return scores
+
+
+corpus_bleu = nltk_bleu
+
+
+def coco_bleu(hypotheses: list[list[str]], references: list[list[list[str]]], max_n: int = 4) -> list[float]:
+    """Corpus BLEU-1 .. BLEU-max_n on a 0-1 scale, computed as the COCO caption toolkit does.
+
+    As nltk_bleu (closest reference length, clipped counts summed over the corpus), except that a
+    hypothesis has max(0, len - n + 1) n-grams and every precision is (matches + 1e-15) / (total + 1e-9).
+    """
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
+    tiny, small = 1e-15, 1e-9
+    matches, totals = [0] * max_n, [0] * max_n
+    hyp_length = ref_length = 0
+    for hyp, refs in zip(hypotheses, references, strict=True):
+        hyp_length += len(hyp)
+        ref_length += min((abs(len(r) - len(hyp)), len(r)) for r in refs)[1]
+        for n in range(1, max_n + 1):
+            counts = _ngrams(hyp, n)
+            max_ref: Counter = Counter()
+            for ref in refs:
+                max_ref |= _ngrams(ref, n)
+            matches[n - 1] += sum(min(count, max_ref[gram]) for gram, count in counts.items())
+            totals[n - 1] += max(len(hyp) - n + 1, 0)
+    ratio = (hyp_length + tiny) / (ref_length + small)
+    brevity = math.exp(1 - 1 / ratio) if ratio < 1 else 1.0
+    scores, product = [], 1.0
+    for n in range(max_n):
+        product *= (matches[n] + tiny) / (totals[n] + small)
+        scores.append(brevity * product ** (1 / (n + 1)))
+    return scores
+
+
+def java_available() -> bool:
+    """Is a working `java` on the PATH (for the PTB tokenizer and METEOR)?"""
+    if shutil.which("java") is None:
+        return False
+    try:
+        return subprocess.run(["java", "-version"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+JAVA_MISSING = (
+    "captioner: Java not found: METEOR and the PTB tokenizer are skipped (captioner's tokenizer is used "
+    "for BLEU, ROUGE-L and CIDEr-D instead); install a Java runtime (e.g. apt-get install default-jre) for them"
+)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Send file descriptor 2 (also a child process's) to /dev/null for a while."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def caption_metrics(
+    hypotheses: list[str], references: list[list[str]], java: bool | None = None, log=print
+) -> dict[str, float]:
+    """Every caption metric of a corpus, 0-100: the COCO toolkit's BLEU-1..4 ("bleu1".."bleu4"), METEOR,
+    ROUGE-L and CIDEr-D, and NLTK's BLEU-1..4 ("nltk_bleu1".."nltk_bleu4", on captioner's tokens).
+
+    hypotheses[i] is the caption generated for image i, references[i] its reference captions (raw text).
+    """
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    from captioner.text import tokenize
+
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
+    if java is None:
+        java = java_available()
+        if not java:
+            log(JAVA_MISSING)
+    keys = range(len(hypotheses))
+    if java:
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        tokenizer = PTBTokenizer()
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_stderr():  # Java prints a line per call
+            gts = tokenizer.tokenize({i: [{"caption": c} for c in references[i]] for i in keys})
+            res = tokenizer.tokenize({i: [{"caption": hypotheses[i]}] for i in keys})
+    else:
+        gts = {i: [" ".join(tokenize(c)) for c in references[i]] for i in keys}
+        res = {i: [" ".join(tokenize(hypotheses[i]))] for i in keys}
+    scores = {}
+    coco = coco_bleu([res[i][0].split() for i in keys], [[r.split() for r in gts[i]] for i in keys])
+    scores.update({f"bleu{n}": 100 * b for n, b in enumerate(coco, 1)})
+    if java:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        scores["meteor"] = 100 * float(Meteor().compute_score(gts, res)[0])
+    scores["rouge_l"] = 100 * float(Rouge().compute_score(gts, res)[0])
+    scores["cider_d"] = 100 * float(Cider().compute_score(gts, res)[0])
+    nltk = nltk_bleu([tokenize(h) for h in hypotheses], [[tokenize(r) for r in refs] for refs in references])
+    scores.update({f"nltk_bleu{n}": 100 * b for n, b in enumerate(nltk, 1)})
     return scores
 
 

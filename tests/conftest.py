@@ -48,6 +48,7 @@ def tiny_config(root, run_dir, **train) -> Config:
                 "batch_size": 16,
                 "learning_rate": 0.003,
                 "eval_batch_size": 8,
+                "val_metrics": "bleu",  # no Java per epoch; test_evaluation.py covers "all"
                 **train,
             },
         }

@@ -75,9 +75,21 @@ def test_bad_checkpoint_is_one_line(kind, checkpoint, shapes_root, tmp_path, cap
 
 
 def test_evaluate_prints_a_table(checkpoint, capsys):
-    assert main(["evaluate", "--checkpoint", str(checkpoint), "--split", "test", "--beam-size", "1", "2"]) == 0
+    args = [
+        "evaluate",
+        "--checkpoint",
+        str(checkpoint),
+        "--split",
+        "test",
+        "--beam-size",
+        "1",
+        "2",
+        "--metrics",
+        "bleu",
+    ]
+    assert main(args) == 0
     out = capsys.readouterr().out
-    assert "| beam | bleu1 | bleu2 | bleu3 | bleu4 | grounding |" in out
+    assert "| beam | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | NLTK BLEU-4 | grounding |" in out
     assert len([line for line in out.splitlines() if line.startswith("| 2 |")]) == 1
 
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
 
-from captioner.metrics import corpus_bleu, grounding_score
+from captioner.metrics import caption_metrics, coco_bleu, corpus_bleu, grounding_score, java_available
+
+needs_java = pytest.mark.skipif(not java_available(), reason="needs Java (METEOR, PTB tokenizer)")
 
 
 def test_perfect_match_is_one():
@@ -53,6 +55,75 @@ def test_equals_nltk_on_random_corpora(seed):
     for n in range(1, 5):
         weights = tuple([1.0 / n] * n)
         assert ours[n - 1] == pytest.approx(nltk_corpus_bleu(refs, hyps, weights=weights), rel=1e-9, abs=1e-12)
+
+
+def test_coco_variant_by_hand():
+    # Clipped counts, several references: "a cat a cat" against "a cat sat" / "a dog and a cat".
+    # Unigrams: "a" x2 (clipped at 2), "cat" x2 (clipped at 1): 3/4. Bigrams: "a cat" x2 (clipped at 1),
+    # "cat a" (0): 1/3. Reference lengths 3 and 5 are equally close to 4: the shorter counts, no penalty.
+    hyp, refs = "a cat a cat".split(), ["a cat sat".split(), "a dog and a cat".split()]
+    assert coco_bleu([hyp], [refs], max_n=2) == pytest.approx([0.75, math.sqrt(0.75 / 3)], rel=1e-8)
+    assert corpus_bleu([hyp], [refs], max_n=2) == pytest.approx([0.75, math.sqrt(0.75 / 3)])
+    # Brevity penalty: 4 words, all matching, against 6: exp(1 - 6/4) on every order.
+    short, ref = "the cat is on".split(), "the cat is on the mat".split()
+    assert coco_bleu([short], [[ref]]) == pytest.approx([math.exp(-0.5)] * 4, rel=1e-8)
+    # One reference, no matching 4-gram: NLTK gives 0; the toolkit's 1e-15 gives (3/4 * 2/3 * 1/2 * 1e-15) ** (1/4).
+    hyp, ref = "a b c d".split(), "a b c e".split()
+    assert corpus_bleu([hyp], [[ref]])[3] == 0.0
+    assert coco_bleu([hyp], [[ref]])[3] == pytest.approx((0.25e-15) ** 0.25, rel=1e-6)
+    # An empty hypothesis scores 0 in both.
+    assert coco_bleu([[]], [[["a", "b"]]]) == pytest.approx([0.0] * 4, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_coco_variant_equals_pycocoevalcap(seed):
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    rng = random.Random(seed)
+    words = "a an the red blue cat dog sits on mat runs".split()
+    hyps = [[rng.choice(words) for _ in range(rng.randint(0, 12))] for _ in range(30)]
+    refs = [[[rng.choice(words) for _ in range(rng.randint(1, 14))] for _ in range(rng.randint(1, 5))] for _ in hyps]
+    hyps[:10] = [r[0][:-1] for r in refs[:10]]  # some close matches, so that 4-grams count too
+    ours = coco_bleu(hyps, refs)
+    theirs, _ = Bleu(4).compute_score(
+        {i: [" ".join(r) for r in refs[i]] for i in range(30)}, {i: [" ".join(h)] for i, h in enumerate(hyps)}, 0
+    )
+    assert min(ours) > 0.1
+    assert ours == pytest.approx(theirs, rel=1e-12)
+
+
+REFS = [["A dog is running on the grass.", "The dog runs."], ["A cat sits on a mat.", "A small cat."]]
+HYPS = ["A dog is running on grass.", "a cat sits on a mat"]
+
+
+@needs_java
+def test_all_metrics_equal_the_coco_toolkit_run_directly():
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({i: [{"caption": c} for c in refs] for i, refs in enumerate(REFS)})
+    res = tokenizer.tokenize({i: [{"caption": h}] for i, h in enumerate(HYPS)})
+    scores = caption_metrics(HYPS, REFS)
+    bleu, _ = Bleu(4).compute_score(gts, res, 0)
+    assert [scores[f"bleu{n}"] for n in range(1, 5)] == pytest.approx([100 * b for b in bleu], rel=1e-9)
+    assert scores["meteor"] == pytest.approx(100 * Meteor().compute_score(gts, res)[0], rel=1e-9)
+    assert scores["rouge_l"] == pytest.approx(100 * Rouge().compute_score(gts, res)[0], rel=1e-9)
+    assert scores["cider_d"] == pytest.approx(100 * Cider().compute_score(gts, res)[0], rel=1e-9)
+    assert scores["meteor"] > 10 and scores["cider_d"] > 10 and scores["bleu4"] > 10
+
+
+def test_without_java_the_java_metrics_are_skipped_with_one_line(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    lines = []
+    scores = caption_metrics(HYPS, REFS, log=lines.append)
+    assert len(lines) == 1 and "Java not found" in lines[0] and "METEOR" in lines[0]
+    assert "meteor" not in scores
+    assert {"bleu1", "bleu4", "rouge_l", "cider_d", "nltk_bleu4"} <= set(scores)
+    assert 0 < scores["bleu4"] <= 100 and scores["cider_d"] > 0
 
 
 def test_grounding_counts_object_words_inside_their_boxes():

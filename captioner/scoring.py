@@ -1,0 +1,87 @@
+"""Score captions from any system: a COCO results file against references, with captioner's metrics.
+
+Results are in the COCO results format, [{"image_id": 391895, "caption": "a man riding a bike"}, ...].
+References may be an official COCO captions file (captions_val2014.json), a Karpathy split file
+(dataset_coco.json: image ids are its "cocoid", else "imgid"), or a captioner captions.json (image ids
+are an entry's "id", else its "file"). `scripts/bleu.py` is the command-line front.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from captioner.data.manifest import DataError
+from captioner.metrics import caption_metrics
+
+
+def _load(path: Path, what: str):
+    if not path.is_file():
+        raise DataError(f"{what} file {path} does not exist")
+    try:
+        return json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{what} file {path} is not valid JSON: {error}") from None
+
+
+def read_results(path: str | Path) -> dict[str, str]:
+    """image id (as a string) -> generated caption, from a COCO results file."""
+    path = Path(path)
+    data = _load(path, "results")
+    if not isinstance(data, list):
+        raise DataError(f"results file {path} must hold a list of {{'image_id', 'caption'}} objects (COCO format)")
+    results: dict[str, str] = {}
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict) or "image_id" not in entry or not isinstance(entry.get("caption"), str):
+            raise DataError(f"results file {path}, entry {i}: needs an 'image_id' and a 'caption' string")
+        key = str(entry["image_id"])
+        if key in results:
+            raise DataError(f"results file {path}, entry {i}: image_id {entry['image_id']} has a second caption")
+        results[key] = entry["caption"]
+    if not results:
+        raise DataError(f"results file {path} holds no captions")
+    return results
+
+
+def read_references(path: str | Path, split: str = "test") -> dict[str, list[str]]:
+    """image id (as a string) -> reference captions, from any of the three reference formats."""
+    path = Path(path)
+    data = _load(path, "references")
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DataError(f"references file {path} is neither a COCO captions, Karpathy split nor captions.json file")
+    references: dict[str, list[str]] = {}
+    if isinstance(data.get("annotations"), list):  # official COCO captions
+        for i, ann in enumerate(data["annotations"]):
+            if not isinstance(ann, dict) or "image_id" not in ann or not isinstance(ann.get("caption"), str):
+                raise DataError(f"references file {path}, annotations[{i}]: needs an 'image_id' and a 'caption'")
+            references.setdefault(str(ann["image_id"]), []).append(ann["caption"])
+        return references
+    for i, image in enumerate(data["images"]):
+        if not isinstance(image, dict):
+            raise DataError(f"references file {path}, images[{i}] is not an object")
+        if "sentences" in image:  # Karpathy
+            wanted = {"train": ("train", "restval")}.get(split, (split,))
+            if image.get("split") in wanted:
+                key = image.get("cocoid", image.get("imgid"))
+                references[str(key)] = [s["raw"] for s in image["sentences"]]
+        elif "captions" in image:  # captioner's captions.json
+            if image.get("split") == split:
+                references[str(image.get("id", image.get("file")))] = list(image["captions"])
+        else:
+            raise DataError(f"references file {path}, images[{i}] has neither 'sentences' nor 'captions'")
+    if not references:
+        raise DataError(f"references file {path} has no images in the {split!r} split")
+    return references
+
+
+def score_results(
+    results: dict[str, str], references: dict[str, list[str]], source: str = "results", java=None, log=print
+) -> dict[str, float]:
+    """caption_metrics over the images that have results; every one of them needs references."""
+    missing = [key for key in results if key not in references]
+    if missing:
+        raise DataError(f"{source}: {len(missing)} image ids have no references, e.g. {missing[0]}")
+    if len(results) < len(references):
+        log(f"scoring {len(results)} of the {len(references)} images that have references")
+    keys = sorted(results)
+    return caption_metrics([results[k] for k in keys], [references[k] for k in keys], java=java, log=log)
