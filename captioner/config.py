@@ -145,8 +145,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML recipe at `path`, then the overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, schema=Config):
+    """Defaults, then the YAML recipe at `path`, then the overrides; `schema` is the top dataclass."""
     data: dict = {}
     source = "config"
     if path is not None:
@@ -161,4 +161,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
     data = apply_overrides(data, overrides or [])
-    return Config.from_dict(data, source)
+    return _build(schema, data, source, "")

@@ -5,19 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from captioner.config import load_config
+from captioner.lm import LMConfig
 from captioner.models.captioner import Captioner
+from captioner.models.char_lm import CharLM
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
 def test_there_are_recipes():
-    assert {"stamps.yaml", "coco_resnet101.yaml", "shapes.yaml"} <= {p.name for p in CONFIGS}
+    assert {"stamps.yaml", "coco_resnet101.yaml", "shapes.yaml", "lm_shakespeare.yaml"} <= {p.name for p in CONFIGS}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_recipe_builds(path):
+    if "model" in yaml.safe_load(path.read_text()):  # a char LM recipe
+        config = load_config(path, schema=LMConfig)
+        m = config.model
+        CharLM(50, m.embed_dim, m.hidden_dim, m.num_layers, m.cell, m.dropout)
+        assert config.train.max_minutes or config.train.max_steps
+        return
     config = load_config(path, ["encoder.weights=null"])
     if config.decoder.visual_word_groups:
         config.decoder.visual_word_groups = 0  # the groups come from the data set's manifest

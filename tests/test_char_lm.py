@@ -1,0 +1,212 @@
+"""The char LM: the NumPy min-char-rnn as an oracle for the torch core, truncated BPTT, sampling, cells, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from captioner.cli import main
+from captioner.lm import LMConfig, generate_text, restore_lm, text_properties, train_lm
+from captioner.models.char_lm import CharLM
+from captioner.models.core import RecurrentCore
+from captioner.reference import min_char_rnn as ref
+
+V, H, T = 7, 5, 9
+
+
+def numpy_model(seed: int = 0) -> tuple[ref.Params, list[int], list[int], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    params = ref.Params.init(V, H, seed, scale=0.5)
+    params.bh[:] = rng.standard_normal(H) * 0.1
+    params.by[:] = rng.standard_normal(V) * 0.1
+    inputs = rng.integers(0, V, T).tolist()
+    targets = rng.integers(0, V, T).tolist()
+    return params, inputs, targets, rng.standard_normal(H) * 0.3
+
+
+def torch_twin(params: ref.Params) -> tuple[RecurrentCore, torch.nn.Linear]:
+    """The torch RNN core and output layer holding the NumPy model's weights (float64)."""
+    core = RecurrentCore(V, H, 1, "rnn").double()
+    out = torch.nn.Linear(H, V).double()
+    with torch.no_grad():
+        core.rnn.weight_ih_l0.copy_(torch.from_numpy(params.Wxh))
+        core.rnn.weight_hh_l0.copy_(torch.from_numpy(params.Whh))
+        core.rnn.bias_ih_l0.copy_(torch.from_numpy(params.bh))
+        core.rnn.bias_hh_l0.zero_()
+        out.weight.copy_(torch.from_numpy(params.Why))
+        out.bias.copy_(torch.from_numpy(params.by))
+    return core, out
+
+
+def test_numpy_forward_and_gradients_equal_the_torch_core():
+    params, inputs, targets, h0 = numpy_model()
+    loss, grads, h_last = ref.loss_and_gradients(params, inputs, targets, h0)
+    cache = ref.forward(params, inputs, h0)
+
+    core, out = torch_twin(params)
+    x = torch.nn.functional.one_hot(torch.tensor([inputs]), V).double()  # (1, T, V)
+    outputs, (h_final,) = core(x, (torch.from_numpy(h0).view(1, 1, H),))
+    logits = out(outputs)[0]
+    torch_loss = torch.nn.functional.cross_entropy(logits, torch.tensor(targets), reduction="sum")
+    torch_loss.backward()
+
+    np.testing.assert_allclose(logits.detach().numpy(), np.stack(cache.logits), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(h_final.detach().numpy().ravel(), h_last, rtol=1e-12, atol=1e-12)
+    assert torch_loss.item() == pytest.approx(loss, rel=1e-12)
+    rnn = core.rnn
+    pairs = {
+        "Wxh": rnn.weight_ih_l0.grad,
+        "Whh": rnn.weight_hh_l0.grad,
+        "bh": rnn.bias_ih_l0.grad,
+        "Why": out.weight.grad,
+        "by": out.bias.grad,
+    }
+    for name, grad in pairs.items():
+        np.testing.assert_allclose(grad.numpy(), grads[name], rtol=1e-10, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(rnn.bias_hh_l0.grad.numpy(), grads["bh"], rtol=1e-10, atol=1e-12)
+
+
+def test_numpy_gradients_pass_a_numerical_check():
+    params, inputs, targets, h0 = numpy_model(1)
+    _, grads, _ = ref.loss_and_gradients(params, inputs, targets, h0)
+    rng = np.random.default_rng(0)
+    eps = 1e-6
+    for name in params.names():
+        weights = getattr(params, name)
+        for _ in range(10):
+            index = tuple(int(rng.integers(0, n)) for n in weights.shape)
+            saved = weights[index]
+            weights[index] = saved + eps
+            plus = ref.loss_and_gradients(params, inputs, targets, h0)[0]
+            weights[index] = saved - eps
+            minus = ref.loss_and_gradients(params, inputs, targets, h0)[0]
+            weights[index] = saved
+            numeric = (plus - minus) / (2 * eps)
+            analytic = grads[name][index]
+            assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(numeric) + abs(analytic)), (name, index)
+
+
+def test_numpy_adagrad_learns_a_repeating_text():
+    text = "hello world. " * 20
+    chars = sorted(set(text))
+    data = [chars.index(c) for c in text]
+    params = ref.Params.init(len(chars), 32, seed=0)
+    optimizer = ref.Adagrad(params, learning_rate=0.1)
+    losses = []
+    for step in range(300):
+        start = (step * 12) % (len(data) - 13)
+        loss, grads, _ = ref.loss_and_gradients(
+            params, data[start : start + 12], data[start + 1 : start + 13], np.zeros(32)
+        )
+        optimizer.step(params, grads)
+        losses.append(loss / 12)
+    assert losses[0] > 2.0 and np.mean(losses[-20:]) < 0.3
+
+
+def test_char_lm_with_an_rnn_equals_the_numpy_model():
+    """Embedding then W_ih is one-hot through Wxh = W_ih E^T: the whole LM matches the oracle."""
+    torch.manual_seed(0)
+    model = CharLM(V, embed_dim=4, hidden_dim=H, num_layers=1, cell="rnn").double()
+    rnn = model.core.rnn
+    params = ref.Params(
+        (rnn.weight_ih_l0 @ model.embedding.weight.T).detach().numpy(),
+        rnn.weight_hh_l0.detach().numpy(),
+        model.out.weight.detach().numpy(),
+        (rnn.bias_ih_l0 + rnn.bias_hh_l0).detach().numpy(),
+        model.out.bias.detach().numpy(),
+    )
+    _, inputs, _, _ = numpy_model()
+    cache = ref.forward(params, inputs, np.zeros(H))
+    logits, _ = model(torch.tensor([inputs]))
+    np.testing.assert_allclose(logits[0].detach().numpy(), np.stack(cache.logits), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_carried_state_over_two_chunks_equals_one_long_sequence(cell):
+    model = CharLM(11, 8, 16, num_layers=2, cell=cell).eval()
+    ids = torch.randint(0, 11, (3, 20))
+    whole, _ = model.run(ids)
+    first, state = model.run(ids[:, :12])
+    second, _ = model.run(ids[:, 12:], tuple(s.detach() for s in state))
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole)
+
+
+def trained_lm(tmp_path, steps: int = 200):
+    text = "the cat sat on the mat. 'a quote' (and brackets)\n    indented line\n" * 60
+    (tmp_path / "corpus.txt").write_text(text)
+    config = LMConfig.from_dict(
+        {
+            "data": {"corpus": str(tmp_path / "corpus.txt"), "max_chars": None},
+            "model": {"embed_dim": 8, "hidden_dim": 32, "num_layers": 2},
+            "train": {
+                "run_dir": str(tmp_path / "run"),
+                "batch_size": 4,
+                "seq_len": 32,
+                "learning_rate": 0.02,
+                "max_minutes": None,
+                "max_steps": steps,
+                "eval_every_minutes": 0.002,
+            },
+        }
+    )
+    logs = []
+    path = train_lm(config, log=logs.append)
+    return path, logs, text
+
+
+def test_training_logs_nats_and_bits_and_learns(tmp_path):
+    path, logs, text = trained_lm(tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) >= 2 and rows[-1]["step"] == 200
+    assert rows[-1]["val_bits"] == pytest.approx(rows[-1]["val_nats"] / math.log(2))
+    assert rows[-1]["val_nats"] < min(0.5, rows[0]["val_nats"])  # a uniform guess is ln 23 = 3.1 nats
+    model, config, vocab = restore_lm(path)
+    assert "".join(vocab.itos[4:]) == "".join(sorted(set(text)))  # the character vocabulary travels along
+
+
+def test_sampling_is_seeded_and_cold_sampling_is_greedy(tmp_path):
+    path, _, _ = trained_lm(tmp_path, steps=30)
+    model, _, vocab = restore_lm(path)
+    a = generate_text(model, vocab, "the ", 80, temperature=1.0, seed=3)
+    b = generate_text(model, vocab, "the ", 80, temperature=1.0, seed=3)
+    c = generate_text(model, vocab, "the ", 80, temperature=1.0, seed=4)
+    assert a == b and a != c
+    greedy = generate_text(model, vocab, "the ", 80, temperature=0.0)
+    assert generate_text(model, vocab, "the ", 80, temperature=1e-4, seed=5) == greedy
+    top1 = generate_text(model, vocab, "the ", 80, temperature=1.0, top_k=1, seed=6)
+    assert top1 == greedy
+
+
+def test_text_properties_by_hand():
+    props = text_properties('a("b")\n  c\n')
+    assert props["inside quotes"].tolist() == [0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    assert props["inside brackets"].tolist() == [0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
+    assert props["position in line"].tolist() == [0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3]
+    assert props["indentation depth"].tolist() == [0, 0, 0, 0, 0, 0, 0, 1, 2, 2, 2]
+
+
+def test_lm_cli_sample_cells_and_mistakes(tmp_path, capsys):
+    path, _, text = trained_lm(tmp_path, steps=30)
+    args = ["lm", "sample", "--checkpoint", str(path), "--prime", "the", "--length", "40", "--seed", "1"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out == first and first.startswith("the")
+    (tmp_path / "probe.txt").write_text(text[:2000])
+    page = tmp_path / "cells.html"
+    assert (
+        main(["lm", "cells", "--checkpoint", str(path), "--text", str(tmp_path / "probe.txt"), "--html", str(page)])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "| inside quotes |" in out and "| indentation depth |" in out
+    assert page.read_text().count("<span") == 2000
+    assert main(["lm", "cells", "--checkpoint", str(path), "--text", str(tmp_path / "absent.txt")]) == 2
+    assert "absent.txt does not exist" in capsys.readouterr().err
+    (tmp_path / "not_lm.pt").write_bytes(b"PK\x03\x04 nonsense")
+    assert main(["lm", "sample", "--checkpoint", str(tmp_path / "not_lm.pt")]) == 2
+    assert "not_lm.pt" in capsys.readouterr().err
