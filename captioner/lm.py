@@ -220,7 +220,7 @@ def _lr_factor(train: LMTrainConfig, step: int, elapsed: float) -> float:
 
 
 def train_lm(config: LMConfig, log=print) -> Path:
-    """Train a CharLM; write RUN/config.yaml-like config.json, metrics.jsonl and model.pt; return model.pt."""
+    """Train a CharLM; write RUN/config.json, RUN/metrics.jsonl and RUN/model.pt (at every validation)."""
     train = config.train
     if train.max_minutes is None and train.max_steps is None:
         raise ConfigError("set train.max_minutes or train.max_steps: they say when training ends")
@@ -247,7 +247,7 @@ def train_lm(config: LMConfig, log=print) -> Path:
         f"{parameters / 1e6:.2f} M parameters, {steps_per_epoch} steps per epoch, device {device}"
     )
     quick_val = val_ids[: train.eval_chars] if train.eval_chars else val_ids
-    step, elapsed, chars, last_eval, state, epoch = 0, 0.0, 0, 0.0, None, 0
+    step, elapsed, chars, last_eval, state = 0, 0.0, 0, 0.0, None
     running = None
     path = run_dir / "model.pt"
 
@@ -315,7 +315,6 @@ def train_lm(config: LMConfig, log=print) -> Path:
             if elapsed - last_eval >= 60 * train.eval_every_minutes:
                 record(final=False)
                 last_eval = elapsed
-        epoch += 1
         state = None  # a new pass over the streams starts from zero state
     record(final=True)
     return path

@@ -56,6 +56,29 @@ def attention_figure(
     return figure
 
 
+def alignment_figure(source: list[str], target: list[str], attention: torch.Tensor, cell: int = 28) -> Image.Image:
+    """The source-target alignment matrix of a translation: row i = target word i, column j = source
+    word j, darker = more attention. attention (len(target), len(source))."""
+    font = _font(13)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label = max((int(probe.textlength(w, font=font)) for w in source + target), default=10) + 10
+    width, height = label + cell * len(source) + 4, label + cell * len(target) + 4
+    figure = Image.new("RGB", (width, height), (255, 255, 255))
+    pen = ImageDraw.Draw(figure)
+    values = attention.float().clamp(0, 1).numpy()
+    for i, word in enumerate(target):
+        y = label + i * cell
+        pen.text((label - 5, y + cell / 2), word, fill=(0, 0, 0), font=font, anchor="rm")
+        for j in range(len(source)):
+            shade = int(255 * (1 - values[i, j]))
+            pen.rectangle([label + j * cell, y, label + (j + 1) * cell - 1, y + cell - 1], fill=(shade, shade, shade))
+    for j, word in enumerate(source):  # source words written upwards above their columns
+        text = Image.new("RGB", (label, cell), (255, 255, 255))
+        ImageDraw.Draw(text).text((5, cell / 2), word, fill=(0, 0, 0), font=font, anchor="lm")
+        figure.paste(text.rotate(90, expand=True), (label + j * cell, 0))
+    return figure
+
+
 def save_png(image: Image.Image, path: str | Path) -> None:
     """Write a PNG atomically, so an interrupted run leaves no half-written file."""
     path = Path(path)

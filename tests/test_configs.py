@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from captioner.config import load_config
 from captioner.lm import LMConfig
 from captioner.models.captioner import Captioner
 from captioner.models.char_lm import CharLM
+from captioner.translate import TranslateConfig, build_model
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -21,7 +21,12 @@ def test_there_are_recipes():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_recipe_builds(path):
-    if "model" in yaml.safe_load(path.read_text()):  # a char LM recipe
+    if path.name.startswith("translate_"):
+        config = load_config(path, schema=TranslateConfig)
+        model = build_model(config, 40, 50)
+        assert model.attention == config.model.attention
+        return
+    if path.name.startswith("lm_"):  # a char LM recipe
         config = load_config(path, schema=LMConfig)
         m = config.model
         CharLM(50, m.embed_dim, m.hidden_dim, m.num_layers, m.cell, m.dropout)

@@ -1,0 +1,126 @@
+"""Translation on the captioner's decoder: encoder masks, batched decoding, the reversal task, TSV data, CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captioner.cli import main
+from captioner.translate import (
+    TranslateConfig,
+    build_model,
+    read_pairs,
+    reversal_alignment,
+    synthetic_pairs,
+    tokenize,
+    train_translator,
+    translate_batch,
+)
+from captioner.vocab import Vocab
+
+
+def small_config(tmp_path, **model) -> TranslateConfig:
+    return TranslateConfig.from_dict(
+        {
+            "data": {"train": "synthetic"},
+            "model": {"embed_dim": 16, "hidden_dim": 32, "attention_dim": 16, "dropout": 0.0, **model},
+            "train": {"run_dir": str(tmp_path / "run"), "epochs": 1, "batch_size": 64, "learning_rate": 0.003},
+        }
+    )
+
+
+def test_tokenize_keeps_accents_and_splits_punctuation():
+    assert tokenize("Dieu créa les cieux, et la terre.") == [
+        "dieu",
+        "créa",
+        "les",
+        "cieux",
+        ",",
+        "et",
+        "la",
+        "terre",
+        ".",
+    ]
+    assert tokenize("L’homme") == ["l", "'", "homme"]
+
+
+def test_padding_does_not_change_a_translation(tmp_path):
+    """A sentence decoded alone equals the same sentence decoded in a batch next to a longer one."""
+    torch.manual_seed(0)
+    config = small_config(tmp_path)
+    pairs = synthetic_pairs(50, 0)
+    source_vocab = Vocab.build(s for s, _ in pairs)
+    target_vocab = Vocab.build(t for _, t in pairs)
+    model = build_model(config, len(source_vocab), len(target_vocab)).eval()
+    short, long = ["t1", "t2", "t3"], ["t4"] * 9
+    alone, alone_attention = translate_batch(model, [short], source_vocab, target_vocab, max_len=6)
+    together, attention = translate_batch(model, [short, long], source_vocab, target_vocab, max_len=6)
+    assert together[0] == alone[0]
+    torch.testing.assert_close(attention[0], alone_attention[0])
+    assert attention[0].shape[1] == 4  # 3 words + EOS: no attention column for padding
+    beams, _ = translate_batch(model, [short, long], source_vocab, target_vocab, beam_size=3, max_len=6)
+    one_by_one = [
+        translate_batch(model, [s], source_vocab, target_vocab, beam_size=3, max_len=6)[0][0] for s in (short, long)
+    ]
+    assert beams == one_by_one
+
+
+def test_reversal_is_learned_with_attention_on_the_aligned_word(tmp_path):
+    config = small_config(tmp_path)
+    config.train.epochs = 3
+    path = train_translator(config, log=lambda _: None)
+    from captioner.translate import restore_translator
+
+    model, _, source_vocab, target_vocab = restore_translator(path)
+    test = synthetic_pairs(300, 3)
+    outputs, _ = translate_batch(model, [s for s, _ in test], source_vocab, target_vocab)
+    exact = sum(o == t for o, (_, t) in zip(outputs, test, strict=True)) / len(test)
+    assert exact > 0.9
+    assert reversal_alignment(model, test, source_vocab, target_vocab) > 80
+
+
+def test_without_attention_the_memory_is_the_final_state(tmp_path):
+    config = small_config(tmp_path, attention=False)
+    model = build_model(config, 30, 30)
+    src = torch.randint(4, 30, (2, 5))
+    memory, mask = model.memory(src, torch.tensor([5, 3]))
+    assert memory.shape == (2, 1, model.encoder.out_dim) and mask is None
+    _, alphas = model(src, torch.tensor([5, 3]), torch.randint(4, 30, (2, 4)))
+    assert torch.equal(alphas, torch.ones(2, 4, 1))
+
+
+def test_tsv_pairs_and_their_faults(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_text(
+        "Go.\tVa !\tCC-BY 2.0 (France) Attribution: tatoeba.org\nI won!\tJ'ai gagné !\n\n" + "a " * 40 + "\tb\n"
+    )
+    pairs = read_pairs(path, max_len=10)
+    assert pairs == [
+        (["go", "."], ["va", "!"]),
+        (["i", "won", "!"], ["j", "'", "ai", "gagné", "!"]),
+    ]  # long one left out
+    path.write_text("no tab here\n")
+    with pytest.raises(ValueError, match=r"pairs.tsv:1: expected source<TAB>target"):
+        read_pairs(path, 10)
+    with pytest.raises(ValueError, match="does not exist"):
+        read_pairs(tmp_path / "absent.tsv", 10)
+
+
+def test_translate_cli_train_translate_and_draw(tmp_path, capsys):
+    config = tmp_path / "reverse.yaml"
+    config.write_text(
+        "data: {train: synthetic}\nmodel: {embed_dim: 16, hidden_dim: 32, attention_dim: 16, dropout: 0.0}\n"
+        f"train: {{run_dir: {tmp_path / 'run'}, epochs: 1}}\n"
+    )
+    assert main(["translate", "train", "--config", str(config)]) == 0
+    assert "pairs/s" in capsys.readouterr().out
+    checkpoint = str(tmp_path / "run" / "best.pt")
+    png = tmp_path / "align.png"
+    assert main(["translate", "--checkpoint", checkpoint, "t1 t2 t3", "--attention", str(png), "--beam-size", "1"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert len(out.split()) >= 1 and png.stat().st_size > 0
+    (tmp_path / "sentences.txt").write_text("t1 t2\nt5 t6 t7\n")
+    assert main(["translate", "--checkpoint", checkpoint, "--file", str(tmp_path / "sentences.txt")]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    assert main(["translate", "t1"]) == 2
+    assert "needs --checkpoint" in capsys.readouterr().err
