@@ -421,12 +421,16 @@ def get_parser() -> argparse.ArgumentParser:
     translate.add_argument("--device", default="auto")
     translate.set_defaults(func=cmd_translate)
     translate_train = commands.add_parser(
-        "translate-train", description="Train a translator: captioner translate train --config CONFIG [overrides]"
+        "translate-train",
+        prog="captioner translate train",
+        description="Train a translator: captioner translate train --config CONFIG [overrides]",
     )
     translate_train.add_argument("--config", required=True, help="e.g. configs/translate_bible.yaml")
     translate_train.add_argument("overrides", nargs="*", metavar="section.key=value")
     translate_train.set_defaults(func=cmd_translate_train)
-    translate_data = commands.add_parser("translate-data", description="Prepare sentence pairs")
+    translate_data = commands.add_parser(
+        "translate-data", prog="captioner translate data", description="Prepare sentence pairs"
+    )
     translate_sources = translate_data.add_subparsers(dest="pairs", required=True, metavar="PAIRS")
     bible = translate_sources.add_parser(
         "bible",

@@ -340,9 +340,14 @@ def generate_text(
     top_k: int | None = None,
     seed: int | None = None,
 ) -> str:
-    """Feed the prime, then sample `length` characters with captioner.decoding.sample."""
+    """Feed the prime, then sample `length` characters with captioner.decoding.sample.
+
+    The prime is preceded by two newlines the caller does not see: trained on streams whose state is
+    carried over, the model has rarely seen a zero state, and reads a prime better after a paragraph
+    break ("ROMEO:" is then followed by a newline, as in the plays, rather than by a letter).
+    """
     device = next(model.parameters()).device
-    ids = torch.tensor([vocab.encode(list(prime or "\n"))], device=device)
+    ids = torch.tensor([vocab.encode(list("\n\n" + prime))], device=device)
     state = None
     if ids.size(1) > 1:
         _, state = model.run(ids[:, :-1])

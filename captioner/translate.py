@@ -377,6 +377,25 @@ def train_translator(config: TranslateConfig, log=print) -> Path:
         if train.max_minutes is not None and elapsed >= 60 * train.max_minutes:
             log(f"stopping: {elapsed / 60:.1f} minutes of training reached train.max_minutes")
             break
+    if "test" in splits:  # the best checkpoint on the held-out test pairs, once
+        best_model, *_ = restore_translator(path, device)
+        test = splits["test"]
+        hypotheses, _ = translate_batch(
+            best_model, [s for s, _ in test], source_vocab, target_vocab, 1, max_len=config.data.max_len + 10
+        )
+        result = {"pairs": len(test), **score(hypotheses, test)}
+        if config.data.train == SYNTHETIC:
+            result["alignment"] = reversal_alignment(best_model, test, source_vocab, target_vocab)
+        result["examples"] = [
+            {"source": " ".join(s), "reference": " ".join(t), "output": " ".join(h)}
+            for (s, t), h in list(zip(test, hypotheses, strict=True))[:20]
+        ]
+        (run_dir / "test_scores.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
+        aligned = f", attention on the aligned word {result['alignment']:.1f}%" if "alignment" in result else ""
+        log(
+            f"test ({len(test)} pairs, greedy, best checkpoint): BLEU-4 {result['bleu4']:.2f}, "
+            f"exact {result['exact']:.1f}%{aligned}"
+        )
     return path
 
 

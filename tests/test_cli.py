@@ -29,6 +29,15 @@ def test_help_of_every_command(capsys):
         ["data", "shapes"],
         ["data", "stamps"],
         ["data", "coco"],
+        ["lm"],
+        ["lm", "data", "shakespeare"],
+        ["lm", "train"],
+        ["lm", "sample"],
+        ["lm", "cells"],
+        ["translate"],
+        ["translate", "train"],
+        ["translate", "data"],
+        ["translate", "data", "bible"],
     ):
         with pytest.raises(SystemExit) as exit_info:
             main([*argv, "--help"])
