@@ -75,20 +75,24 @@ class TrainConfig:
     eval_batch_size: int = 128
 
 
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+class Sections:
+    """A top-level config of section dataclasses: to and from nested dicts (YAML, checkpoints)."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> Config:
+    def from_dict(cls, data: dict, source: str = "config"):
         """Build a config from nested dicts, rejecting unknown sections and keys."""
         return _build(cls, data, source, "")
+
+
+@dataclass
+class Config(Sections):
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def _check_type(value, annotation, where: str):

@@ -319,7 +319,10 @@ def fit(config: Config, resume: bool = False, log=print) -> Path:
         torch.set_rng_state(checkpoint["rng"])
         step = checkpoint["step"]
         best_bleu, elapsed = checkpoint["best_bleu4"], checkpoint["elapsed"]
-        log(f"resuming {last_path} at epoch {start_epoch + 1}")
+        if start_epoch >= train.epochs:
+            log(f"{last_path} has finished all {train.epochs} epochs: nothing to train (delete {run_dir} to retrain)")
+        else:
+            log(f"resuming {last_path} at epoch {start_epoch + 1}")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.jsonl").write_text("")

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from captioner.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from captioner.config import ConfigError, _build
+from captioner.config import ConfigError, Sections
 from captioner.data.manifest import DataError
 from captioner.decoding import sample as sample_tokens
 from captioner.engine import autocast, resolve_device
@@ -64,19 +64,10 @@ class LMTrainConfig:
 
 
 @dataclass
-class LMConfig:
+class LMConfig(Sections):
     data: LMDataConfig = field(default_factory=LMDataConfig)
     model: LMModelConfig = field(default_factory=LMModelConfig)
     train: LMTrainConfig = field(default_factory=LMTrainConfig)
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> LMConfig:
-        return _build(cls, data, source, "")
-
-    def to_dict(self) -> dict:
-        import dataclasses
-
-        return dataclasses.asdict(self)
 
 
 # ---------------------------------------------------------------- corpora

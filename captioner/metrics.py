@@ -29,12 +29,13 @@ def _ngrams(tokens: list[str], n: int) -> Counter:
     return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
-def nltk_bleu(hypotheses: list[list[str]], references: list[list[list[str]]], max_n: int = 4) -> list[float]:
-    """Corpus BLEU-1 .. BLEU-max_n on a 0-1 scale, computed as NLTK's corpus_bleu without smoothing.
+def _corpus_counts(
+    hypotheses: list[list[str]], references: list[list[list[str]]], max_n: int, at_least_one: bool
+) -> tuple[list[int], list[int], int, int]:
+    """Clipped n-gram matches and n-gram totals per order, hypothesis and closest-reference lengths.
 
-    Clipped n-gram counts and lengths are summed over the corpus before the geometric mean; the
-    reference length of each hypothesis is that of its closest reference (the shorter on a tie); a
-    brevity penalty exp(1 - r / c) applies when the corpus is shorter than its references.
+    The reference length of a hypothesis is that of its closest reference (the shorter on a tie).
+    at_least_one: count max(1, len - n + 1) n-grams per hypothesis (NLTK) instead of max(0, ...).
     """
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
@@ -49,7 +50,18 @@ def nltk_bleu(hypotheses: list[list[str]], references: list[list[list[str]]], ma
             for ref in refs:
                 max_ref |= _ngrams(ref, n)
             matches[n - 1] += sum(min(count, max_ref[gram]) for gram, count in counts.items())
-            totals[n - 1] += max(len(hyp) - n + 1, 1)  # NLTK counts at least 1 per hypothesis
+            totals[n - 1] += max(len(hyp) - n + 1, 1 if at_least_one else 0)
+    return matches, totals, hyp_length, ref_length
+
+
+def nltk_bleu(hypotheses: list[list[str]], references: list[list[list[str]]], max_n: int = 4) -> list[float]:
+    """Corpus BLEU-1 .. BLEU-max_n on a 0-1 scale, computed as NLTK's corpus_bleu without smoothing.
+
+    Clipped n-gram counts and lengths are summed over the corpus before the geometric mean; a brevity
+    penalty exp(1 - r / c) applies when the corpus is shorter than its references; an order without a
+    single match gives 0.
+    """
+    matches, totals, hyp_length, ref_length = _corpus_counts(hypotheses, references, max_n, at_least_one=True)
     if hyp_length == 0:
         return [0.0] * max_n
     brevity = 1.0 if hyp_length > ref_length else math.exp(1 - ref_length / hyp_length)
@@ -69,24 +81,11 @@ corpus_bleu = nltk_bleu
 def coco_bleu(hypotheses: list[list[str]], references: list[list[list[str]]], max_n: int = 4) -> list[float]:
     """Corpus BLEU-1 .. BLEU-max_n on a 0-1 scale, computed as the COCO caption toolkit does.
 
-    As nltk_bleu (closest reference length, clipped counts summed over the corpus), except that a
-    hypothesis has max(0, len - n + 1) n-grams and every precision is (matches + 1e-15) / (total + 1e-9).
+    As nltk_bleu, except that a hypothesis has max(0, len - n + 1) n-grams and every precision is
+    (matches + 1e-15) / (total + 1e-9).
     """
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
     tiny, small = 1e-15, 1e-9
-    matches, totals = [0] * max_n, [0] * max_n
-    hyp_length = ref_length = 0
-    for hyp, refs in zip(hypotheses, references, strict=True):
-        hyp_length += len(hyp)
-        ref_length += min((abs(len(r) - len(hyp)), len(r)) for r in refs)[1]
-        for n in range(1, max_n + 1):
-            counts = _ngrams(hyp, n)
-            max_ref: Counter = Counter()
-            for ref in refs:
-                max_ref |= _ngrams(ref, n)
-            matches[n - 1] += sum(min(count, max_ref[gram]) for gram, count in counts.items())
-            totals[n - 1] += max(len(hyp) - n + 1, 0)
+    matches, totals, hyp_length, ref_length = _corpus_counts(hypotheses, references, max_n, at_least_one=False)
     ratio = (hyp_length + tiny) / (ref_length + small)
     brevity = math.exp(1 - 1 / ratio) if ratio < 1 else 1.0
     scores, product = [], 1.0

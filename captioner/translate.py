@@ -9,7 +9,6 @@ chapters held out.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -24,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from captioner.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from captioner.config import ConfigError, _build
+from captioner.config import ConfigError, Sections
 from captioner.data.manifest import DataError
 from captioner.engine import resolve_device
 from captioner.metrics import nltk_bleu
@@ -78,17 +77,10 @@ class TTrainConfig:
 
 
 @dataclass
-class TranslateConfig:
+class TranslateConfig(Sections):
     data: TDataConfig = field(default_factory=TDataConfig)
     model: TModelConfig = field(default_factory=TModelConfig)
     train: TTrainConfig = field(default_factory=TTrainConfig)
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> TranslateConfig:
-        return _build(cls, data, source, "")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 # ---------------------------------------------------------------- data

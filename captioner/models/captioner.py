@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captioner.config import Config
-from captioner.decoding import Generation, beam_search, greedy
+from captioner.decoding import Generation
 from captioner.models.decoder import AttentionDecoder
 from captioner.models.image_encoder import ImageEncoder
 from captioner.vocab import Vocab
@@ -71,20 +71,7 @@ class Captioner(nn.Module):
 
         The traces of the result are the attention maps (len_i, P) of each generated word.
         """
-        memory = self.encoder(images)  # (B, P, D)
-        attended = self.decoder.prepare(memory)
-        state = self.decoder.init_state(memory)
-        start = torch.full((images.size(0),), bos_id, dtype=torch.long, device=images.device)
-        if beam_size > 1:
-            attended = attended.expand(beam_size)
-            state = tuple(s.repeat_interleave(beam_size, 0) for s in state)
-
-        def step(tokens: Tensor, state):
-            return self.decoder.step(tokens, state, attended)
-
-        if beam_size > 1:
-            return beam_search(step, state, start, beam_size, max_len, eos_id, alpha)
-        return greedy(step, state, start, max_len, eos_id)
+        return self.decoder.decode(self.encoder(images), None, bos_id, eos_id, beam_size, max_len, alpha)
 
 
 def caption_loss(

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captioner.decoding import Generation, beam_search, greedy
 from captioner.models.attention import AdditiveAttention
 from captioner.models.core import RecurrentCore, State
 
@@ -179,6 +180,35 @@ class AttentionDecoder(nn.Module):
         context_all, gated_all = torch.stack(contexts, dim=1), torch.stack(gateds, dim=1)  # (B, T, D)
         logits = self._output(embedded, hidden_all, context_all, gated_all)  # (B, T, V), matmuls over all steps
         return logits, torch.stack(alphas, dim=1)
+
+    @torch.no_grad()
+    def decode(
+        self,
+        memory: Tensor,
+        mask: Tensor | None,
+        bos_id: int,
+        eos_id: int,
+        beam_size: int = 1,
+        max_len: int = 30,
+        alpha: float = 0.0,
+    ) -> Generation:
+        """Free-running decoding from a memory (B, P, D): greedy for beam_size 1, else batched beam search.
+
+        The traces of the result are the attention weights (len_i, P) of every emitted token.
+        """
+        attended = self.prepare(memory, mask)
+        state = self.init_state(memory, mask)
+        start = torch.full((memory.size(0),), bos_id, dtype=torch.long, device=memory.device)
+        if beam_size > 1:
+            attended = attended.expand(beam_size)
+            state = tuple(s.repeat_interleave(beam_size, 0) for s in state)
+
+        def step(tokens: Tensor, state: State):
+            return self.step(tokens, state, attended)
+
+        if beam_size > 1:
+            return beam_search(step, state, start, beam_size, max_len, eos_id, alpha)
+        return greedy(step, state, start, max_len, eos_id)
 
     def step(self, tokens: Tensor, state: State, attended: AttendedMemory) -> tuple[Tensor, State, Tensor]:
         """One free-running step: previous words (B,) -> logits (B, V), new state, alpha (B, P)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from captioner.decoding import Generation, beam_search, greedy
+from captioner.decoding import Generation
 from captioner.models.core import RecurrentCore
 from captioner.models.decoder import AttentionDecoder
 from captioner.vocab import Vocab
@@ -69,16 +69,4 @@ class Seq2Seq(nn.Module):
     ) -> Generation:
         """Translate (greedy for beam_size 1, else beam search); the traces are attention rows (len, S)."""
         memory, mask = self.memory(src, lengths)
-        attended = self.decoder.prepare(memory, mask)
-        state = self.decoder.init_state(memory, mask)
-        start = torch.full((src.size(0),), Vocab.bos_id, dtype=torch.long, device=src.device)
-        if beam_size > 1:
-            attended = attended.expand(beam_size)
-            state = tuple(s.repeat_interleave(beam_size, 0) for s in state)
-
-        def step(tokens: Tensor, state):
-            return self.decoder.step(tokens, state, attended)
-
-        if beam_size > 1:
-            return beam_search(step, state, start, beam_size, max_len, Vocab.eos_id, alpha)
-        return greedy(step, state, start, max_len, Vocab.eos_id)
+        return self.decoder.decode(memory, mask, Vocab.bos_id, Vocab.eos_id, beam_size, max_len, alpha)
