@@ -64,14 +64,17 @@ def build_optimizer(model: Captioner, config: Config) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, weight_decay=config.train.weight_decay)
 
 
+def cosine_factor(progress: float) -> float:
+    """The learning-rate factor of every cosine schedule here: 1 at progress 0, down to 0.05 at 1 (and after)."""
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int):
     total = max(1, train.epochs * steps_per_epoch)
     if train.lr_schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     if train.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-        )
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step / total))
     raise ConfigError(f"train.lr_schedule must be constant or cosine, not {train.lr_schedule!r}")
 
 

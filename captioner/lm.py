@@ -24,7 +24,7 @@ from captioner.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from captioner.config import ConfigError, Sections
 from captioner.data.manifest import DataError
 from captioner.decoding import sample as sample_tokens
-from captioner.engine import autocast, resolve_device
+from captioner.engine import autocast, cosine_factor, resolve_device
 from captioner.models.char_lm import CharLM
 from captioner.vocab import Vocab
 
@@ -207,7 +207,7 @@ def _lr_factor(train: LMTrainConfig, step: int, elapsed: float) -> float:
         progress = step / train.max_steps
     else:
         return 1.0
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cosine_factor(progress)
 
 
 def train_lm(config: LMConfig, log=print) -> Path:
@@ -393,7 +393,7 @@ def text_properties(text: str) -> dict[str, np.ndarray]:
 
 @torch.no_grad()
 def hidden_activations(model: CharLM, vocab: Vocab, text: str) -> np.ndarray:
-    """The top layer's hidden state after each character: (len(text), H), by stepping the core."""
+    """The top layer's hidden state after each character: (len(text), H), from one fused pass."""
     device = next(model.parameters()).device
     ids = torch.tensor([vocab.encode(list(text))], device=device)
     outputs, _ = model.core(model.embedding(ids))

@@ -75,9 +75,6 @@ def nltk_bleu(hypotheses: list[list[str]], references: list[list[list[str]]], ma
     return scores
 
 
-corpus_bleu = nltk_bleu
-
-
 def coco_bleu(hypotheses: list[list[str]], references: list[list[list[str]]], max_n: int = 4) -> list[float]:
     """Corpus BLEU-1 .. BLEU-max_n on a 0-1 scale, computed as the COCO caption toolkit does.
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import re
 import time
@@ -25,7 +24,7 @@ from torch.utils.data import DataLoader
 from captioner.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from captioner.config import ConfigError, Sections
 from captioner.data.manifest import DataError
-from captioner.engine import resolve_device
+from captioner.engine import cosine_factor, resolve_device
 from captioner.metrics import nltk_bleu
 from captioner.models.decoder import AttentionDecoder
 from captioner.models.seq2seq import Seq2Seq, TextEncoder
@@ -295,9 +294,7 @@ def train_translator(config: TranslateConfig, log=print) -> Path:
         raise ConfigError(f"train.lr_schedule must be cosine or constant, not {train.lr_schedule!r}")
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        (lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-        if train.lr_schedule == "cosine"
-        else (lambda s: 1.0),
+        (lambda s: cosine_factor(s / total)) if train.lr_schedule == "cosine" else (lambda s: 1.0),
     )
     run_dir = Path(train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

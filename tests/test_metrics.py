@@ -9,30 +9,30 @@ import pytest
 import torch
 from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
 
-from captioner.metrics import caption_metrics, coco_bleu, corpus_bleu, grounding_score, java_available
+from captioner.metrics import caption_metrics, coco_bleu, grounding_score, java_available, nltk_bleu
 
 needs_java = pytest.mark.skipif(not java_available(), reason="needs Java (METEOR, PTB tokenizer)")
 
 
 def test_perfect_match_is_one():
     hyp = "a red circle to the left of a blue square".split()
-    assert corpus_bleu([hyp], [[hyp]]) == pytest.approx([1.0] * 4)
+    assert nltk_bleu([hyp], [[hyp]]) == pytest.approx([1.0] * 4)
 
 
 def test_clipped_counts_and_brevity_penalty_by_hand():
     # Papineni et al.'s example: "the the the the the the the" against "the cat is on the mat" gives 2/7.
     hyp, ref = ["the"] * 7, "the cat is on the mat".split()
-    assert corpus_bleu([hyp], [[ref]], max_n=1)[0] == pytest.approx(2 / 7)
+    assert nltk_bleu([hyp], [[ref]], max_n=1)[0] == pytest.approx(2 / 7)
     # A 4-word hypothesis, all matching, against a 6-word reference: precision 1, brevity exp(1 - 6/4).
     short = "the cat is on".split()
-    assert corpus_bleu([short], [[ref]], max_n=1)[0] == pytest.approx(math.exp(1 - 6 / 4))
+    assert nltk_bleu([short], [[ref]], max_n=1)[0] == pytest.approx(math.exp(1 - 6 / 4))
 
 
 def test_closest_reference_length_and_empty_hypothesis():
     hyp = "a b c".split()
     refs = [["a", "b", "c", "d", "e"], ["a", "b"]]  # lengths 5 and 2: 2 is closest to 3, no penalty
-    assert corpus_bleu([hyp], [refs], max_n=1)[0] == pytest.approx(1.0)
-    assert corpus_bleu([[]], [[["a", "b"]]]) == [0.0] * 4
+    assert nltk_bleu([hyp], [refs], max_n=1)[0] == pytest.approx(1.0)
+    assert nltk_bleu([[]], [[["a", "b"]]]) == [0.0] * 4
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -50,7 +50,7 @@ def test_equals_nltk_on_random_corpora(seed):
                 for _ in range(rng.randint(1, 5))
             ]
         )
-    ours = corpus_bleu(hyps, refs)
+    ours = nltk_bleu(hyps, refs)
     assert min(ours) > 0.2  # a comparison of non-trivial values
     for n in range(1, 5):
         weights = tuple([1.0 / n] * n)
@@ -63,13 +63,13 @@ def test_coco_variant_by_hand():
     # "cat a" (0): 1/3. Reference lengths 3 and 5 are equally close to 4: the shorter counts, no penalty.
     hyp, refs = "a cat a cat".split(), ["a cat sat".split(), "a dog and a cat".split()]
     assert coco_bleu([hyp], [refs], max_n=2) == pytest.approx([0.75, math.sqrt(0.75 / 3)], rel=1e-8)
-    assert corpus_bleu([hyp], [refs], max_n=2) == pytest.approx([0.75, math.sqrt(0.75 / 3)])
+    assert nltk_bleu([hyp], [refs], max_n=2) == pytest.approx([0.75, math.sqrt(0.75 / 3)])
     # Brevity penalty: 4 words, all matching, against 6: exp(1 - 6/4) on every order.
     short, ref = "the cat is on".split(), "the cat is on the mat".split()
     assert coco_bleu([short], [[ref]]) == pytest.approx([math.exp(-0.5)] * 4, rel=1e-8)
     # One reference, no matching 4-gram: NLTK gives 0; the toolkit's 1e-15 gives (3/4 * 2/3 * 1/2 * 1e-15) ** (1/4).
     hyp, ref = "a b c d".split(), "a b c e".split()
-    assert corpus_bleu([hyp], [[ref]])[3] == 0.0
+    assert nltk_bleu([hyp], [[ref]])[3] == 0.0
     assert coco_bleu([hyp], [[ref]])[3] == pytest.approx((0.25e-15) ** 0.25, rel=1e-6)
     # An empty hypothesis scores 0 in both.
     assert coco_bleu([[]], [[["a", "b"]]]) == pytest.approx([0.0] * 4, abs=1e-12)
