@@ -121,8 +121,8 @@ def beam_search(
 ) -> Generation:
     """Beam search for B inputs at once, as one batch of B x K rows.
 
-    `state` and the step function's constant inputs must already hold K copies of each input, input b
-    at rows b*K .. b*K+K-1 (see AttendedMemory.expand). start_tokens is (B,). A beam that emits EOS
+    `state` must already hold K copies of each input's state, input b at rows b*K .. b*K+K-1 (the
+    step function's constant inputs may be shared, as AttendedMemory is). start_tokens is (B,). A beam that emits EOS
     is finished: it keeps its score and its slot. At the end each input's beams are ranked by
     score / length_penalty(length, alpha), length counting EOS, and the best is returned.
     """

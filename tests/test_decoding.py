@@ -38,7 +38,6 @@ def decode(decoder, memory, beam_size, max_len=9, alpha=0.0):
     attended, state = decoder.prepare(memory), decoder.init_state(memory)
     start = torch.full((memory.size(0),), BOS)
     if beam_size > 1:
-        attended = attended.expand(beam_size)
         state = tuple(s.repeat_interleave(beam_size, 0) for s in state)
 
     def step(tokens, state):

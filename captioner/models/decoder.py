@@ -21,19 +21,14 @@ from captioner.models.core import RecurrentCore, State
 
 @dataclass
 class AttendedMemory:
-    """What the decoder reads at every step, prepared once: memory (B, P, D), keys (B, P, A), mask (B, P)."""
+    """What the decoder reads at every step, prepared once: memory (B, P, D), keys (B, P, A), mask (B, P).
+
+    A state of B * K rows reads it too (beam search): rows b*K .. b*K+K-1 attend over memory row b.
+    """
 
     memory: Tensor
     keys: Tensor
     mask: Tensor | None
-
-    def expand(self, times: int) -> AttendedMemory:
-        """Repeat every row `times` times (row i becomes rows i*times .. i*times+times-1), for beam search."""
-        return AttendedMemory(
-            self.memory.repeat_interleave(times, 0),
-            self.keys.repeat_interleave(times, 0),
-            None if self.mask is None else self.mask.repeat_interleave(times, 0),
-        )
 
 
 class AttentionDecoder(nn.Module):
@@ -199,8 +194,7 @@ class AttentionDecoder(nn.Module):
         attended = self.prepare(memory, mask)
         state = self.init_state(memory, mask)
         start = torch.full((memory.size(0),), bos_id, dtype=torch.long, device=memory.device)
-        if beam_size > 1:
-            attended = attended.expand(beam_size)
+        if beam_size > 1:  # K states per memory row; the memory itself is not copied
             state = tuple(s.repeat_interleave(beam_size, 0) for s in state)
 
         def step(tokens: Tensor, state: State):
