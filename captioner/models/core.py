@@ -96,6 +96,10 @@ class RecurrentCore(nn.Module):
             getattr(rnn, f"bias_hh_l{layer}"),
         )
 
+    def input_weight(self, start: int = 0, stop: int | None = None) -> Tensor:
+        """Columns start:stop of the layer-0 input weight W_ih: (G * H, stop - start), a view."""
+        return self._weights(0)[0][:, start:stop]
+
     def project_input(self, x: Tensor, start: int = 0, stop: int | None = None, bias: bool = True) -> Tensor:
         """Layer-0 input projection x @ W_ih[:, start:stop]^T (+ b_ih): (..., stop - start) -> (..., G * H).
 

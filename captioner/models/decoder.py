@@ -21,7 +21,9 @@ from captioner.models.core import RecurrentCore, State
 
 @dataclass
 class AttendedMemory:
-    """What the decoder reads at every step, prepared once: memory (B, P, D), keys (B, P, A), mask (B, P).
+    """What the decoder reads at every step, prepared once: memory (B, P, D), keys (B, P, A), mask (B, P),
+    and the core's input weight for the context (G * H, D), sliced (and cast, under autocast) once
+    rather than at every step, where the copy and its gradient's scatter would cost more than the product.
 
     A state of B * K rows reads it too (beam search): rows b*K .. b*K+K-1 attend over memory row b.
     """
@@ -29,6 +31,7 @@ class AttendedMemory:
     memory: Tensor
     keys: Tensor
     mask: Tensor | None
+    context_weight: Tensor
 
 
 class AttentionDecoder(nn.Module):
@@ -94,7 +97,11 @@ class AttentionDecoder(nn.Module):
 
     def prepare(self, memory: Tensor, mask: Tensor | None = None) -> AttendedMemory:
         """Project the attention keys once per memory. memory (B, P, D), mask (B, P) True where valid."""
-        return AttendedMemory(memory, self.attention.project_memory(memory), mask)
+        weight = self.core.input_weight(start=self.embed_dim)
+        device = weight.device.type
+        if torch.is_autocast_enabled(device):
+            weight = weight.to(torch.get_autocast_dtype(device))
+        return AttendedMemory(memory, self.attention.project_memory(memory), mask, weight.contiguous())
 
     def init_state(self, memory: Tensor, mask: Tensor | None = None) -> State:
         """Initial (h, c) (or (h,)) from the mean of the valid memory positions; each (B, L, H)."""
@@ -120,7 +127,7 @@ class AttentionDecoder(nn.Module):
         query = state[0][:, -1]  # top layer's h_{t-1}: (B, H)
         context, alpha = self.attention(attended.keys, attended.memory, query, attended.mask)
         gated = torch.sigmoid(self.gate(query)) * context  # (B, D)
-        gates = embed_gates + self.core.project_input(gated, start=self.embed_dim, bias=False)
+        gates = embed_gates + F.linear(gated, attended.context_weight)
         hidden, state = self.core.step_projected(gates, state)
         return hidden, context, gated, alpha, state
 
