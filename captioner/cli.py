@@ -12,9 +12,10 @@ from captioner.checkpoint import CheckpointError
 from captioner.config import ConfigError
 from captioner.data.images import ImageLoadError
 from captioner.data.manifest import DataError
+from captioner.distributed import DistributedError
 from captioner.models.image_encoder import EncoderError
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, EncoderError, ImageLoadError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, EncoderError, ImageLoadError, DistributedError)
 
 
 # The model `captioner caption` uses without --checkpoint: $CAPTIONER_CHECKPOINT, else the one the README's
@@ -85,12 +86,19 @@ def cmd_data_coco(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from captioner import distributed
     from captioner.config import load_config
-    from captioner.engine import fit
+    from captioner.engine import fit, resolve_device
 
     config = load_config(args.config, args.overrides)
-    best = fit(config, resume=args.resume)
-    print(f"best checkpoint: {best}")
+    world = distributed.World.from_environment(os.environ)  # set by torchrun; one process otherwise
+    distributed.join(world, resolve_device(config.train.device))
+    try:
+        best = fit(config, resume=args.resume, world=world)
+    finally:
+        distributed.leave()
+    if world.main:
+        print(f"best checkpoint: {best}")
     return 0
 
 
@@ -368,7 +376,9 @@ def get_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="train a captioner from a YAML recipe",
-        description="Train from a YAML recipe; key=value arguments override it, e.g. train.epochs=3.",
+        description="Train from a YAML recipe; key=value arguments override it, e.g. train.epochs=3. "
+        "For data parallelism over N processes (GPUs, or CPU processes over gloo) start it with "
+        "`torchrun --nproc-per-node N -m captioner train ...`; train.batch_size is then the global batch.",
     )
     train.add_argument("--config", required=True, help="YAML recipe, e.g. configs/shapes.yaml")
     train.add_argument("--resume", action="store_true", help="continue from last.pt in the run directory")

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 import yaml
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 from tqdm import tqdm
 
 from captioner.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
@@ -28,6 +29,7 @@ from captioner.data.manifest import (
     collate_images,
     load_manifest,
 )
+from captioner.distributed import SINGLE, World, barrier, from_main, gather_objects, shard, sum_over_ranks, unshard
 from captioner.metrics import caption_metrics, coco_bleu, grounding_score, nltk_bleu
 from captioner.models.captioner import Captioner, caption_loss
 from captioner.text import detokenize, tokenize
@@ -79,7 +81,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, steps_
 
 
 def train_one_epoch(
-    model: Captioner,
+    model: Captioner | DistributedDataParallel,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     scheduler,
@@ -87,19 +89,29 @@ def train_one_epoch(
     device: torch.device,
     scaler: torch.amp.GradScaler | None = None,
     description: str = "train",
+    world: World = SINGLE,
 ) -> dict:
-    """One pass over the loader; returns mean loss, cross-entropy and throughput."""
+    """One pass over the loader; returns mean loss, cross-entropy and throughput (of all ranks together).
+
+    Under data parallelism `model` is the DistributedDataParallel wrapper and each rank's loader holds its
+    share of every global batch; loss and cross-entropy are then this rank's.
+    """
     model.train()
     total_loss = total_xent = 0.0
     batches = captions = 0
     start = time.perf_counter()
-    bar = tqdm(loader, desc=description, unit="batch", leave=False, disable=None)
+    bar = tqdm(loader, desc=description, unit="batch", leave=False, disable=None if world.main else True)
     for images, tokens in bar:
         images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (B, T)
+        words = None
+        if world.distributed:  # normalise by the global batch's words (caption_loss says why)
+            words = sum_over_ranks((targets != Vocab.pad_id).sum(), world) / world.size
         with autocast(device, train.amp):
             logits, alphas = model(images, inputs)
-            loss, xent = caption_loss(logits, targets, alphas, train.attention_penalty, train.label_smoothing)
+            loss, xent = caption_loss(
+                logits, targets, alphas, train.attention_penalty, train.label_smoothing, word_count=words
+            )
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -117,7 +129,7 @@ def train_one_epoch(
         total_loss += loss.item()
         total_xent += xent.item()
         batches += 1
-        captions += tokens.size(0)
+        captions += tokens.size(0) * world.size
         bar.set_postfix(loss=f"{total_loss / batches:.3f}")
     seconds = time.perf_counter() - start
     return {
@@ -148,9 +160,15 @@ def generate_captions(
     batch_size: int = 128,
     num_workers: int = 0,
     amp: str = "none",
+    world: World = SINGLE,
 ) -> Captions:
-    """Caption every item of an ImageSet (or CachedImageSet) without teacher forcing."""
+    """Caption every item of an ImageSet (or CachedImageSet) without teacher forcing.
+
+    Under data parallelism each rank captions every world.size-th item and all ranks get all captions.
+    """
     model.eval()
+    if world.distributed:
+        dataset = Subset(dataset, shard(len(dataset), world))
     # Its own generator: evaluating must not move the global random stream that training uses.
     loader = DataLoader(
         dataset, batch_size, num_workers=num_workers, collate_fn=collate_images, generator=torch.Generator()
@@ -162,6 +180,9 @@ def generate_captions(
         tokens += [vocab.decode(ids) for ids in result.tokens]
         attention += [trace.float().cpu() for trace in result.traces]
         scores += result.scores.tolist()
+    if world.distributed:
+        parts = gather_objects((tokens, attention, scores), world)
+        tokens, attention, scores = (unshard([part[i] for part in parts]) for i in range(3))
     return Captions(tokens, attention, scores)
 
 
@@ -222,15 +243,27 @@ def _write_yaml(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def fit(config: Config, resume: bool = False, log=print) -> Path:
+def fit(config: Config, resume: bool = False, log=print, world: World = SINGLE) -> Path:
     """Train a captioner as the config says; write the run directory; return the best checkpoint's path.
 
     The run directory gets config.yaml (resolved), vocab.json, metrics.jsonl (one line per epoch),
     last.pt (every epoch) and best.pt (best validation BLEU-4 from free-running captions).
     With resume, training continues from last.pt exactly where it stopped.
+
+    With a World of several processes (torchrun; the process group already joined) training is data
+    parallel: train.batch_size is the global batch, each rank takes batch_size / world.size captions of
+    it through a DistributedSampler, DistributedDataParallel averages the gradients, validation captions
+    are shared out over the ranks and gathered, and only rank 0 logs and writes files.
     """
     train = config.train
     device = resolve_device(train.device)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    if not world.main:
+        log = _silent
+    if train.batch_size % world.size:
+        raise ConfigError(f"train.batch_size {train.batch_size} does not split evenly over {world.size} processes")
     run_dir = Path(train.run_dir)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     manifest = load_manifest(config.data.root)
@@ -287,30 +320,46 @@ def fit(config: Config, resume: bool = False, log=print) -> Path:
                 path = cache_file(manifest.root, config, records, split, model.encoder)
                 if not path.is_file():
                     log(f"caching {enc.backbone} grids of {len(records)} {split} images in {path}")
-                grids[split] = build_feature_cache(
-                    model.encoder, records, transform, path, device, train.eval_batch_size, data.num_workers
-                )
+                for builder in (True, False):  # rank 0 builds the file, then the other ranks read it
+                    if builder == world.main:
+                        grids[split] = build_feature_cache(
+                            model.encoder, records, transform, path, device, train.eval_batch_size, data.num_workers
+                        )
+                    barrier(world)
             cached_sets = CachedCaptionSet(image_sets[0], grids["train"]), CachedImageSet(grids["val"])
             log(f"training from cached {enc.backbone} grids in {manifest.root / 'cache'}")
         return cached_sets
 
     def make_loader(dataset: Dataset) -> DataLoader:
+        if world.distributed:  # a disjoint share per rank, reshuffled by set_epoch
+            sampler = DistributedSampler(dataset, world.size, world.rank, seed=train.seed, drop_last=True)
+        else:
+            sampler = RandomSampler(dataset, generator=torch.Generator())
+        batch_size = train.batch_size // world.size
         return DataLoader(
             dataset,
-            train.batch_size,
-            sampler=RandomSampler(dataset, generator=torch.Generator()),
+            batch_size,
+            sampler=sampler,
             num_workers=data.num_workers,
             collate_fn=collate_captions,
             pin_memory=device.type == "cuda",
             persistent_workers=data.num_workers > 0,
-            drop_last=len(dataset) > train.batch_size,
+            drop_last=len(sampler) > batch_size,
         )
+
+    def trainer() -> Captioner | DistributedDataParallel:
+        """What the training steps call: the model, or under data parallelism its DDP wrapper (built anew
+        when fine-tuning starts, since DDP fixes the set of parameters it synchronises when built)."""
+        if not world.distributed:
+            return model
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def stage(epoch: int) -> int:
         return 2 if enc.fine_tune_stages != 0 and epoch >= enc.fine_tune_after > 0 else 1
 
     dataset, val_set = datasets_for(start_epoch)
     loader = make_loader(dataset)
+    training_model = trainer()
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, train, len(loader))
     scaler = torch.amp.GradScaler(device.type) if train.amp == "fp16" and device.type == "cuda" else None
@@ -319,34 +368,87 @@ def fit(config: Config, resume: bool = False, log=print) -> Path:
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        torch.set_rng_state(checkpoint["rng"])
+        rank_states = checkpoint.get("rank_rng", [])
+        torch.set_rng_state(rank_states[world.rank] if len(rank_states) == world.size else checkpoint["rng"])
         step = checkpoint["step"]
         best_bleu, elapsed = checkpoint["best_bleu4"], checkpoint["elapsed"]
         if start_epoch >= train.epochs:
             log(f"{last_path} has finished all {train.epochs} epochs: nothing to train (delete {run_dir} to retrain)")
         else:
             log(f"resuming {last_path} at epoch {start_epoch + 1}")
-    else:
+    elif world.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.jsonl").write_text("")
-    _write_yaml(run_dir / "config.yaml", config.to_dict())
-    vocab.save(run_dir / "vocab.json")
+    if world.distributed:  # each rank its own dropout masks (the weights are the same: seeded above, synced by DDP)
+        torch.manual_seed(train.seed + 1_000_003 * (world.rank + 1))
+    if world.main:
+        _write_yaml(run_dir / "config.yaml", config.to_dict())
+        vocab.save(run_dir / "vocab.json")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(
         f"{len(train_records)} train / {len(val_records)} val images, {len(dataset)} captions, "
         f"vocabulary {len(vocab)}, {trainable / 1e6:.2f} M trainable parameters, device {device}"
+        + (f", {world.size} processes" if world.distributed else "")
     )
+
+    def record_epoch(epoch, step, stats, elapsed, captions, rank_rng, best_bleu) -> float:
+        """Rank 0 after an epoch: score the validation captions, log, write the checkpoints; the new best BLEU-4."""
+        scores = score_captions(
+            captions, val_records, manifest.object_words, enc.grid_size, val_sizes, train.val_metrics, log
+        )
+        record = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0], **stats, "elapsed": elapsed}
+        record.update({f"val_{key}": value for key, value in scores.items()})
+        with open(run_dir / "metrics.jsonl", "a") as file:
+            file.write(json.dumps(record) + "\n")
+        grounding = f", grounding {scores['grounding']:.1f}" if "grounding" in scores else ""
+        cider = f", CIDEr-D {scores['cider_d']:.1f}" if "cider_d" in scores else ""
+        log(
+            f"epoch {epoch + 1}: loss {stats['loss']:.3f}, val BLEU-4 {scores['bleu4']:.1f} "
+            f"(NLTK {scores['nltk_bleu4']:.1f}){cider}{grounding} "
+            f"(greedy, 0-100), {stats['captions_per_s']:.0f} captions/s, {elapsed / 60:.1f} min"
+        )
+        payload = {
+            "kind": "captioner",
+            "model": model.state_dict(),
+            "config": config.to_dict(),
+            "vocab": vocab.to_dict(),
+            "epoch": epoch,
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rank_rng[0],
+            **({"rank_rng": rank_rng} if world.distributed else {}),
+            "best_bleu4": max(best_bleu, scores["bleu4"]),
+            "elapsed": elapsed,
+            "metrics": scores,
+        }
+        save_checkpoint(last_path, payload)
+        if scores["bleu4"] > best_bleu:
+            save_checkpoint(best_path, payload)
+        return payload["best_bleu4"]
 
     for epoch in range(start_epoch, train.epochs):
         if stage(epoch) == 2 and (epoch == start_epoch or stage(epoch - 1) == 1):
             if epoch > start_epoch:
                 dataset, val_set = datasets_for(epoch)
                 loader = make_loader(dataset)
+                training_model = trainer()
             tuned = f"the last {enc.fine_tune_stages} backbone stages train on images"
             log(f"stage 2 from epoch {enc.fine_tune_after + 1}: {tuned}")
-        loader.sampler.generator.manual_seed(train.seed * 100_003 + epoch)  # same order on resume
+        if world.distributed:  # same order on resume
+            loader.sampler.set_epoch(epoch)
+        else:
+            loader.sampler.generator.manual_seed(train.seed * 100_003 + epoch)
         stats = train_one_epoch(
-            model, loader, optimizer, scheduler, train, device, scaler, f"epoch {epoch + 1}/{train.epochs}"
+            training_model,
+            loader,
+            optimizer,
+            scheduler,
+            train,
+            device,
+            scaler,
+            f"epoch {epoch + 1}/{train.epochs}",
+            world,
         )
         step += len(loader)
         captions = generate_captions(
@@ -359,45 +461,23 @@ def fit(config: Config, resume: bool = False, log=print) -> Path:
             train.eval_batch_size,
             data.num_workers,
             train.amp,
-        )
-        scores = score_captions(
-            captions, val_records, manifest.object_words, enc.grid_size, val_sizes, train.val_metrics, log
+            world,
         )
         elapsed += stats["seconds"]
-        record = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0], **stats, "elapsed": elapsed}
-        record.update({f"val_{key}": value for key, value in scores.items()})
-        with open(run_dir / "metrics.jsonl", "a") as file:
-            file.write(json.dumps(record) + "\n")
-        grounding = f", grounding {scores['grounding']:.1f}" if "grounding" in scores else ""
-        cider = f", CIDEr-D {scores['cider_d']:.1f}" if "cider_d" in scores else ""
-        log(
-            f"epoch {epoch + 1}: loss {stats['loss']:.3f}, val BLEU-4 {scores['bleu4']:.1f} "
-            f"(NLTK {scores['nltk_bleu4']:.1f}){cider}{grounding} "
-            f"(greedy, 0-100), {stats['captions_per_s']:.0f} captions/s, {elapsed / 60:.1f} min"
-        )
-        improved = scores["bleu4"] > best_bleu
-        best_bleu = max(best_bleu, scores["bleu4"])
-        payload = {
-            "kind": "captioner",
-            "model": model.state_dict(),
-            "config": config.to_dict(),
-            "vocab": vocab.to_dict(),
-            "epoch": epoch,
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "best_bleu4": best_bleu,
-            "elapsed": elapsed,
-            "metrics": scores,
-        }
-        save_checkpoint(last_path, payload)
-        if improved:
-            save_checkpoint(best_path, payload)
-        if train.max_minutes is not None and elapsed >= 60 * train.max_minutes:
+        rank_rng = gather_objects(torch.get_rng_state(), world)
+        # Every rank stops after the same epoch: rank 0's clock decides.
+        stop = from_main(train.max_minutes is not None and elapsed >= 60 * train.max_minutes, world)
+        if world.main:
+            best_bleu = record_epoch(epoch, step, stats, elapsed, captions, rank_rng, best_bleu)
+        if stop:
             log(f"stopping: {elapsed / 60:.1f} minutes of training reached train.max_minutes")
             break
+    barrier(world)  # the other ranks return once rank 0 has written the last checkpoints
     return best_path
+
+
+def _silent(*args, **kwargs) -> None:
+    """The log of ranks other than 0."""
 
 
 def restore_captioner(path: str | Path, device: torch.device | str = "cpu") -> tuple[Captioner, Config, Vocab]:

@@ -81,6 +81,7 @@ def caption_loss(
     attention_penalty: float,
     label_smoothing: float = 0.0,
     pad_id: int = Vocab.pad_id,
+    word_count: Tensor | float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Cross-entropy over real words plus the doubly stochastic attention penalty.
 
@@ -89,11 +90,20 @@ def caption_loss(
     rather than summed over positions so lambda does not scale with the grid size.
     Label smoothing (Szegedy et al. 2016) bounds how far any word's logit is pushed down, so a word pair
     never seen in training (a "red triangle") stays reachable when the image says so.
+    word_count: divide the summed cross-entropy by this rather than by this batch's real words. Data-parallel
+    training passes the words of all ranks' batches divided by the number of ranks, so that the average
+    of the ranks' gradients is the gradient of the whole global batch's per-word mean.
     Returns (total loss, cross-entropy).
     """
     cross_entropy = F.cross_entropy(
-        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=pad_id, label_smoothing=label_smoothing
+        logits.flatten(0, 1).float(),
+        targets.flatten(),
+        ignore_index=pad_id,
+        label_smoothing=label_smoothing,
+        reduction="mean" if word_count is None else "sum",
     )
+    if word_count is not None:
+        cross_entropy = cross_entropy / word_count
     if attention_penalty == 0:
         return cross_entropy, cross_entropy
     real = (targets != pad_id).unsqueeze(-1).to(alphas.dtype)  # (B, T, 1)

@@ -1,0 +1,89 @@
+"""Data parallelism: two gloo processes on the CPU train exactly as one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from captioner import distributed
+from captioner.checkpoint import load_checkpoint
+from captioner.distributed import DistributedError, World
+from captioner.engine import fit
+from captioner.models.captioner import Captioner
+from tests.conftest import tiny_config
+
+TRAIN_CAPTIONS = 48  # the shapes_root fixture: 48 training images, one caption each
+
+
+def _config(root, run_dir, batch_size):
+    # No dropout: one process and two processes would draw different masks.
+    config = tiny_config(root, run_dir, epochs=1, batch_size=batch_size, lr_schedule="constant")
+    config.decoder.dropout = 0.0
+    return config
+
+
+def _rank(rank: int, size: int, port: int, root: str, run_dir: str, batch_size: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # what torchrun sets
+    torch.set_num_threads(1)
+    world = World(rank, size)
+    distributed.join(world, torch.device("cpu"))
+    try:
+        fit(_config(root, run_dir, batch_size), log=lambda *_: None, world=world)
+    finally:
+        distributed.leave()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_with_two_processes(root, run_dir, batch_size):
+    mp.start_processes(
+        _rank, args=(2, _free_port(), str(root), str(run_dir), batch_size), nprocs=2, start_method="spawn"
+    )
+
+
+def test_two_gloo_processes_take_the_same_step_as_one_process(shapes_root, tmp_path):
+    # One global batch of all 48 captions: one optimizer step in either case. Two processes see 24 each.
+    fit(_config(shapes_root, tmp_path / "one", TRAIN_CAPTIONS), log=lambda *_: None)
+    _train_with_two_processes(shapes_root, tmp_path / "two", TRAIN_CAPTIONS)
+    one, two = load_checkpoint(tmp_path / "one" / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
+    assert one["step"] == two["step"] == 1
+    init = tiny_config(shapes_root, tmp_path / "unused")
+    torch.manual_seed(init.train.seed)
+    start = Captioner.from_config(init, one["model"]["decoder.classifier.weight"].size(0)).state_dict()
+    moved = max((one["model"][k] - start[k]).abs().max().item() for k in start)
+    assert moved > 1e-3  # the step changed the weights, so equality below says something
+    for name, tensor in one["model"].items():
+        torch.testing.assert_close(
+            two["model"][name], tensor, rtol=0, atol=2e-6, msg=lambda text, name=name: f"{name}: {text}"
+        )
+    # Validation captions were shared out over the two ranks and gathered: the same scores.
+    a = json.loads((tmp_path / "one" / "metrics.jsonl").read_text())
+    b = json.loads((tmp_path / "two" / "metrics.jsonl").read_text())
+    assert a["val_bleu4"] == b["val_bleu4"] and a["val_grounding"] == b["val_grounding"]
+    assert not (tmp_path / "two" / "last.pt.tmp").exists()
+
+
+def test_the_world_comes_from_torchrun_variables():
+    assert World.from_environment({}) == World()
+    world = World.from_environment({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+    assert (world.rank, world.size, world.local_rank, world.main, world.distributed) == (1, 4, 1, False, True)
+    with pytest.raises(DistributedError, match="RANK"):
+        World.from_environment({"WORLD_SIZE": "2", "RANK": "two"})
+    with pytest.raises(DistributedError, match="outside"):
+        World.from_environment({"WORLD_SIZE": "2", "RANK": "2"})
+
+
+def test_shards_cover_every_item_once_and_unshard_restores_the_order():
+    items = list(range(11))
+    parts = [[items[i] for i in distributed.shard(len(items), World(rank, 3))] for rank in range(3)]
+    assert sorted(sum(parts, [])) == items
+    assert distributed.unshard(parts) == items
