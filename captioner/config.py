@@ -65,7 +65,8 @@ class TrainConfig:
     grad_clip: float = 5.0  # max global gradient norm; 0 disables clipping
     attention_penalty: float = 1.0  # lambda of the doubly stochastic attention penalty
     label_smoothing: float = 0.0  # share of each target's probability spread over the vocabulary
-    amp: str = "none"  # none, bf16 or fp16
+    amp: str = "none"  # none, bf16, fp16 (with loss scaling), or auto: bf16 where supported, else fp16
+    compile: bool = False  # torch.compile the decoder's per-word step (pays on GPUs; a minute to compile)
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
     seed: int = 0
     max_minutes: float | None = None  # stop after the epoch in which this much wall time has passed

@@ -47,13 +47,23 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast(device: torch.device, amp: str):
-    """Mixed-precision context for amp in none / bf16 / fp16."""
+def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """The autocast dtype of amp none / bf16 / fp16 / auto (bf16 where the device supports it, else fp16)."""
     if amp == "none":
-        return contextlib.nullcontext()
+        return None
+    if amp == "auto":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
     if amp not in AMP_DTYPES:
-        raise ConfigError(f"train.amp must be none, bf16 or fp16, not {amp!r}")
-    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+        raise ConfigError(f"train.amp must be none, bf16, fp16 or auto, not {amp!r}")
+    return AMP_DTYPES[amp]
+
+
+def autocast(device: torch.device, amp: str):
+    """Mixed-precision context for amp in none / bf16 / fp16 / auto."""
+    dtype = amp_dtype(device, amp)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def build_optimizer(model: Captioner, config: Config) -> torch.optim.Optimizer:
@@ -120,12 +130,15 @@ def train_one_epoch(
             loss.backward()
         if train.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-        if scaler is not None:
+        if scaler is not None:  # a step with overflowed fp16 gradients is skipped and the scale lowered
+            scale = scaler.get_scale()
             scaler.step(optimizer)
             scaler.update()
+            if scaler.get_scale() >= scale:
+                scheduler.step()
         else:
             optimizer.step()
-        scheduler.step()
+            scheduler.step()
         total_loss += loss.item()
         total_xent += xent.item()
         batches += 1
@@ -362,7 +375,10 @@ def fit(config: Config, resume: bool = False, log=print, world: World = SINGLE) 
     training_model = trainer()
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, train, len(loader))
-    scaler = torch.amp.GradScaler(device.type) if train.amp == "fp16" and device.type == "cuda" else None
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype(device, train.amp) == torch.float16 else None
+    if train.compile:
+        model.decoder.compile_step()
 
     step, best_bleu, elapsed = 0, -1.0, 0.0
     if checkpoint is not None:

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from captioner.config import Config
+from captioner.models import attention as attention_module
+from captioner.models.attention import AdditiveAttention
 from captioner.models.captioner import Captioner, caption_loss
 from captioner.models.decoder import AttentionDecoder
 from captioner.models.image_encoder import EncoderError, ImageEncoder
@@ -194,3 +196,36 @@ def test_visual_groups_unset_or_empty():
     assert all(torch.isfinite(p.grad).all() for p in decoder.parameters() if p.grad is not None)
     with pytest.raises(ValueError, match="at least one word"):
         decoder.set_visual_words([[5, 6], []])
+
+
+@pytest.mark.parametrize("chunk", [1 << 21, 1])  # one chunk, and one memory row per chunk
+def test_attention_is_the_tanh_formula_with_queries_sharing_a_memory_row(monkeypatch, chunk):
+    monkeypatch.setattr(attention_module, "_CPU_CHUNK", chunk)
+    attention = AdditiveAttention(memory_dim=6, query_dim=8, attention_dim=7)
+    memory, query = torch.randn(3, 5, 6), torch.randn(3 * 4, 8)  # 4 queries per memory row
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False], [False, True, True, True, True]])
+    context, alpha = attention(attention.project_memory(memory), memory, query, mask)
+    for i in range(12):
+        b = i // 4
+        keys = attention.memory_proj(memory[b])  # (P, A)
+        scores = attention.score(torch.tanh(keys + attention.query_proj(query[i]))).squeeze(-1)
+        expected = torch.softmax(scores.masked_fill(~mask[b], float("-inf")), dim=-1)
+        torch.testing.assert_close(alpha[i], expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(context[i], expected @ memory[b], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="5 queries"):
+        attention(attention.project_memory(memory), memory, query[:5])
+
+
+def test_compiled_step_equals_the_eager_step():
+    decoder = AttentionDecoder(20, 6, 8, 8, 7, dropout=0.0)
+    memory, tokens = torch.randn(3, 5, 6), torch.randint(4, 20, (3, 6))
+    eager_logits, eager_alphas = decoder(memory, tokens)
+    eager_grads = torch.autograd.grad(eager_logits.square().sum(), list(decoder.parameters()), allow_unused=True)
+    decoder.compile_step()
+    logits, alphas = decoder(memory, tokens)
+    grads = torch.autograd.grad(logits.square().sum(), list(decoder.parameters()), allow_unused=True)
+    torch.testing.assert_close(logits, eager_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(alphas, eager_alphas, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, eager_grads, strict=True):
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

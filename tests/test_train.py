@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
 from captioner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from captioner.engine import fit, restore_captioner
+from captioner.config import ConfigError
+from captioner.engine import amp_dtype, fit, restore_captioner
 from tests.conftest import tiny_config
 
 
@@ -103,3 +105,19 @@ def test_visual_word_groups_come_from_the_manifest(shapes_root, tmp_path):
     config.decoder.visual_word_groups = 3
     with pytest.raises(ConfigError, match="lists 2 non-empty 'visual_words' groups"):
         fit(config, log=lambda _: None)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16", "auto"])
+def test_mixed_precision_training_learns(shapes_root, tmp_path, amp):
+    fit(tiny_config(shapes_root, tmp_path / "run", amp=amp), log=lambda _: None)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(line["loss"]) for line in lines)
+    assert lines[1]["loss"] < lines[0]["loss"]
+
+
+def test_amp_settings():
+    cpu = torch.device("cpu")
+    assert amp_dtype(cpu, "none") is None and amp_dtype(cpu, "fp16") == torch.float16
+    assert amp_dtype(cpu, "auto") == amp_dtype(cpu, "bf16") == torch.bfloat16
+    with pytest.raises(ConfigError, match="train.amp must be"):
+        amp_dtype(cpu, "fp8")
