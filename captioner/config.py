@@ -37,7 +37,7 @@ class EncoderConfig:
     fine_tune_after: int = 0  # epochs of decoder-only training (frozen, cached grids) before those stages train
     learning_rate: float = 1e-4  # learning rate of the fine-tuned backbone stages
     position_embedding: bool = False  # add a learned embedding of each grid cell to its feature
-    channels_last: bool = False  # NHWC memory layout for the CNN (faster with AMP on GPUs)
+    channels_last: bool = True  # NHWC layout for the CNN: 1.3-1.7x faster on CPUs (oneDNN), and on GPUs with AMP
     width: int = 64  # channel width of small_cnn (ignored by the other backbones)
 
 

@@ -61,9 +61,12 @@ def test_two_gloo_processes_take_the_same_step_as_one_process(shapes_root, tmp_p
     start = Captioner.from_config(init, one["model"]["decoder.classifier.weight"].size(0)).state_dict()
     moved = max((one["model"][k] - start[k]).abs().max().item() for k in start)
     assert moved > 1e-3  # the step changed the weights, so equality below says something
+    # Adam's first step is about lr * g / (|g| + eps): where a gradient is near zero, rounding noise in the
+    # summation order shows up to ~3e-6 here. Normalising each rank's loss by its own words (a real error)
+    # moves weights by 2e-4.
     for name, tensor in one["model"].items():
         torch.testing.assert_close(
-            two["model"][name], tensor, rtol=0, atol=2e-6, msg=lambda text, name=name: f"{name}: {text}"
+            two["model"][name], tensor, rtol=0, atol=1e-5, msg=lambda text, name=name: f"{name}: {text}"
         )
     # Validation captions were shared out over the two ranks and gathered: the same scores.
     a = json.loads((tmp_path / "one" / "metrics.jsonl").read_text())

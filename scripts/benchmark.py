@@ -1,0 +1,247 @@
+"""Training and captioning throughput of captioner, as one Markdown table.
+
+    python scripts/benchmark.py                       # both recipes, fp32 and bf16, on this machine
+    python scripts/benchmark.py --recipe coco --dtype bf16 --device cuda --output benchmarks/h100.md
+
+Rows (random weights and random inputs: speed does not depend on what the weights have learned):
+  train, cached grids   decoder-only training from cached encoder grids: forward, backward, clipping, AdamW
+  train, fine-tuning    joint training on images: the CNN runs, its last stages train
+  caption, cached grids beam search (beam 1 = greedy) over 20 words from cached grids
+  caption, images       the same with the CNN run on the images first
+through the package's own code (engine.train_one_epoch, Captioner.generate). Each row runs in a fresh
+process, so its peak memory is its own: the process's peak resident memory on a CPU (torch itself
+included), torch.cuda.max_memory_allocated on a GPU. Throughput is the median of --repeats timed runs
+after a warm-up. A training sample is one image with one caption, so for training images/s = captions/s.
+
+Recipes: coco is the COCO recipe's shapes (configs/coco_resnet101.yaml: ResNet-101 at 256 px, a 14 x 14
+grid of 2048 features, widths 512, a 10,000-word vocabulary, 22-token captions, batch 32); cpu is the
+README demo's (configs/stamps.yaml: EfficientNet-Lite0 at 224 px, a 7 x 7 grid of 1280, LSTM 512,
+embeddings and attention 256, 1,000 words, 12-token captions, batch 32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+RECIPES = {
+    "coco": {
+        "encoder": {"backbone": "resnet101", "weights": None, "grid_size": 14, "fine_tune_stages": 3},
+        "decoder": {"embed_dim": 512, "hidden_dim": 512, "attention_dim": 512},
+        "image_size": 256,
+        "vocab": 10_000,
+        "tokens": 22,
+        "batch": 32,
+        "fine_tune_batch": {"cpu": 8, "cuda": 32},
+    },
+    "cpu": {
+        "encoder": {"backbone": "efficientnet_lite0", "weights": None, "grid_size": 7, "fine_tune_stages": 2},
+        "decoder": {"embed_dim": 256, "hidden_dim": 512, "attention_dim": 256},
+        "image_size": 224,
+        "vocab": 1_000,
+        "tokens": 12,
+        "batch": 32,
+        "fine_tune_batch": {"cpu": 32, "cuda": 32},
+    },
+}
+TASKS = ("train, cached grids", "train, fine-tuning", "caption, cached grids", "caption, images")
+MAX_WORDS = 20  # captioning rows: beam search over this many steps
+
+
+@dataclass
+class Row:
+    task: str
+    recipe: str
+    beam: int | None
+    device: str
+    dtype: str
+    batch: int
+    throughput: float  # samples/s (training) or images/s (captioning), median of the repeats
+    unit: str
+    peak_mib: float
+    seconds_per_batch: float
+
+
+def _build(recipe: dict, device, fine_tune: bool):
+    from captioner.config import Config
+    from captioner.models.captioner import Captioner
+
+    config = Config.from_dict(
+        {
+            "data": {"image_size": recipe["image_size"]},
+            "encoder": dict(recipe["encoder"], channels_last=True),
+            "decoder": recipe["decoder"],
+            "train": {"grad_clip": 5.0},
+        }
+    )
+    model = Captioner.from_config(config, recipe["vocab"], load_pretrained=False).to(device)
+    model.encoder.set_fine_tuning(fine_tune)
+    return model, config
+
+
+def _measure(task: str, recipe_name: str, beam: int | None, device_name: str, dtype: str, repeats: int) -> Row:
+    """One row, in this (fresh) process."""
+    import torch
+
+    from captioner.engine import build_optimizer, build_scheduler, train_one_epoch
+
+    torch.manual_seed(0)
+    device = torch.device(device_name)
+    recipe = RECIPES[recipe_name]
+    amp = "bf16" if dtype == "bf16" else "none"
+    from_images = task.endswith("fine-tuning") or task.endswith("images")
+    batch = recipe["fine_tune_batch"][device.type] if task == "train, fine-tuning" else recipe["batch"]
+    model, config = _build(recipe, device, fine_tune=task == "train, fine-tuning")
+    size = recipe["image_size"]
+    grid = (recipe["encoder"]["grid_size"] ** 2, model.encoder.out_dim)
+
+    def inputs():
+        shape = (batch, 3, size, size) if from_images else (batch, *grid)
+        return torch.randn(shape, device=device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    if task.startswith("train"):
+        config.train.amp = amp
+        batches = [
+            (inputs(), torch.randint(4, recipe["vocab"], (batch, recipe["tokens"] + 1), device=device))
+            for _ in range(2)
+        ]
+        optimizer = build_optimizer(model, config)
+        scheduler = build_scheduler(optimizer, config.train, 100)
+        train_one_epoch(model, batches[:1], optimizer, scheduler, config.train, device)  # warm-up
+
+        def run():
+            train_one_epoch(model, batches, optimizer, scheduler, config.train, device)
+            return len(batches)
+
+        unit = "captions/s"
+    else:
+        from captioner.engine import autocast
+
+        model.eval()
+        images = inputs()
+        with autocast(device, amp):
+            model.generate(images[:2], beam_size=beam, max_len=MAX_WORDS)  # warm-up
+
+        def run():
+            with autocast(device, amp):
+                model.generate(images, beam_size=beam, max_len=MAX_WORDS)
+            return 1
+
+        unit = "images/s"
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rates, per_batch = [], []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        count = run()
+        sync()
+        seconds = time.perf_counter() - start
+        rates.append(batch * count / seconds)
+        per_batch.append(seconds / count)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+    return Row(
+        task,
+        recipe_name,
+        beam,
+        device.type,
+        dtype,
+        batch,
+        statistics.median(rates),
+        unit,
+        peak,
+        statistics.median(per_batch),
+    )
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| task | recipe | beam | device | dtype | batch | throughput | peak memory |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        beam = "" if r.beam is None else str(r.beam)
+        lines.append(
+            f"| {r.task} | {r.recipe} | {beam} | {r.device} | {r.dtype} | {r.batch} | "
+            f"{r.throughput:,.1f} {r.unit} | {r.peak_mib:,.0f} MiB |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", choices=[*RECIPES, "all"], default="all")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "all"], default="all")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--task", choices=[*TASKS, "all"], default="all")
+    parser.add_argument("--beams", type=int, nargs="+", default=[1, 3, 5], help="captioning rows (default: 1 3 5)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row; the median counts (default: 3)")
+    parser.add_argument("--output", help="also write the table (Markdown) here, and the rows as JSON beside it")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or any(b < 1 for b in args.beams):
+        parser.error("--repeats and --beams must be at least 1")
+    recipes = list(RECIPES) if args.recipe == "all" else [args.recipe]
+    dtypes = ["fp32", "bf16"] if args.dtype == "all" else [args.dtype]
+    tasks = TASKS if args.task == "all" else (args.task,)
+    jobs = [
+        (task, recipe, beam, args.device, dtype, args.repeats)
+        for recipe in recipes
+        for dtype in dtypes
+        for task in tasks
+        for beam in (args.beams if task.startswith("caption") else [None])
+    ]
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for job in jobs:
+        pool = context.Pool(1)  # a fresh process per row: its peak memory is its own
+        row = pool.apply(_measure, job)
+        pool.close()  # let it exit (and clean up) rather than terminate it
+        pool.join()
+        rows.append(row)
+        beam = f" beam {row.beam}" if row.beam else ""
+        print(f"{row.task}{beam}, {row.recipe}, {row.dtype}: {row.throughput:.1f} {row.unit}", file=sys.stderr)
+    command = shlex.join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
+    text = f"Device: {device_name(args.device)}. Command: `{command}`\n\n{table(rows)}\n"
+    print(text)
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        out.with_suffix(".json").write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
