@@ -53,7 +53,12 @@ RECIPES = {
         "fine_tune_batch": {"cpu": 32, "cuda": 32},
     },
 }
-TASKS = ("train, cached grids", "train, fine-tuning", "caption, cached grids", "caption, images")
+TASKS = {  # command-line name: the name in the table
+    "train-grids": "train, cached grids",
+    "train-finetune": "train, fine-tuning",
+    "caption-grids": "caption, cached grids",
+    "caption-images": "caption, images",
+}
 MAX_WORDS = 20  # captioning rows: beam search over this many steps
 
 
@@ -202,10 +207,12 @@ def table(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipe", choices=[*RECIPES, "all"], default="all")
-    parser.add_argument("--dtype", choices=["fp32", "bf16", "all"], default="all")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--task", choices=[*TASKS, "all"], default="all")
+    parser.add_argument("--recipe", choices=[*RECIPES, "all"], default="all", help="shapes to run (default: all)")
+    parser.add_argument(
+        "--dtype", choices=["fp32", "bf16", "all"], default="all", help="bf16 = autocast (default: all)"
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
+    parser.add_argument("--task", choices=[*TASKS, "all"], nargs="+", default=["all"], help="rows (default: all)")
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 3, 5], help="captioning rows (default: 1 3 5)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row; the median counts (default: 3)")
     parser.add_argument("--output", help="also write the table (Markdown) here, and the rows as JSON beside it")
@@ -214,7 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats and --beams must be at least 1")
     recipes = list(RECIPES) if args.recipe == "all" else [args.recipe]
     dtypes = ["fp32", "bf16"] if args.dtype == "all" else [args.dtype]
-    tasks = TASKS if args.task == "all" else (args.task,)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA GPU is visible to torch here")
+    tasks = [TASKS[t] for t in (TASKS if "all" in args.task else args.task)]
     jobs = [
         (task, recipe, beam, args.device, dtype, args.repeats)
         for recipe in recipes
