@@ -66,6 +66,38 @@ def autocast(device: torch.device, amp: str):
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
+def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler | None:
+    """Loss scaling for fp16 autocast (whose small gradients underflow); bf16 has fp32's range and needs none."""
+    return torch.amp.GradScaler(device.type) if amp_dtype(device, amp) == torch.float16 else None
+
+
+def backward_and_step(
+    loss: Tensor, optimizer: torch.optim.Optimizer, parameters, grad_clip: float, scaler=None
+) -> bool:
+    """Zero the gradients, backpropagate, clip to grad_clip (0: no clipping) and step.
+
+    With a GradScaler the loss is scaled and the gradients unscaled before clipping; a step whose fp16
+    gradients overflowed is skipped (and the scale lowered): the result is then False, so that a
+    learning-rate schedule can skip it too.
+    """
+    parameters = list(parameters)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(parameters, grad_clip)
+        optimizer.step()
+        return True
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(parameters, grad_clip)
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() >= scale
+
+
 def build_optimizer(model: Captioner, config: Config) -> torch.optim.Optimizer:
     """AdamW with the fine-tuned backbone stages in their own group (encoder.learning_rate)."""
     backbone = {id(p) for p in model.encoder.backbone_parameters()}
@@ -122,22 +154,7 @@ def train_one_epoch(
             loss, xent = caption_loss(
                 logits, targets, alphas, train.attention_penalty, train.label_smoothing, word_count=words
             )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if train.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-        if scaler is not None:  # a step with overflowed fp16 gradients is skipped and the scale lowered
-            scale = scaler.get_scale()
-            scaler.step(optimizer)
-            scaler.update()
-            if scaler.get_scale() >= scale:
-                scheduler.step()
-        else:
-            optimizer.step()
+        if backward_and_step(loss, optimizer, model.parameters(), train.grad_clip, scaler):
             scheduler.step()
         total_loss += loss.item()
         total_xent += xent.item()
@@ -375,8 +392,7 @@ def fit(config: Config, resume: bool = False, log=print, world: World = SINGLE) 
     training_model = trainer()
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, train, len(loader))
-    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype(device, train.amp) == torch.float16 else None
+    scaler = grad_scaler(device, train.amp)
     if train.compile:
         model.decoder.compile_step()
 

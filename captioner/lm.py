@@ -24,7 +24,7 @@ from captioner.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from captioner.config import ConfigError, Sections
 from captioner.data.manifest import DataError
 from captioner.decoding import sample as sample_tokens
-from captioner.engine import autocast, cosine_factor, resolve_device
+from captioner.engine import amp_dtype, autocast, backward_and_step, cosine_factor, grad_scaler, resolve_device
 from captioner.models.char_lm import CharLM
 from captioner.vocab import Vocab
 
@@ -58,7 +58,7 @@ class LMTrainConfig:
     max_steps: int | None = None
     eval_every_minutes: float = 2.0
     eval_chars: int | None = 200_000  # periodic validation on the first N held-out characters (the last: all)
-    amp: str = "none"
+    amp: str = "none"  # none, bf16, fp16 (with loss scaling; not for an LSTM on a CPU) or auto
     device: str = "auto"
     seed: int = 0
 
@@ -216,6 +216,8 @@ def train_lm(config: LMConfig, log=print) -> Path:
     if train.max_minutes is None and train.max_steps is None:
         raise ConfigError("set train.max_minutes or train.max_steps: they say when training ends")
     device = resolve_device(train.device)
+    if device.type == "cpu" and config.model.cell == "lstm" and amp_dtype(device, train.amp) == torch.float16:
+        raise ConfigError("train.amp: torch has no fp16 LSTM on CPUs; use bf16 or none (or a GPU)")
     torch.manual_seed(train.seed)
     text = load_corpus(config.data)
     train_text, val_text = split_text(text, config.data.val_fraction)
@@ -277,6 +279,7 @@ def train_lm(config: LMConfig, log=print) -> Path:
         )
         return row
 
+    scaler = grad_scaler(device, train.amp)
     model.train()
     done = False
     while not done:
@@ -288,10 +291,7 @@ def train_lm(config: LMConfig, log=print) -> Path:
                 logits, state = model.run(inputs, state)
                 loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
             state = detach(state)  # truncated BPTT: carry the state, not its history
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-            optimizer.step()
+            backward_and_step(loss, optimizer, model.parameters(), train.grad_clip, scaler)
             value = loss.item()  # also waits for the device, so the time below is real
             elapsed += time.perf_counter() - start
             running = value if running is None else 0.98 * running + 0.02 * value

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from captioner.cli import main
+from captioner.config import ConfigError
 from captioner.lm import LMConfig, generate_text, restore_lm, text_properties, train_lm
 from captioner.models.char_lm import CharLM
 from captioner.models.core import RecurrentCore
@@ -135,13 +136,13 @@ def test_carried_state_over_two_chunks_equals_one_long_sequence(cell):
     torch.testing.assert_close(torch.cat([first, second], dim=1), whole)
 
 
-def trained_lm(tmp_path, steps: int = 200):
+def trained_lm(tmp_path, steps: int = 200, amp: str = "none", cell: str = "lstm"):
     text = "the cat sat on the mat. 'a quote' (and brackets)\n    indented line\n" * 60
     (tmp_path / "corpus.txt").write_text(text)
     config = LMConfig.from_dict(
         {
             "data": {"corpus": str(tmp_path / "corpus.txt"), "max_chars": None},
-            "model": {"embed_dim": 8, "hidden_dim": 32, "num_layers": 2},
+            "model": {"embed_dim": 8, "hidden_dim": 32, "num_layers": 2, "cell": cell},
             "train": {
                 "run_dir": str(tmp_path / "run"),
                 "batch_size": 4,
@@ -150,6 +151,7 @@ def trained_lm(tmp_path, steps: int = 200):
                 "max_minutes": None,
                 "max_steps": steps,
                 "eval_every_minutes": 0.002,
+                "amp": amp,
             },
         }
     )
@@ -166,6 +168,15 @@ def test_training_logs_nats_and_bits_and_learns(tmp_path):
     assert rows[-1]["val_nats"] < min(0.5, rows[0]["val_nats"])  # a uniform guess is ln 23 = 3.1 nats
     model, config, vocab = restore_lm(path)
     assert "".join(vocab.itos[4:]) == "".join(sorted(set(text)))  # the character vocabulary travels along
+
+
+def test_fp16_training_scales_the_loss_and_learns(tmp_path):
+    with pytest.raises(ConfigError, match="no fp16 LSTM on CPUs"):  # torch's fused CPU LSTM has no fp16 kernel
+        trained_lm(tmp_path, amp="fp16")
+    _, logs, _ = trained_lm(tmp_path, amp="fp16", cell="gru")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(row["val_nats"]) for row in rows)
+    assert rows[-1]["val_nats"] < min(0.5, rows[0]["val_nats"])
 
 
 def test_sampling_is_seeded_and_cold_sampling_is_greedy(tmp_path):

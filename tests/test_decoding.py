@@ -35,17 +35,7 @@ def step_function(decoder, memory):
 
 
 def decode(decoder, memory, beam_size, max_len=9, alpha=0.0):
-    attended, state = decoder.prepare(memory), decoder.init_state(memory)
-    start = torch.full((memory.size(0),), BOS)
-    if beam_size > 1:
-        state = tuple(s.repeat_interleave(beam_size, 0) for s in state)
-
-    def step(tokens, state):
-        return decoder.step(tokens, state, attended)
-
-    if beam_size == 1:
-        return greedy(step, state, start, max_len, EOS)
-    return beam_search(step, state, start, beam_size, max_len, EOS, alpha)
+    return decoder.decode(memory, None, BOS, EOS, beam_size, max_len, alpha)
 
 
 def test_beam_one_equals_greedy():

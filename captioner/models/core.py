@@ -106,8 +106,8 @@ class RecurrentCore(nn.Module):
         The projection of an input that is a concatenation is the sum of the projections of its parts,
         so a caller can project the part known for all steps at once, outside its step loop.
         """
-        weight_ih, _, bias_ih, _ = self._weights(0)
-        return F.linear(x, weight_ih[:, start:stop], bias_ih if bias else None)
+        bias_ih = self._weights(0)[2] if bias else None
+        return F.linear(x, self.input_weight(start, stop), bias_ih)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """One time step: x (B, input_dim) -> top-layer output (B, H) and the new state."""
