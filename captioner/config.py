@@ -30,7 +30,7 @@ class DataConfig:
 
 @dataclass
 class EncoderConfig:
-    backbone: str = "resnet101"  # resnet18/34/50/101/152, efficientnet_lite0, small_cnn
+    backbone: str = "resnet101"  # resnet18/34/50/101/152, efficientnet_lite0, small_cnn, factored_cnn
     weights: str | None = "DEFAULT"  # torchvision weights name, DEFAULT, a state-dict file, or null (random init)
     grid_size: int = 14  # the feature map is pooled to grid_size x grid_size = P positions
     fine_tune_stages: int = 0  # 0 freezes a pretrained backbone; N trains its last N stages (-1: all)
@@ -38,7 +38,7 @@ class EncoderConfig:
     learning_rate: float = 1e-4  # learning rate of the fine-tuned backbone stages
     position_embedding: bool = False  # add a learned embedding of each grid cell to its feature
     channels_last: bool = True  # NHWC layout for the CNN: 1.3-1.7x faster on CPUs (oneDNN), and on GPUs with AMP
-    width: int = 64  # channel width of small_cnn (ignored by the other backbones)
+    width: int = 64  # channel width of small_cnn and factored_cnn's form stream (ignored by the others)
 
 
 @dataclass
@@ -52,6 +52,7 @@ class DecoderConfig:
     word_dropout: float = 0.0  # training only: share of previous words replaced by <unk>
     output_word: bool = True  # feed the previous word's embedding to the output layer (Xu et al. eq. 7)
     visual_word_groups: int = 0  # groups of words read off the attended context (the data's "visual_words")
+    visual_word_streams: bool = False  # group g is read off stream g of the memory alone (backbone factored_cnn)
 
 
 @dataclass

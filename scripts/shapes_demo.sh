@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The synthetic shapes experiment (README, "What it takes to name a red triangle"): draw the shapes
 # data set, train on the CPU, score the held-out test split, and caption test images with their
-# attention maps (about 14 minutes on 2 CPU cores).
+# attention maps (about 8 minutes on 2 CPU cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

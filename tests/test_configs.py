@@ -33,8 +33,6 @@ def test_recipe_builds(path):
         assert config.train.max_minutes or config.train.max_steps
         return
     config = load_config(path, ["encoder.weights=null"])
-    if config.decoder.visual_word_groups:
-        config.decoder.visual_word_groups = 0  # the groups come from the data set's manifest
     model = Captioner.from_config(config, vocab_size=50)
     assert model.encoder.grid_size == config.encoder.grid_size
     tuned = sum(p.numel() for p in model.encoder.backbone_parameters())

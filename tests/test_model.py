@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captioner.config import Config
+from captioner.config import Config, ConfigError
 from captioner.models import attention as attention_module
 from captioner.models.attention import AdditiveAttention
 from captioner.models.captioner import Captioner, caption_loss
@@ -229,3 +229,45 @@ def test_compiled_step_equals_the_eager_step():
     for got, want in zip(grads, eager_grads, strict=True):
         if want is not None:
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_factored_cnn_streams_see_colour_and_form_apart():
+    """The form stream is blind to colour, the colour stream to the arrangement of pixels within a cell."""
+    encoder = ImageEncoder("factored_cnn", None, grid_size=4, fine_tune_stages=-1, width=16).eval()
+    assert encoder.streams == (32, 16) and encoder.out_dim == 48
+    colour_dim = encoder.streams[0]
+    canvas = torch.ones(2, 3, 32, 32)  # white, normalised to [-1, 1]
+    canvas[0, :, 4:20, 6:14] = torch.tensor([0.7, -0.7, -0.7])[:, None, None]  # a red bar
+    canvas[1, :, 4:20, 6:14] = torch.tensor([-0.7, -0.4, 0.8])[:, None, None]  # the same bar in blue
+    grid = encoder.grid(canvas)  # (2, 16, 48)
+    torch.testing.assert_close(grid[0, :, colour_dim:], grid[1, :, colour_dim:])  # same form features
+    assert not torch.allclose(grid[0, :, :colour_dim], grid[1, :, :colour_dim])  # different colour features
+    # Shuffle the 2 x 2 pixel blocks inside every 8 x 8 cell: the colour stream's features do not change
+    # (it reads blocks one at a time), the form stream's do.
+    # y = 8 * cell_y + 2 * block_y + pixel_y, and the same for x: (B, 3, cell_y, cell_x, block, 2, 2)
+    blocks = canvas.reshape(2, 3, 4, 4, 2, 4, 4, 2).permute(0, 1, 2, 5, 3, 6, 4, 7).reshape(2, 3, 4, 4, 16, 2, 2)
+    blocks = blocks[:, :, :, :, torch.randperm(16, generator=torch.Generator().manual_seed(0))]
+    shuffled = blocks.reshape(2, 3, 4, 4, 4, 4, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(2, 3, 32, 32)
+    moved = encoder.grid(shuffled)
+    torch.testing.assert_close(moved[..., :colour_dim], grid[..., :colour_dim])
+    assert not torch.allclose(moved[..., colour_dim:], grid[..., colour_dim:])
+
+
+def test_visual_word_streams_name_each_group_from_its_own_stream():
+    decoder = AttentionDecoder(10, 6, 5, 8, 7, dropout=0.0, visual_word_groups=2, visual_streams=(2, 4))
+    decoder.set_visual_words([[5, 6], [7, 8, 9]])
+    context = torch.randn(3, 6, requires_grad=True)
+    embedded, hidden = torch.randn(3, 5), torch.randn(3, 8)
+    scores = decoder._output(embedded, hidden, context, context.detach())
+    (colour_grad,) = torch.autograd.grad(scores[:, [5, 6]].sum(), context, retain_graph=True)
+    (shape_grad,) = torch.autograd.grad(scores[:, [7, 8, 9]].sum(), context)
+    # The slot's total comes from the language model; which word fills it, from the group's own channels.
+    assert torch.all(colour_grad[:, 2:] == 0) and colour_grad[:, :2].abs().sum() > 0
+    assert torch.all(shape_grad[:, :2] == 0) and shape_grad[:, 2:].abs().sum() > 0
+    with pytest.raises(ValueError, match="one encoder stream per visual word group"):
+        AttentionDecoder(10, 6, 5, 8, 7, visual_word_groups=2, visual_streams=(6,))
+    with pytest.raises(ValueError, match="do not add up"):
+        AttentionDecoder(10, 6, 5, 8, 7, visual_word_groups=2, visual_streams=(2, 3))
+    config = Config.from_dict({"encoder": dict(TINY_ENCODER), "decoder": {"visual_word_streams": True}})
+    with pytest.raises(ConfigError, match="factored_cnn"):
+        Captioner.from_config(config, vocab_size=15)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captioner.config import Config
+from captioner.config import Config, ConfigError
 from captioner.decoding import Generation
 from captioner.models.decoder import AttentionDecoder
 from captioner.models.image_encoder import ImageEncoder
@@ -33,6 +33,11 @@ class Captioner(nn.Module):
             enc.channels_last,
             enc.width,
         )
+        if dec.visual_word_streams and encoder.streams is None:
+            raise ConfigError(
+                f"decoder.visual_word_streams needs an encoder with separate feature streams "
+                f"(backbone factored_cnn), not {enc.backbone}"
+            )
         decoder = AttentionDecoder(
             vocab_size,
             encoder.out_dim,
@@ -45,6 +50,7 @@ class Captioner(nn.Module):
             dec.word_dropout,
             dec.output_word,
             dec.visual_word_groups,
+            encoder.streams if dec.visual_word_streams else None,
             pad_id=Vocab.pad_id,
             unk_id=Vocab.unk_id,
         )

@@ -8,6 +8,7 @@ step loop (ARCHITECTURE.md, "Where the time goes").
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,7 @@ class AttentionDecoder(nn.Module):
         word_dropout: float = 0.0,
         output_word: bool = True,
         visual_word_groups: int = 0,
+        visual_streams: tuple[int, ...] | None = None,
         pad_id: int = 0,
         unk_id: int = 3,
     ):
@@ -81,6 +83,18 @@ class AttentionDecoder(nn.Module):
             "visual_groups",
             torch.zeros(visual_word_groups, vocab_size, dtype=torch.bool) if visual_word_groups else None,
         )
+        # With visual_streams (the channel widths of an encoder's separate feature streams, one per group),
+        # group g's words are named from the channels of stream g alone: colours from the colour stream,
+        # shape names from the form stream. The mask (V, D) over the visual classifier's weight is a buffer.
+        if visual_streams is not None and (not visual_word_groups or len(visual_streams) != visual_word_groups):
+            raise ValueError(
+                f"visual word streams need one encoder stream per visual word group: "
+                f"{len(visual_streams)} streams, {visual_word_groups} groups"
+            )
+        if visual_streams is not None and sum(visual_streams) != memory_dim:
+            raise ValueError(f"the streams' widths {visual_streams} do not add up to the memory width {memory_dim}")
+        self.visual_streams = tuple(visual_streams) if visual_streams is not None else None
+        self.register_buffer("visual_mask", torch.ones(vocab_size, memory_dim) if visual_streams is not None else None)
 
     def set_visual_words(self, groups: list[list[int]]) -> None:
         """Choose the groups of words whose identity comes from the attended context."""
@@ -94,6 +108,12 @@ class AttentionDecoder(nn.Module):
             self.visual_groups[group, torch.as_tensor(word_ids, dtype=torch.long)] = True
         if bool((self.visual_groups.sum(0) > 1).any()):
             raise ValueError("a word may belong to one visual word group only")
+        if self.visual_mask is not None:
+            self.visual_mask.fill_(1.0)
+            bounds = [0, *itertools.accumulate(self.visual_streams)]
+            for group, (start, stop) in zip(self.visual_groups, itertools.pairwise(bounds), strict=True):
+                self.visual_mask[group] = 0.0
+                self.visual_mask[group, start:stop] = 1.0
 
     def compile_step(self) -> None:
         """torch.compile the sequential part of a step (attention, gate, core): one fused kernel set per step
@@ -149,7 +169,10 @@ class AttentionDecoder(nn.Module):
         if self.visual_groups is None:
             return logits
         language = F.log_softmax(logits.float(), dim=-1)  # (..., V)
-        visual = self.visual_classifier(self.dropout(context)).float()  # (..., V)
+        weight = self.visual_classifier.weight
+        if self.visual_mask is not None:
+            weight = weight * self.visual_mask.to(weight.dtype)
+        visual = F.linear(self.dropout(context), weight, self.visual_classifier.bias).float()  # (..., V)
         # A finite "minus infinity": a group that selects no word (not yet set) yields finite values
         # that torch.where never picks, instead of NaNs whose gradient would poison the classifier.
         lowest = torch.finfo(torch.float32).min
