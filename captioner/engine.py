@@ -114,6 +114,7 @@ def cosine_factor(progress: float) -> float:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int):
+    """Per-step LambdaLR for train.lr_schedule over train.epochs (the translator's TrainConfig has both too)."""
     total = max(1, train.epochs * steps_per_epoch)
     if train.lr_schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)

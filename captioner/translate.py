@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from captioner.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from captioner.config import ConfigError, Sections
+from captioner.config import Sections
 from captioner.data.manifest import DataError
-from captioner.engine import cosine_factor, resolve_device
+from captioner.engine import backward_and_step, build_scheduler, resolve_device
 from captioner.metrics import nltk_bleu
 from captioner.models.decoder import AttentionDecoder
 from captioner.models.seq2seq import Seq2Seq, TextEncoder
@@ -289,13 +289,7 @@ def train_translator(config: TranslateConfig, log=print) -> Path:
         drop_last=True,
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate)
-    total = max(1, train.epochs * len(loader))
-    if train.lr_schedule not in ("cosine", "constant"):
-        raise ConfigError(f"train.lr_schedule must be cosine or constant, not {train.lr_schedule!r}")
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        (lambda s: cosine_factor(s / total)) if train.lr_schedule == "cosine" else (lambda s: 1.0),
-    )
+    schedule = build_scheduler(optimizer, train, len(loader))
     run_dir = Path(train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.jsonl").write_text("")
@@ -318,10 +312,7 @@ def train_translator(config: TranslateConfig, log=print) -> Path:
                 ignore_index=Vocab.pad_id,
                 label_smoothing=train.label_smoothing,
             )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-            optimizer.step()
+            backward_and_step(loss, optimizer, model.parameters(), train.grad_clip)
             schedule.step()
             losses.append(loss.item())
             pairs_seen += src.size(0)

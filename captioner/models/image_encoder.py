@@ -136,6 +136,16 @@ def _conv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(8, cout), nn.ReLU(inplace=True))
 
 
+def _small_cnn_stages(in_channels: int, width: int) -> list[nn.Sequential]:
+    """Four 3 x 3 conv + GroupNorm + ReLU stages, output stride 8 (receptive field 31 px)."""
+    return [
+        _conv_block(in_channels, width // 2, 2),
+        _conv_block(width // 2, width, 2),
+        _conv_block(width, width, 2),
+        _conv_block(width, width, 1),
+    ]
+
+
 def _small_cnn(weights: str | None, width: int) -> Backbone:
     """A four-stage CNN trained from scratch (output stride 8), for synthetic data and CPU tests.
 
@@ -145,8 +155,7 @@ def _small_cnn(weights: str | None, width: int) -> Backbone:
     if weights is not None:
         raise EncoderError("small_cnn has no pretrained weights: set encoder.weights to null")
 
-    stages = [_conv_block(3, width // 2, 2), _conv_block(width // 2, width, 2), _conv_block(width, width, 2)]
-    stages.append(_conv_block(width, width, 1))
+    stages = _small_cnn_stages(3, width)
     return Backbone(nn.Sequential(*stages), stages, width, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
@@ -168,10 +177,7 @@ class _FactoredTrunk(nn.Module):
         self.colour = nn.Sequential(
             nn.Conv2d(3, colour_dim, 1), nn.ReLU(inplace=True), nn.Conv2d(colour_dim, colour_dim, 1), nn.ReLU()
         )
-        self.form = nn.Sequential(
-            _conv_block(1, width // 2, 2), _conv_block(width // 2, width, 2), _conv_block(width, width, 2),
-            _conv_block(width, width, 1),
-        )  # fmt: skip
+        self.form = nn.Sequential(*_small_cnn_stages(1, width))  # small_cnn's stages over the one-channel mask
 
     def figure(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) normalised to [-1, 1] -> the figure-ground mask (B, 1, H, W), 1 on figure pixels."""
