@@ -54,6 +54,7 @@ class LMTrainConfig:
     lr_schedule: str = "cosine"  # cosine (over max_minutes, or max_steps) or constant
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global gradient norm
+    ema_decay: float | None = None  # keep an exponential moving average of the weights; it is what is saved
     max_minutes: float | None = 10.0  # training wall time (validation not counted)
     max_steps: int | None = None
     eval_every_minutes: float = 2.0
@@ -227,6 +228,12 @@ def train_lm(config: LMConfig, log=print) -> Path:
     m = config.model
     model = CharLM(len(vocab), m.embed_dim, m.hidden_dim, m.num_layers, m.cell, m.dropout).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
+    ema = None
+    if train.ema_decay is not None:
+        if not 0.0 < train.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must lie between 0 and 1 (or be null), not {train.ema_decay}")
+        multi_avg_fn = torch.optim.swa_utils.get_ema_multi_avg_fn(train.ema_decay)
+        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=multi_avg_fn)
     run_dir = Path(train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
@@ -246,7 +253,8 @@ def train_lm(config: LMConfig, log=print) -> Path:
 
     def record(final: bool) -> dict:
         ids = val_ids if final else quick_val
-        nats = evaluate_lm(model, ids, device)
+        saved = model if ema is None else ema.module
+        nats = evaluate_lm(saved, ids, device)
         row = {
             "step": step,
             "epoch": round(step / steps_per_epoch, 3),
@@ -257,6 +265,8 @@ def train_lm(config: LMConfig, log=print) -> Path:
             "val_chars": ids.numel(),
             "chars_per_s": chars / elapsed if elapsed else 0.0,
         }
+        if ema is not None:
+            row["val_nats_raw"] = evaluate_lm(model, ids, device)  # the trained weights, not their average
         with open(metrics_path, "a") as file:
             file.write(json.dumps(row) + "\n")
         which = "all" if final else f"first {ids.numel():,}"
@@ -264,12 +274,13 @@ def train_lm(config: LMConfig, log=print) -> Path:
             f"step {step} ({row['epoch']:.2f} epochs, {elapsed / 60:.1f} min): train {running:.3f}, "
             f"val {nats:.3f} nats/char = {row['val_bits']:.3f} bits/char ({which} held-out chars), "
             f"{row['chars_per_s']:,.0f} chars/s"
+            + ("" if ema is None else f" (weights without the average: val {row['val_nats_raw']:.3f})")
         )
         save_checkpoint(
             path,
             {
                 "kind": "char_lm",
-                "model": model.state_dict(),
+                "model": saved.state_dict(),
                 "config": config.to_dict(),
                 "vocab": vocab.to_dict(),
                 "step": step,
@@ -292,6 +303,8 @@ def train_lm(config: LMConfig, log=print) -> Path:
                 loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
             state = detach(state)  # truncated BPTT: carry the state, not its history
             backward_and_step(loss, optimizer, model.parameters(), train.grad_clip, scaler)
+            if ema is not None:
+                ema.update_parameters(model)
             value = loss.item()  # also waits for the device, so the time below is real
             elapsed += time.perf_counter() - start
             running = value if running is None else 0.98 * running + 0.02 * value

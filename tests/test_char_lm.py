@@ -136,8 +136,9 @@ def test_carried_state_over_two_chunks_equals_one_long_sequence(cell):
     torch.testing.assert_close(torch.cat([first, second], dim=1), whole)
 
 
-def trained_lm(tmp_path, steps: int = 200, amp: str = "none", cell: str = "lstm"):
+def trained_lm(tmp_path, steps: int = 200, amp: str = "none", cell: str = "lstm", **train):
     text = "the cat sat on the mat. 'a quote' (and brackets)\n    indented line\n" * 60
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "corpus.txt").write_text(text)
     config = LMConfig.from_dict(
         {
@@ -152,6 +153,7 @@ def trained_lm(tmp_path, steps: int = 200, amp: str = "none", cell: str = "lstm"
                 "max_steps": steps,
                 "eval_every_minutes": 0.002,
                 "amp": amp,
+                **train,
             },
         }
     )
@@ -168,6 +170,22 @@ def test_training_logs_nats_and_bits_and_learns(tmp_path):
     assert rows[-1]["val_nats"] < min(0.5, rows[0]["val_nats"])  # a uniform guess is ln 23 = 3.1 nats
     model, config, vocab = restore_lm(path)
     assert "".join(vocab.itos[4:]) == "".join(sorted(set(text)))  # the character vocabulary travels along
+
+
+def test_ema_saves_the_moving_average_of_the_weights(tmp_path):
+    def weights(name, steps, ema_decay):
+        path, _, _ = trained_lm(tmp_path / name, steps=steps, lr_schedule="constant", ema_decay=ema_decay)
+        return restore_lm(path)[0].state_dict()
+
+    after_one, after_two = weights("one", 1, None), weights("two", 2, None)
+    averaged = weights("ema", 2, 0.25)  # the first update copies the weights, the second moves 3/4 of the way
+    for name, value in averaged.items():
+        torch.testing.assert_close(value, 0.25 * after_one[name] + 0.75 * after_two[name])
+    assert not torch.equal(after_one["out.weight"], after_two["out.weight"])
+    rows = [json.loads(line) for line in (tmp_path / "ema" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "val_nats_raw" in rows[-1] and rows[-1]["val_nats_raw"] != rows[-1]["val_nats"]
+    with pytest.raises(ConfigError, match="ema_decay must lie between 0 and 1"):
+        trained_lm(tmp_path / "bad", steps=1, ema_decay=1.0)
 
 
 def test_fp16_training_scales_the_loss_and_learns(tmp_path):
