@@ -51,7 +51,7 @@ class LMTrainConfig:
     batch_size: int = 64  # parallel streams
     seq_len: int = 128  # characters per chunk: how far back gradients flow
     learning_rate: float = 2e-3
-    lr_schedule: str = "cosine"  # cosine (over max_minutes, or max_steps) or constant
+    lr_schedule: str = "cosine"  # cosine (down to 5%) or linear (down to 0), over max_minutes or max_steps; or constant
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global gradient norm
     ema_decay: float | None = None  # keep an exponential moving average of the weights; it is what is saved
@@ -200,14 +200,16 @@ def evaluate_lm(model: CharLM, ids: Tensor, device: torch.device, seq_len: int =
 def _lr_factor(train: LMTrainConfig, step: int, elapsed: float) -> float:
     if train.lr_schedule == "constant":
         return 1.0
-    if train.lr_schedule != "cosine":
-        raise ConfigError(f"train.lr_schedule must be constant or cosine, not {train.lr_schedule!r}")
+    if train.lr_schedule not in ("cosine", "linear"):
+        raise ConfigError(f"train.lr_schedule must be constant, cosine or linear, not {train.lr_schedule!r}")
     if train.max_minutes is not None:
         progress = elapsed / (60 * train.max_minutes)
     elif train.max_steps is not None:
         progress = step / train.max_steps
     else:
         return 1.0
+    if train.lr_schedule == "linear":  # straight to zero (Bergsma et al. 2025, arXiv:2502.15938)
+        return max(0.0, 1.0 - progress)
     return cosine_factor(progress)
 
 

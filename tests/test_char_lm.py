@@ -11,7 +11,7 @@ import torch
 
 from captioner.cli import main
 from captioner.config import ConfigError
-from captioner.lm import LMConfig, generate_text, restore_lm, text_properties, train_lm
+from captioner.lm import LMConfig, LMTrainConfig, _lr_factor, generate_text, restore_lm, text_properties, train_lm
 from captioner.models.char_lm import CharLM
 from captioner.models.core import RecurrentCore
 from captioner.reference import min_char_rnn as ref
@@ -186,6 +186,21 @@ def test_ema_saves_the_moving_average_of_the_weights(tmp_path):
     assert "val_nats_raw" in rows[-1] and rows[-1]["val_nats_raw"] != rows[-1]["val_nats"]
     with pytest.raises(ConfigError, match="ema_decay must lie between 0 and 1"):
         trained_lm(tmp_path / "bad", steps=1, ema_decay=1.0)
+
+
+def test_learning_rate_schedules_over_the_wall_time_budget():
+    def factors(schedule):
+        train = LMTrainConfig(lr_schedule=schedule, max_minutes=10.0)
+        return [_lr_factor(train, step=0, elapsed=60 * minutes) for minutes in (0, 2.5, 5, 7.5, 10, 12)]
+
+    assert factors("constant") == [1.0] * 6
+    assert factors("linear") == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0, 0.0])  # straight to zero, then stays
+    cosine = factors("cosine")
+    assert cosine[0] == 1.0 and cosine[2] == pytest.approx(0.525) and cosine[4] == cosine[5] == pytest.approx(0.05)
+    steps = LMTrainConfig(lr_schedule="linear", max_minutes=None, max_steps=200)
+    assert _lr_factor(steps, step=50, elapsed=1e6) == pytest.approx(0.75)  # by steps when there is no time budget
+    with pytest.raises(ConfigError, match="constant, cosine or linear, not 'step'"):
+        factors("step")
 
 
 def test_fp16_training_scales_the_loss_and_learns(tmp_path):
