@@ -61,7 +61,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 32
     learning_rate: float = 4e-4
-    lr_schedule: str = "constant"  # constant or cosine (per step, down to 5% of the start)
+    lr_schedule: str = "constant"  # constant, cosine (per step, down to 5% of the start) or linear (to 0)
     weight_decay: float = 0.0  # decoupled (AdamW)
     grad_clip: float = 5.0  # max global gradient norm; 0 disables clipping
     attention_penalty: float = 1.0  # lambda of the doubly stochastic attention penalty

@@ -108,19 +108,27 @@ def build_optimizer(model: Captioner, config: Config) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, weight_decay=config.train.weight_decay)
 
 
-def cosine_factor(progress: float) -> float:
-    """The learning-rate factor of every cosine schedule here: 1 at progress 0, down to 0.05 at 1 (and after)."""
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+def schedule_factor(schedule: str, progress: float) -> float:
+    """The learning-rate factor of every schedule here at progress 0 (start) to 1 (end, and after).
+
+    constant: 1; cosine: 1 down to 0.05; linear: 1 straight down to 0 (Bergsma et al. 2025,
+    arXiv:2502.15938).
+    """
+    progress = min(progress, 1.0)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return 1.0 - progress
+    raise ConfigError(f"train.lr_schedule must be constant, cosine or linear, not {schedule!r}")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int):
     """Per-step LambdaLR for train.lr_schedule over train.epochs (the translator's TrainConfig has both too)."""
     total = max(1, train.epochs * steps_per_epoch)
-    if train.lr_schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    if train.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step / total))
-    raise ConfigError(f"train.lr_schedule must be constant or cosine, not {train.lr_schedule!r}")
+    schedule_factor(train.lr_schedule, 0.0)  # an unknown name fails here, before training
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule_factor(train.lr_schedule, step / total))
 
 
 def train_one_epoch(

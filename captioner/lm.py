@@ -24,8 +24,9 @@ from captioner.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from captioner.config import ConfigError, Sections
 from captioner.data.manifest import DataError
 from captioner.decoding import sample as sample_tokens
-from captioner.engine import amp_dtype, autocast, backward_and_step, cosine_factor, grad_scaler, resolve_device
+from captioner.engine import amp_dtype, autocast, backward_and_step, grad_scaler, resolve_device, schedule_factor
 from captioner.models.char_lm import CharLM
+from captioner.models.core import State
 from captioner.vocab import Vocab
 
 
@@ -198,19 +199,30 @@ def evaluate_lm(model: CharLM, ids: Tensor, device: torch.device, seq_len: int =
 
 
 def _lr_factor(train: LMTrainConfig, step: int, elapsed: float) -> float:
-    if train.lr_schedule == "constant":
-        return 1.0
-    if train.lr_schedule not in ("cosine", "linear"):
-        raise ConfigError(f"train.lr_schedule must be constant, cosine or linear, not {train.lr_schedule!r}")
+    """train.lr_schedule over the wall-time budget, or over max_steps when there is none."""
     if train.max_minutes is not None:
         progress = elapsed / (60 * train.max_minutes)
-    elif train.max_steps is not None:
-        progress = step / train.max_steps
     else:
-        return 1.0
-    if train.lr_schedule == "linear":  # straight to zero (Bergsma et al. 2025, arXiv:2502.15938)
-        return max(0.0, 1.0 - progress)
-    return cosine_factor(progress)
+        progress = step / train.max_steps if train.max_steps else 0.0
+    return schedule_factor(train.lr_schedule, progress)
+
+
+def train_step(
+    model: CharLM,
+    inputs: Tensor,
+    targets: Tensor,
+    state: State | None,
+    optimizer: torch.optim.Optimizer,
+    train: LMTrainConfig,
+    device: torch.device,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[Tensor, State]:
+    """One truncated-BPTT update from the carried state; returns the loss and the new state, detached."""
+    with autocast(device, train.amp):
+        logits, state = model.run(inputs, state)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    backward_and_step(loss, optimizer, model.parameters(), train.grad_clip, scaler)
+    return loss, detach(state)  # carry the state, not its history
 
 
 def train_lm(config: LMConfig, log=print) -> Path:
@@ -218,6 +230,7 @@ def train_lm(config: LMConfig, log=print) -> Path:
     train = config.train
     if train.max_minutes is None and train.max_steps is None:
         raise ConfigError("set train.max_minutes or train.max_steps: they say when training ends")
+    schedule_factor(train.lr_schedule, 0.0)  # an unknown schedule fails here, before anything is written
     device = resolve_device(train.device)
     if device.type == "cpu" and config.model.cell == "lstm" and amp_dtype(device, train.amp) == torch.float16:
         raise ConfigError("train.amp: torch has no fp16 LSTM on CPUs; use bf16 or none (or a GPU)")
@@ -300,11 +313,7 @@ def train_lm(config: LMConfig, log=print) -> Path:
             start = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = train.learning_rate * _lr_factor(train, step, elapsed)
-            with autocast(device, train.amp):
-                logits, state = model.run(inputs, state)
-                loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-            state = detach(state)  # truncated BPTT: carry the state, not its history
-            backward_and_step(loss, optimizer, model.parameters(), train.grad_clip, scaler)
+            loss, state = train_step(model, inputs, targets, state, optimizer, train, device, scaler)
             if ema is not None:
                 ema.update_parameters(model)
             value = loss.item()  # also waits for the device, so the time below is real

@@ -66,7 +66,7 @@ class TTrainConfig:
     epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 2e-3
-    lr_schedule: str = "cosine"  # cosine (per step) or constant
+    lr_schedule: str = "cosine"  # cosine (per step, down to 5%), linear (to 0) or constant
     grad_clip: float = 5.0
     label_smoothing: float = 0.0
     max_minutes: float | None = None  # stop after the epoch in which this much training time has passed

@@ -14,25 +14,19 @@ import argparse
 import time
 
 import torch
-from torch import nn
 
-from captioner.engine import autocast, backward_and_step
-from captioner.lm import detach
+from captioner.lm import LMTrainConfig, train_step
 from captioner.models.char_lm import CharLM
 
 
 def chars_per_second(model: CharLM, batch_size: int, seq_len: int, amp: str, steps: int) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ids = torch.randint(0, model.out.out_features, (batch_size, seq_len + 1))
-    device, state = torch.device("cpu"), None
+    train, device, state = LMTrainConfig(amp=amp), torch.device("cpu"), None
     for step in range(steps + 5):
         if step == 5:
             start = time.perf_counter()
-        with autocast(device, amp):
-            logits, state = model.run(ids[:, :-1], state)
-            loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
-        state = detach(state)
-        backward_and_step(loss, optimizer, model.parameters(), 1.0)
+        loss, state = train_step(model, ids[:, :-1], ids[:, 1:], state, optimizer, train, device)
         loss.item()
     return steps * batch_size * seq_len / (time.perf_counter() - start)
 

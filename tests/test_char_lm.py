@@ -188,7 +188,7 @@ def test_ema_saves_the_moving_average_of_the_weights(tmp_path):
         trained_lm(tmp_path / "bad", steps=1, ema_decay=1.0)
 
 
-def test_learning_rate_schedules_over_the_wall_time_budget():
+def test_learning_rate_schedules_over_the_wall_time_budget(tmp_path):
     def factors(schedule):
         train = LMTrainConfig(lr_schedule=schedule, max_minutes=10.0)
         return [_lr_factor(train, step=0, elapsed=60 * minutes) for minutes in (0, 2.5, 5, 7.5, 10, 12)]
@@ -201,6 +201,9 @@ def test_learning_rate_schedules_over_the_wall_time_budget():
     assert _lr_factor(steps, step=50, elapsed=1e6) == pytest.approx(0.75)  # by steps when there is no time budget
     with pytest.raises(ConfigError, match="constant, cosine or linear, not 'step'"):
         factors("step")
+    with pytest.raises(ConfigError, match="constant, cosine or linear, not 'step'"):
+        trained_lm(tmp_path, lr_schedule="step")
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_fp16_training_scales_the_loss_and_learns(tmp_path):
