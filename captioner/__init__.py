@@ -1,30 +1,34 @@
-"""captioner: Show, Attend and Tell image captioning, a char-level LM and a seq2seq translator on one core."""
+"""captioner: Show, Attend and Tell image captioning, a char-level LM and a seq2seq translator on one core.
 
-from captioner.config import Config, load_config
-from captioner.decoding import Generation, beam_search, greedy, sample
-from captioner.engine import fit, restore_captioner
-from captioner.models.attention import AdditiveAttention
-from captioner.models.captioner import Captioner, caption_loss
-from captioner.models.core import RecurrentCore
-from captioner.models.decoder import AttentionDecoder
-from captioner.models.image_encoder import ImageEncoder
+import captioner
+results = captioner.caption_images(["cat.jpg"])               # the default model, or checkpoint=PATH
+model, config, vocab = captioner.load_captioner("runs/stamps/best.pt")
+best = captioner.train(captioner.load_config("configs/stamps.yaml"))
+"""
+
+from captioner.config import Config, LMConfig, TranslateConfig, load_config
+from captioner.pipeline import ImageCaption, caption_images
+from captioner.tasks import captioning, char_lm, translation
+from captioner.tasks.captioning import evaluate, fit
+from captioner.tasks.captioning import restore as load_captioner
 from captioner.vocab import Vocab
 
+train = fit  # train a captioner from a config: captioner.train(captioner.load_config("configs/stamps.yaml"))
+
 __all__ = [
-    "AdditiveAttention",
-    "AttentionDecoder",
-    "Captioner",
     "Config",
-    "Generation",
-    "ImageEncoder",
-    "RecurrentCore",
+    "ImageCaption",
+    "LMConfig",
+    "TranslateConfig",
     "Vocab",
-    "beam_search",
-    "caption_loss",
+    "caption_images",
+    "captioning",
+    "char_lm",
+    "evaluate",
     "fit",
-    "greedy",
+    "load_captioner",
     "load_config",
-    "restore_captioner",
-    "sample",
+    "train",
+    "translation",
 ]
 __version__ = "0.1.0"

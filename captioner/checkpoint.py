@@ -3,40 +3,23 @@ with weights_only=True (no pickle of code), written atomically so a crash never 
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from captioner.errors import CheckpointError
+from captioner.files import atomic_path
+
 FORMAT = "captioner"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable, foreign or made for another architecture."""
-
-
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     """Write {"format", "version", **payload} to path atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"format": FORMAT, "version": VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            torch.save(data, file)
-            file.flush()
-            os.fsync(file.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint gets the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, sync=True) as tmp:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict:
@@ -82,3 +65,23 @@ def load_weights(model: nn.Module, state_dict: dict, path: str | Path) -> None:
         raise CheckpointError(
             f"checkpoint {path} does not fit this architecture (missing {missing}, unexpected {unexpected})"
         )
+
+
+def restore(path: str | Path, kind: str, schema, build, device: torch.device | str = "cpu"):
+    """Rebuild a model from its checkpoint alone: (model in eval mode, config, {name: Vocab}).
+
+    schema is the task's config class; build(config, vocabs) makes the untrained model. Every entry whose
+    name ends in "vocab" is a vocabulary: "vocab" is the output vocabulary of every task, and translation
+    adds "source_vocab".
+    """
+    from captioner.vocab import Vocab
+
+    checkpoint = load_checkpoint(path, kind=kind)
+    try:
+        config = schema.from_dict(checkpoint["config"], source=f"{path} config")
+        vocabs = {key: Vocab.from_dict(value) for key, value in checkpoint.items() if key.endswith("vocab")}
+    except (ValueError, KeyError, TypeError) as error:  # ConfigError is a ValueError
+        raise CheckpointError(f"checkpoint {path} has an unusable config or vocabulary: {error}") from None
+    model = build(config, vocabs)
+    load_weights(model, checkpoint["model"], path)
+    return model.to(device).eval(), config, vocabs

@@ -1,4 +1,8 @@
-"""Configuration as data: one dataclass per component; defaults < YAML recipe < command-line overrides."""
+"""Configuration as data: one dataclass per component; defaults < YAML recipe < command-line overrides.
+
+Each task has one top-level config of the same three sections (data, model or encoder + decoder, train):
+Config (captioning), LMConfig (the char LM) and TranslateConfig (translation).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,7 @@ from pathlib import Path
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A recipe or override that cannot be used; the message names the file or key at fault."""
+from captioner.errors import ConfigError
 
 
 @dataclass
@@ -95,6 +97,100 @@ class Config(Sections):
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------- the character-level language model
+
+
+@dataclass
+class LMDataConfig:
+    corpus: str = "stdlib"  # stdlib (Python's standard library source), shakespeare, or a UTF-8 text file
+    val_fraction: float = 0.1  # the last share of the text is held out for validation
+    max_chars: int | None = 4_000_000  # use only the first N characters (null: all)
+
+
+@dataclass
+class LMModelConfig:
+    cell: str = "lstm"  # lstm, gru or rnn
+    embed_dim: int = 64
+    hidden_dim: int = 512
+    num_layers: int = 2
+    dropout: float = 0.0
+
+
+@dataclass
+class LMTrainConfig:
+    run_dir: str = "runs/lm"
+    batch_size: int = 64  # parallel streams
+    seq_len: int = 128  # characters per chunk: how far back gradients flow
+    learning_rate: float = 2e-3
+    lr_schedule: str = "cosine"  # cosine (down to 5%) or linear (down to 0), over max_minutes or max_steps; or constant
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global gradient norm
+    ema_decay: float | None = None  # keep an exponential moving average of the weights; it is what is saved
+    max_minutes: float | None = 10.0  # training wall time (validation not counted)
+    max_steps: int | None = None
+    eval_every_minutes: float = 2.0
+    eval_chars: int | None = 200_000  # periodic validation on the first N held-out characters (the last: all)
+    amp: str = "none"  # none, bf16, fp16 (with loss scaling; not for an LSTM on a CPU) or auto
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class LMConfig(Sections):
+    data: LMDataConfig = field(default_factory=LMDataConfig)
+    model: LMModelConfig = field(default_factory=LMModelConfig)
+    train: LMTrainConfig = field(default_factory=LMTrainConfig)
+
+
+# ---------------------------------------------------------------- translation
+
+
+@dataclass
+class TranslateDataConfig:
+    train: str = "data/bible_en_fr/train.tsv"  # a TSV file of pairs, or "synthetic" (the reversal task)
+    val: str = "data/bible_en_fr/val.tsv"
+    test: str | None = "data/bible_en_fr/test.tsv"
+    max_len: int = 30  # pairs with a longer source or target (in tokens) are left out
+    min_word_freq: int = 2  # rarer training words become <unk>
+
+
+@dataclass
+class TranslateModelConfig:
+    attention: bool = True  # false: the decoder sees only the final encoder state
+    cell: str = "lstm"
+    embed_dim: int = 128
+    hidden_dim: int = 256
+    attention_dim: int = 128
+    num_layers: int = 1
+    bidirectional: bool = True  # the encoder
+    dropout: float = 0.2
+
+
+@dataclass
+class TranslateTrainConfig:
+    run_dir: str = "runs/translate"
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    lr_schedule: str = "cosine"  # cosine (per step, down to 5%), linear (to 0) or constant
+    grad_clip: float = 5.0
+    label_smoothing: float = 0.0
+    max_minutes: float | None = None  # stop after the epoch in which this much training time has passed
+    eval_beam_size: int = 1
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class TranslateConfig(Sections):
+    data: TranslateDataConfig = field(default_factory=TranslateDataConfig)
+    model: TranslateModelConfig = field(default_factory=TranslateModelConfig)
+    train: TranslateTrainConfig = field(default_factory=TranslateTrainConfig)
+
+
+# ---------------------------------------------------------------- reading recipes
 
 
 def _check_type(value, annotation, where: str):

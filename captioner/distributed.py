@@ -17,9 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-
-class DistributedError(RuntimeError):
-    """A torchrun environment that cannot be used."""
+from captioner.errors import DistributedError
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Score captions from any system: a COCO results file against references, with captioner's metrics.
+"""Scoring captions against references: the captioner's own (score_captions), and any system's COCO results file.
 
 Results are in the COCO results format, [{"image_id": 391895, "caption": "a man riding a bike"}, ...].
 References may be an official COCO captions file (captions_val2014.json), a Karpathy split file
@@ -9,10 +9,75 @@ are an entry's "id", else its "file"). `scripts/bleu.py` is the command-line fro
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from captioner.data.manifest import DataError
-from captioner.metrics import caption_metrics
+from torch import Tensor
+
+from captioner.data.manifest import ImageRecord
+from captioner.errors import ConfigError, DataError
+from captioner.metrics import caption_metrics, coco_bleu, grounding_score, nltk_bleu
+from captioner.text import detokenize, tokenize
+
+
+@dataclass
+class Captions:
+    """Generated captions for a list of records, with per-word attention maps (len_i, P)."""
+
+    tokens: list[list[str]]
+    attention: list[Tensor]
+    scores: list[float]
+
+
+def image_sizes(records: list[ImageRecord]) -> list[tuple[int, int]]:
+    """(width, height) of every record's file, read from the headers; boxes are in these pixels."""
+    from PIL import Image
+
+    sizes = []
+    for record in records:
+        with Image.open(record.path) as image:
+            sizes.append(image.size)
+    return sizes
+
+
+def score_captions(
+    captions: Captions,
+    records: list[ImageRecord],
+    object_words: list[str],
+    grid_size: int,
+    sizes: list[tuple[int, int]] | None = None,
+    metrics: str = "all",
+    log=print,
+) -> dict:
+    """Every caption metric (0-100) against the records' references, and grounding where boxes are known.
+
+    metrics: "all" (captioner.metrics.caption_metrics: BLEU both variants, METEOR, ROUGE-L, CIDEr-D, the
+    COCO toolkit's PTB tokenizer when Java is there) or "bleu" (both BLEU variants on captioner's
+    tokens; no Java, for quick validation). sizes: the records' image_sizes(), when the caller scores
+    the same records more than once.
+    """
+    if metrics not in ("all", "bleu"):
+        raise ConfigError(f"train.val_metrics must be all or bleu, not {metrics!r}")
+    hypotheses = [detokenize(tokens) for tokens in captions.tokens]
+    references = [record.captions for record in records]
+    if metrics == "all":
+        result = caption_metrics(hypotheses, references, log=log)
+    else:
+        tokens = [[tokenize(c) for c in refs] for refs in references]
+        result = {f"bleu{n}": 100.0 * b for n, b in enumerate(coco_bleu(captions.tokens, tokens), 1)}
+        result.update({f"nltk_bleu{n}": 100.0 * b for n, b in enumerate(nltk_bleu(captions.tokens, tokens), 1)})
+    if object_words and any(record.objects for record in records):
+        score, count = grounding_score(
+            captions.tokens,
+            captions.attention,
+            [r.objects for r in records],
+            set(object_words),
+            grid_size,
+            sizes if sizes is not None else image_sizes(records),
+        )
+        result["grounding"] = 100.0 * score
+        result["object_words"] = count
+    return result
 
 
 def _load(path: Path, what: str):

@@ -1,4 +1,5 @@
-"""Tokenization: one rule used for training captions, references and generated text alike."""
+"""Tokenization: one rule for captions (training captions, references and generated text alike), one for
+translation's sentences, which keeps punctuation."""
 
 from __future__ import annotations
 
@@ -17,3 +18,12 @@ def tokenize(text: str) -> list[str]:
 def detokenize(tokens: list[str]) -> str:
     """Join word tokens back into a caption string."""
     return " ".join(tokens)
+
+
+# Translation keeps punctuation: a comma or a question mark is part of what is to be translated.
+_SENTENCE_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def tokenize_sentence(text: str) -> list[str]:
+    """Lower-case words (any script, accents kept) and punctuation marks as their own tokens (translation)."""
+    return _SENTENCE_TOKEN.findall(text.lower().replace("\u2019", "'"))

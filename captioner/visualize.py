@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from captioner.files import atomic_path
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -81,7 +82,5 @@ def alignment_figure(source: list[str], target: list[str], attention: torch.Tens
 
 def save_png(image: Image.Image, path: str | Path) -> None:
     """Write a PNG atomically, so an interrupted run leaves no half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")

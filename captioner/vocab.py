@@ -59,14 +59,9 @@ class Vocab:
 
     def save(self, path) -> None:
         """Write vocab.json atomically."""
-        import json
-        import os
-        from pathlib import Path
+        from captioner.files import write_json
 
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=False))
-        os.replace(tmp, path)
+        write_json(path, self.to_dict(), indent=None)
 
     @classmethod
     def load(cls, path) -> Vocab:

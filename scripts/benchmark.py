@@ -8,7 +8,7 @@ Rows (random weights and random inputs: speed does not depend on what the weight
   train, fine-tuning    joint training on images: the CNN runs, its last stages train
   caption, cached grids beam search (beam 1 = greedy) over 20 words from cached grids
   caption, images       the same with the CNN run on the images first
-through the package's own code (engine.train_one_epoch, Captioner.generate). Each row runs in a fresh
+through the package's own code (tasks.captioning.train_one_epoch, Captioner.generate). Each row runs in a fresh
 process, so its peak memory is its own: the process's peak resident memory on a CPU (torch itself
 included), torch.cuda.max_memory_allocated on a GPU. Throughput is the median of --repeats timed runs
 after a warm-up. A training sample is one image with one caption, so for training images/s = captions/s.
@@ -97,7 +97,8 @@ def _measure(task: str, recipe_name: str, beam: int | None, device_name: str, dt
     """One row, in this (fresh) process."""
     import torch
 
-    from captioner.engine import build_optimizer, build_scheduler, train_one_epoch
+    from captioner.tasks.captioning import build_optimizer, train_one_epoch
+    from captioner.training import build_scheduler
 
     torch.manual_seed(0)
     device = torch.device(device_name)
@@ -133,7 +134,7 @@ def _measure(task: str, recipe_name: str, beam: int | None, device_name: str, dt
 
         unit = "captions/s"
     else:
-        from captioner.engine import autocast
+        from captioner.training import autocast
 
         model.eval()
         images = inputs()

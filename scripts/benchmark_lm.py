@@ -15,8 +15,9 @@ import time
 
 import torch
 
-from captioner.lm import LMTrainConfig, train_step
+from captioner.config import LMTrainConfig
 from captioner.models.char_lm import CharLM
+from captioner.tasks.char_lm import train_step
 
 
 def chars_per_second(model: CharLM, batch_size: int, seq_len: int, amp: str, steps: int) -> float:

@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from captioner.translate import TranslateConfig, build_model
+from captioner.config import TranslateConfig
+from captioner.tasks.translation import build
 
 
 def main() -> None:
@@ -28,7 +29,7 @@ def main() -> None:
     config = TranslateConfig.from_dict(
         {"model": {"embed_dim": args.hidden, "hidden_dim": args.hidden, "attention_dim": args.hidden}}
     )
-    model = build_model(config, args.vocab, args.vocab).train()
+    model = build(config, args.vocab, args.vocab).train()
     optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
     B, T = args.batch_size, args.length
     src = torch.randint(4, args.vocab, (B, T + 1))  # + EOS

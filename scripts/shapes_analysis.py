@@ -22,8 +22,8 @@ from PIL import Image
 from captioner.data.images import ImageTransform
 from captioner.data.manifest import ImageSet, load_manifest
 from captioner.data.shapes import COLOURS, HELD_OUT
-from captioner.engine import generate_captions, restore_captioner
 from captioner.metrics import attention_peak_in_box
+from captioner.tasks.captioning import generate, restore
 from captioner.text import tokenize
 
 
@@ -44,7 +44,7 @@ def seen_partner(colour: str, shape: str) -> str:
 
 @torch.no_grad()
 def main(args: argparse.Namespace) -> None:
-    model, config, vocab = restore_captioner(args.checkpoint)
+    model, config, vocab = restore(args.checkpoint)
     manifest = load_manifest(args.data_root or config.data.root)
     records = manifest.split(args.split)[: args.images]
     transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
@@ -69,7 +69,7 @@ def main(args: argparse.Namespace) -> None:
         extra = f", noun right with a swapped colour word {swapped / total:.2f}" if args.swap else ""
         print(f"  {name}: {total} objects, noun right {right / total:.2f}{extra}")
 
-    captions = generate_captions(model, images, vocab, torch.device("cpu"))
+    captions = generate(model, images, vocab, torch.device("cpu"))
     grounded: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
     exact = 0
     for tokens, attention, record in zip(captions.tokens, captions.attention, records, strict=True):

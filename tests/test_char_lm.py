@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from captioner.cells import text_properties
 from captioner.cli import main
-from captioner.config import ConfigError
-from captioner.lm import LMConfig, LMTrainConfig, _lr_factor, generate_text, restore_lm, text_properties, train_lm
+from captioner.config import ConfigError, LMConfig, LMTrainConfig
 from captioner.models.char_lm import CharLM
 from captioner.models.core import RecurrentCore
 from captioner.reference import min_char_rnn as ref
+from captioner.tasks.char_lm import fit as train_lm
+from captioner.tasks.char_lm import generate as generate_text
+from captioner.tasks.char_lm import lr_factor as _lr_factor
+from captioner.tasks.char_lm import restore as restore_lm
 
 V, H, T = 7, 5, 9
 

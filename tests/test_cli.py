@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from captioner.cli import main
-from captioner.engine import fit
+from captioner.tasks.captioning import fit
 from tests.conftest import tiny_config
 
 
@@ -32,9 +32,12 @@ def test_help_of_every_command(capsys):
         ["lm"],
         ["lm", "data", "shakespeare"],
         ["lm", "train"],
+        ["lm", "evaluate"],
         ["lm", "sample"],
         ["lm", "cells"],
         ["translate"],
+        ["translate", "text"],
+        ["translate", "evaluate"],
         ["translate", "train"],
         ["translate", "data"],
         ["translate", "data", "bible"],
@@ -122,7 +125,7 @@ def test_caption_without_checkpoint_uses_the_default(checkpoint, shapes_root, tm
     image = str(next((shapes_root / "images").glob("test_*.png")))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CAPTIONER_CHECKPOINT", raising=False)
-    monkeypatch.setattr("captioner.cli.DEFAULT_RUN", tmp_path / "runs" / "stamps" / "best.pt")
+    monkeypatch.setattr("captioner.tasks.captioning.DEFAULT_RUN", tmp_path / "runs" / "stamps" / "best.pt")
     assert main(["caption", image]) == 2
     assert "no --checkpoint given and no default model" in capsys.readouterr().err
     (tmp_path / "runs" / "stamps").mkdir(parents=True)

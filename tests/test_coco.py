@@ -14,7 +14,7 @@ from captioner.cli import main
 from captioner.config import Config
 from captioner.data import coco
 from captioner.data.manifest import load_manifest
-from captioner.engine import fit
+from captioner.tasks.captioning import fit
 from captioner.vocab import Vocab
 from tests.conftest import TINY_ENCODER
 

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from captioner.config import load_config
-from captioner.lm import LMConfig
+from captioner.config import LMConfig, TranslateConfig, load_config
 from captioner.models.captioner import Captioner
 from captioner.models.char_lm import CharLM
-from captioner.translate import TranslateConfig, build_model
+from captioner.tasks.translation import build as build_model
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 

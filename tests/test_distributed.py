@@ -13,8 +13,8 @@ import torch.multiprocessing as mp
 from captioner import distributed
 from captioner.checkpoint import load_checkpoint
 from captioner.distributed import DistributedError, World
-from captioner.engine import fit
 from captioner.models.captioner import Captioner
+from captioner.tasks.captioning import fit
 from tests.conftest import tiny_config
 
 TRAIN_CAPTIONS = 48  # the shapes_root fixture: 48 training images, one caption each

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from captioner.cli import main
-from captioner.engine import fit
 from captioner.metrics import caption_metrics
+from captioner.tasks.captioning import fit
 from tests.conftest import tiny_config
 
 BLEU_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bleu.py"

@@ -9,8 +9,9 @@ import torch
 from captioner.data.feature_cache import build_feature_cache, cache_file
 from captioner.data.images import ImageTransform
 from captioner.data.manifest import load_manifest
-from captioner.engine import fit, restore_captioner
 from captioner.models.image_encoder import ImageEncoder
+from captioner.tasks.captioning import fit
+from captioner.tasks.captioning import restore as restore_captioner
 from tests.conftest import tiny_config
 
 

@@ -10,7 +10,9 @@ import torch
 
 from captioner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from captioner.config import ConfigError
-from captioner.engine import amp_dtype, fit, restore_captioner
+from captioner.tasks.captioning import fit
+from captioner.tasks.captioning import restore as restore_captioner
+from captioner.training import amp_dtype
 from tests.conftest import tiny_config
 
 

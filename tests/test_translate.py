@@ -6,16 +6,14 @@ import pytest
 import torch
 
 from captioner.cli import main
-from captioner.translate import (
-    TranslateConfig,
-    build_model,
-    read_pairs,
-    reversal_alignment,
-    synthetic_pairs,
-    tokenize,
-    train_translator,
-    translate_batch,
-)
+from captioner.config import TranslateConfig
+from captioner.data.pairs import read_pairs, synthetic_pairs
+from captioner.tasks.translation import build as build_model
+from captioner.tasks.translation import fit as train_translator
+from captioner.tasks.translation import generate as translate_batch
+from captioner.tasks.translation import restore as restore_translator
+from captioner.tasks.translation import reversal_alignment
+from captioner.text import tokenize_sentence as tokenize
 from captioner.vocab import Vocab
 
 
@@ -69,8 +67,6 @@ def test_reversal_is_learned_with_attention_on_the_aligned_word(tmp_path):
     config = small_config(tmp_path)
     config.train.epochs = 3
     path = train_translator(config, log=lambda _: None)
-    from captioner.translate import restore_translator
-
     model, _, source_vocab, target_vocab = restore_translator(path)
     test = synthetic_pairs(300, 3)
     outputs, _ = translate_batch(model, [s for s, _ in test], source_vocab, target_vocab)
@@ -116,11 +112,14 @@ def test_translate_cli_train_translate_and_draw(tmp_path, capsys):
     assert "pairs/s" in capsys.readouterr().out
     checkpoint = str(tmp_path / "run" / "best.pt")
     png = tmp_path / "align.png"
-    assert main(["translate", "--checkpoint", checkpoint, "t1 t2 t3", "--attention", str(png), "--beam-size", "1"]) == 0
+    assert (
+        main(["translate", "text", "--checkpoint", checkpoint, "t1 t2 t3", "--attention", str(png), "--beam-size", "1"])
+        == 0
+    )
     out = capsys.readouterr().out.strip()
     assert len(out.split()) >= 1 and png.stat().st_size > 0
     (tmp_path / "sentences.txt").write_text("t1 t2\nt5 t6 t7\n")
-    assert main(["translate", "--checkpoint", checkpoint, "--file", str(tmp_path / "sentences.txt")]) == 0
+    assert main(["translate", "text", "--checkpoint", checkpoint, "--file", str(tmp_path / "sentences.txt")]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
-    assert main(["translate", "t1"]) == 2
+    assert main(["translate", "text", "t1"]) == 2
     assert "needs --checkpoint" in capsys.readouterr().err

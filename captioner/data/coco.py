@@ -20,13 +20,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from captioner.data.manifest import SPLITS, DataError
+from captioner.data.manifest import SPLITS
+from captioner.errors import DataError
+from captioner.files import write_json
 from captioner.text import tokenize
 from captioner.vocab import Vocab
 
@@ -173,9 +174,7 @@ def prepare_captions(
         ],
     }
     manifest_path = root / "captions.json"
-    tmp = manifest_path.with_name(".captions.json.tmp")
-    tmp.write_text(json.dumps(manifest, ensure_ascii=False))
-    os.replace(tmp, manifest_path)
+    write_json(manifest_path, manifest, indent=None)
     vocab.save(root / "vocab.json")
     return manifest_path, root / "vocab.json"
 
@@ -186,3 +185,36 @@ def summary(entries: list[Entry]) -> str:
     for e in entries:
         captions[e.split] += len(e.captions)
     return ", ".join(f"{split} {images[split]} images / {captions[split]} captions" for split in SPLITS)
+
+
+def prepare_coco(
+    out: str | Path,
+    images: str | Path,
+    karpathy: str | Path | None = None,
+    train_json: str | Path | None = None,
+    val_json: str | Path | None = None,
+    test_json: str | Path | None = None,
+    min_word_freq: int = 5,
+    log=print,
+) -> tuple[Path, Path]:
+    """OUT/captions.json and OUT/vocab.json from a Karpathy split file, or from the official captions files.
+
+    The official files: every second val image by id becomes test unless test_json is given.
+    """
+    if bool(karpathy) == bool(train_json):
+        raise DataError("give either --karpathy FILE or --train-json FILE --val-json FILE (official COCO files)")
+    if karpathy:
+        entries, source = read_karpathy(karpathy, images), str(karpathy)
+    else:
+        if not val_json:
+            raise DataError("--train-json needs --val-json too")
+        entries = read_coco_captions(train_json, images, "train") + read_coco_captions(val_json, images, "val")
+        if test_json:
+            entries += read_coco_captions(test_json, images, "test")
+        else:
+            split_off_test(entries)
+        source = ", ".join(str(p) for p in (train_json, val_json, test_json) if p)
+    name = Path(karpathy).stem.removeprefix("dataset_") if karpathy else "coco"
+    manifest, vocab = prepare_captions(out, entries, source, min_word_freq, name)
+    log(f"{summary(entries)}\nwrote {manifest} and {vocab}")
+    return manifest, vocab

@@ -10,7 +10,6 @@ renamed when complete, so an interrupted build is simply redone.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from pathlib import Path
 
@@ -22,7 +21,9 @@ from tqdm import tqdm
 
 from captioner.config import Config
 from captioner.data.images import ImageTransform
-from captioner.data.manifest import CaptionTrainingSet, DataError, ImageRecord, ImageSet, collate_images
+from captioner.data.manifest import CaptionTrainingSet, ImageRecord, ImageSet, collate_images
+from captioner.errors import DataError
+from captioner.files import atomic_path
 from captioner.models.image_encoder import ImageEncoder
 
 
@@ -73,8 +74,6 @@ def build_feature_cache(
             f"the feature cache {path} needs {needed / 2**30:.1f} GiB and only {free / 2**30:.1f} GiB is free there: "
             f"free some space, or set data.cache_features=false to run the frozen CNN every step instead"
         )
-    tmp = path.with_name(f".{path.name}.tmp")
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=expected)
     was_training = encoder.training
     encoder.eval()
     # Its own generator: building a cache must not move the global random stream that training uses.
@@ -82,12 +81,13 @@ def build_feature_cache(
         ImageSet(records, transform), batch_size, num_workers=num_workers, collate_fn=collate_images,
         generator=torch.Generator(),
     )
-    for images, indices in tqdm(loader, desc=f"caching {path.name}", unit="batch", disable=None):
-        grids = encoder.grid(images.to(device))  # (B, P, D)
-        array[indices[0] : indices[-1] + 1] = grids.half().cpu().numpy()
-    array.flush()
-    del array
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=expected)
+        for images, indices in tqdm(loader, desc=f"caching {path.name}", unit="batch", disable=None):
+            grids = encoder.grid(images.to(device))  # (B, P, D)
+            array[indices[0] : indices[-1] + 1] = grids.half().cpu().numpy()
+        array.flush()
+        del array
     encoder.train(was_training)
     return np.load(path, mmap_mode="r")
 

@@ -8,13 +8,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from captioner.errors import ImageLoadError
+
 # Formats that cannot be decoded at reduced size are refused above this many pixels (PIL's own
 # decompression-bomb limit); JPEGs of any size are decoded at 1/2 .. 1/8 scale instead.
 MAX_FULL_DECODE_PIXELS = 2 * 89_478_485
-
-
-class ImageLoadError(ValueError):
-    """An image file that cannot be used; the message names the file and the reason."""
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

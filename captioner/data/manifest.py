@@ -20,14 +20,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from captioner.data.images import ImageTransform, load_image
+from captioner.errors import DataError
 from captioner.text import tokenize
 from captioner.vocab import Vocab
 
 SPLITS = ("train", "val", "test")
-
-
-class DataError(ValueError):
-    """A data file that is missing or malformed; the message names the file and the fault."""
 
 
 @dataclass

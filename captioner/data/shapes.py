@@ -10,13 +10,14 @@ is stored with the caption. The test split holds colour-shape pairs never seen i
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
+
+from captioner.files import write_json
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -180,7 +181,5 @@ def build_shapes(root: str | Path, spec: ShapesSpec | None = None, progress: boo
         "visual_words": [list(COLOURS), list(SHAPES)],
         "images": entries,
     }
-    tmp = manifest_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest))
-    os.replace(tmp, manifest_path)
+    write_json(manifest_path, manifest, indent=None)
     return manifest_path

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -26,8 +25,9 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from captioner.data.images import ImageLoadError, _to_rgb, load_image
-from captioner.data.manifest import DataError
+from captioner.data.images import _to_rgb, load_image
+from captioner.errors import DataError, ImageLoadError
+from captioner.files import atomic_path, write_json
 from captioner.text import tokenize
 
 PACKAGE = "tuxpaint-stamps-default"
@@ -133,10 +133,8 @@ def _source_tree(source: Path, workdir: Path) -> Path:
 
 
 def _write_png(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG", optimize=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", optimize=False)
 
 
 def build_stamps(
@@ -189,9 +187,7 @@ def build_stamps(
             rendered += stamp.image.suffix == ".svg"
     counts = {split: sum(e["split"] == split for e in entries) for split in ("train", "val", "test")}
     manifest = {"name": "tuxpaint-stamps", "source": PACKAGE, "settings": settings, "images": entries}
-    tmp = manifest_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
-    os.replace(tmp, manifest_path)
+    write_json(manifest_path, manifest, indent=1)
     log(
         f"{len(entries)} stamps in {root}: {counts['train']} train, {counts['val']} val, {counts['test']} test "
         f"({rendered} rendered from SVG); {len(skipped)} skipped"

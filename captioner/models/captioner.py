@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captioner.config import Config, ConfigError
+from captioner.config import Config
 from captioner.decoding import Generation
+from captioner.errors import ConfigError
 from captioner.models.decoder import AttentionDecoder
 from captioner.models.image_encoder import ImageEncoder
 from captioner.vocab import Vocab

@@ -3,7 +3,7 @@
 It does not know whether its memory came from pixels (an image grid) or from words (an encoded
 sentence). Per word step only the attention and the recurrence run; the embedding, its input
 projection, the attention keys and the output layer are each one large matrix product outside the
-step loop (ARCHITECTURE.md, "Where the time goes").
+step loop (docs/speed.md, "Where the time went").
 """
 
 from __future__ import annotations

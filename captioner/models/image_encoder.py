@@ -9,13 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captioner.errors import EncoderError
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 BACKBONES = (*RESNETS, "efficientnet_lite0", "small_cnn", "factored_cnn")
-
-
-class EncoderError(RuntimeError):
-    """A backbone that cannot be built or whose weights cannot be loaded."""
 
 
 @dataclass

@@ -1,0 +1,42 @@
+"""The `captioner` command. One module per command group, each a thin layer over Python functions:
+
+captioner data ...        cli/data.py         captioner.data.shapes, .stamps, .coco
+captioner train | caption | evaluate
+                          cli/captioning.py   captioner.tasks.captioning, captioner.pipeline
+captioner translate ...   cli/translate.py    captioner.tasks.translation
+captioner lm ...          cli/lm.py           captioner.tasks.char_lm, captioner.cells
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from captioner.cli import captioning, data, lm, translate
+from captioner.errors import USER_ERRORS
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="captioner",
+        description="Show, Attend and Tell image captioning (train, caption, evaluate), with a translator and a "
+        "character-level language model on the same recurrent core.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    data.add_commands(commands)
+    captioning.add_commands(commands)
+    translate.add_commands(commands)
+    lm.add_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as error:
+        print(f"captioner: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("captioner: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,57 @@
+"""Argument types and groups that several commands share."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+
+
+def add_recipe(parser: argparse.ArgumentParser, example: str) -> None:
+    """--config RECIPE and section.key=value overrides, as every `train` command takes them."""
+    parser.add_argument("--config", required=True, help=f"YAML recipe, e.g. {example}")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="section.key=value", help="overrides of the recipe, e.g. train.epochs=3"
+    )
+
+
+def add_task_group(commands, name: str, help: str, source: tuple, schema, fit, recipe_example: str):
+    """`captioner NAME data SOURCE [--out OUT]` and `captioner NAME train --config ...`, the verbs every task
+    group has. source: (name, help, default --out, prepare(out)); schema and fit: the task's config class
+    and fit(config). Returns the group's subparsers for its other verbs."""
+    group = commands.add_parser(name, help=help)
+    verbs = group.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
+    data = verbs.add_parser("data", help="prepare a data set")
+    source_name, source_help, default_out, prepare = source
+    parser = data.add_subparsers(dest="source", required=True, metavar="SOURCE").add_parser(
+        source_name, help=source_help
+    )
+    parser.add_argument("--out", default=default_out, help=f"where to write it (default: {default_out})")
+    parser.set_defaults(func=lambda args: prepare(args.out) and 0)
+    parser = verbs.add_parser("train", help="train from a YAML recipe", description="key=value arguments override it.")
+    add_recipe(parser, recipe_example)
+    parser.set_defaults(func=functools.partial(train, schema=schema, fit=fit))
+    return verbs
+
+
+def train(args: argparse.Namespace, schema, fit) -> int:
+    """Every task's `train`: the recipe, its overrides, fit, and where the best checkpoint is."""
+    from captioner.config import load_config
+
+    config = load_config(args.config, args.overrides, schema=schema)
+    print(f"best checkpoint: {fit(config)}")
+    return 0

@@ -1,0 +1,153 @@
+"""`captioner train | caption | evaluate`: the captioner, over captioner.tasks.captioning and captioner.pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from captioner.cli.arguments import add_device, add_recipe, positive_int
+
+# Column order and headings of the evaluate table; keys missing from a run (METEOR without Java,
+# grounding without boxes) are left out.
+TABLE = {
+    "bleu1": "BLEU-1",
+    "bleu2": "BLEU-2",
+    "bleu3": "BLEU-3",
+    "bleu4": "BLEU-4",
+    "meteor": "METEOR",
+    "rouge_l": "ROUGE-L",
+    "cider_d": "CIDEr-D",
+    "nltk_bleu4": "NLTK BLEU-4",
+    "grounding": "grounding",
+}
+
+
+def checkpoint_argument(args: argparse.Namespace) -> str | None:
+    """--checkpoint, else $CAPTIONER_CHECKPOINT, else None (the library's default model)."""
+    return args.checkpoint or os.environ.get("CAPTIONER_CHECKPOINT") or None
+
+
+def train(args: argparse.Namespace) -> int:
+    from captioner import distributed
+    from captioner.config import load_config
+    from captioner.tasks.captioning import fit
+    from captioner.training import resolve_device
+
+    config = load_config(args.config, args.overrides)
+    world = distributed.World.from_environment(os.environ)  # set by torchrun; one process otherwise
+    distributed.join(world, resolve_device(config.train.device))
+    try:
+        best = fit(config, resume=args.resume, world=world)
+    finally:
+        distributed.leave()
+    if world.main:
+        print(f"best checkpoint: {best}")
+    return 0
+
+
+def caption(args: argparse.Namespace) -> int:
+    from captioner.pipeline import caption_images
+
+    failures = []
+
+    def skip(error) -> None:
+        print(f"captioner: skipped {error}", file=sys.stderr)
+        failures.append(error)
+
+    results = []
+    for result in caption_images(
+        args.images,
+        checkpoint_argument(args),
+        args.beam_size,
+        args.max_len,
+        args.batch_size,
+        args.attention_dir,
+        args.device,
+        on_error=skip,
+    ):
+        results.append(result.to_dict())
+        if not args.json:
+            print(f"{result.image}\t{result.caption}", flush=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    if failures:
+        print(f"captioner: {len(failures)} of {len(args.images)} images could not be captioned", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def scores_table(report: dict) -> str:
+    """The evaluate report as a Markdown table: a row per beam size, a column per metric."""
+    runs = report["runs"]
+    keys = [k for k in TABLE if k in runs[0]["scores"]]
+    lines = [
+        f"{report['split']} split of {report['data']}: {report['images']} images, free-running captions, scores 0-100",
+        "| beam | " + " | ".join(TABLE[k] for k in keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
+    lines += [f"| {run['beam_size']} | " + " | ".join(f"{run['scores'][k]:.2f}" for k in keys) + " |" for run in runs]
+    return "\n".join(lines)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from captioner.tasks.captioning import evaluate
+
+    report = evaluate(
+        checkpoint_argument(args),
+        args.split,
+        args.data_root,
+        args.beam_size,
+        args.max_len,
+        args.metrics,
+        args.device,
+        args.output,
+    )
+    print(scores_table(report))
+    if args.output:
+        print(f"scores and captions: {args.output}")
+    return 0
+
+
+def add_commands(commands) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="train a captioner from a YAML recipe",
+        description="Train from a YAML recipe; key=value arguments override it, e.g. train.epochs=3. "
+        "For data parallelism over N processes (GPUs, or CPU processes over gloo) start it with "
+        "`torchrun --nproc-per-node N -m captioner train ...`; train.batch_size is then the global batch.",
+    )
+    add_recipe(parser, "configs/shapes.yaml")
+    parser.add_argument("--resume", action="store_true", help="continue from last.pt in the run directory")
+    parser.set_defaults(func=train)
+
+    parser = commands.add_parser("caption", help="caption image files")
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument(
+        "--checkpoint",
+        help="a checkpoint written by `captioner train` (default: $CAPTIONER_CHECKPOINT, else the demo's "
+        "runs/stamps/best.pt)",
+    )
+    parser.add_argument("--beam-size", type=positive_int, default=3, help="1 = greedy (default: 3)")
+    parser.add_argument("--max-len", type=positive_int, default=30, help="maximum caption length in words")
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of IMAGE<TAB>CAPTION lines")
+    parser.add_argument("--attention-dir", help="write IMAGE.attention.png with every word's attention map here")
+    add_device(parser)
+    parser.set_defaults(func=caption)
+
+    parser = commands.add_parser("evaluate", help="score free-running captions on a data split")
+    parser.add_argument("--checkpoint", help="as for caption (default: the demo's runs/stamps/best.pt)")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--data-root", help="data folder (default: the one the checkpoint was trained on)")
+    parser.add_argument("--beam-size", type=positive_int, nargs="+", default=[1], help="one or more beam sizes")
+    parser.add_argument("--max-len", type=positive_int, default=30)
+    parser.add_argument(
+        "--metrics",
+        choices=["all", "bleu"],
+        default="all",
+        help="all: BLEU (COCO toolkit and NLTK), METEOR, ROUGE-L, CIDEr-D (default); bleu: BLEU only, no Java",
+    )
+    parser.add_argument("--output", help="write every score and the captions beside their references as JSON")
+    add_device(parser)
+    parser.set_defaults(func=evaluate)

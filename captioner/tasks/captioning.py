@@ -1,0 +1,428 @@
+"""Image captioning: build, fit, generate, evaluate, restore.
+
+Training runs in up to two stages. Stage 1 trains the decoder over a frozen backbone, from grids
+computed once into the feature cache (data.cache_features); stage 2 (encoder.fine_tune_after > 0 with
+encoder.fine_tune_stages != 0) also trains the backbone's last stages, from images. Validation scores
+free-running captions (never teacher forcing), and best.pt is the epoch with the best BLEU-4.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from captioner.checkpoint import load_weights
+from captioner.checkpoint import restore as restore_checkpoint
+from captioner.config import Config, TrainConfig
+from captioner.data.loaders import TrainingData, set_visual_words, training_loader, training_vocab
+from captioner.data.manifest import Manifest, collate_images
+from captioner.distributed import SINGLE, World, barrier, from_main, gather_objects, shard, sum_over_ranks, unshard
+from captioner.errors import CheckpointError, ConfigError
+from captioner.files import write_json
+from captioner.models.captioner import Captioner, caption_loss
+from captioner.scoring import Captions, image_sizes, score_captions
+from captioner.text import detokenize
+from captioner.training import (
+    RunFolder,
+    autocast,
+    backward_and_step,
+    build_scheduler,
+    data_parallel,
+    grad_scaler,
+    resolve_device,
+    silent,
+)
+from captioner.vocab import Vocab
+
+KIND = "captioner"  # the checkpoints' "kind"
+# The model used when no checkpoint is named: the one the README's main job (scripts/demo.sh) trains,
+# looked for in the current folder and in the checkout this package runs from.
+DEFAULT_RUN = Path("runs/stamps/best.pt")
+
+
+def default_checkpoint(given: str | Path | None = None) -> Path:
+    """`given` if there is one, else the demo's model (CheckpointError saying how to make it if it is missing)."""
+    if given:
+        return Path(given)
+    checkout = Path(__file__).resolve().parents[2] / DEFAULT_RUN
+    for candidate in (DEFAULT_RUN, checkout):
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(
+        f"no --checkpoint given and no default model at {checkout}: train it with `bash scripts/demo.sh`, "
+        f"or pass --checkpoint PATH (or set CAPTIONER_CHECKPOINT)"
+    )
+
+
+def build(config: Config, vocab_size: int, load_pretrained: bool = True) -> Captioner:
+    """An untrained captioner (load_pretrained=False: no backbone weights, as a checkpoint's follow)."""
+    return Captioner.from_config(config, vocab_size, load_pretrained=load_pretrained)
+
+
+def restore(path: str | Path | None = None, device: torch.device | str = "cpu") -> tuple[Captioner, Config, Vocab]:
+    """Rebuild a captioner from its checkpoint alone (None: the default model); config and vocabulary travel in it."""
+    model, config, vocabs = restore_checkpoint(
+        default_checkpoint(path), KIND, Config, lambda c, v: build(c, len(v["vocab"]), load_pretrained=False), device
+    )
+    return model, config, vocabs["vocab"]
+
+
+def build_optimizer(model: Captioner, config: Config) -> torch.optim.Optimizer:
+    """AdamW with the fine-tuned backbone stages in their own group (encoder.learning_rate)."""
+    backbone = {id(p) for p in model.encoder.backbone_parameters()}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone]
+    groups = [{"params": rest, "lr": config.train.learning_rate}]
+    if backbone:
+        groups.append({"params": model.encoder.backbone_parameters(), "lr": config.encoder.learning_rate})
+    return torch.optim.AdamW(groups, weight_decay=config.train.weight_decay)
+
+
+def stage(config: Config, epoch: int) -> int:
+    """1: decoder only over a frozen backbone; 2: the backbone's last stages train too."""
+    encoder = config.encoder
+    return 2 if encoder.fine_tune_stages != 0 and epoch >= encoder.fine_tune_after > 0 else 1
+
+
+def train_one_epoch(
+    model: Captioner | DistributedDataParallel,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    train: TrainConfig,
+    device: torch.device,
+    scaler: torch.amp.GradScaler | None = None,
+    description: str = "train",
+    world: World = SINGLE,
+) -> dict:
+    """One pass over the loader; returns mean loss, cross-entropy and throughput (of all ranks together).
+
+    Under data parallelism `model` is the DistributedDataParallel wrapper and each rank's loader holds its
+    share of every global batch; loss and cross-entropy are then this rank's.
+    """
+    model.train()
+    total_loss = total_xent = 0.0
+    batches = captions = 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=description, unit="batch", leave=False, disable=None if world.main else True)
+    for images, tokens in bar:
+        images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (B, T)
+        words = None
+        if world.distributed:  # normalise by the global batch's words (caption_loss says why)
+            words = sum_over_ranks((targets != Vocab.pad_id).sum(), world) / world.size
+        with autocast(device, train.amp):
+            logits, alphas = model(images, inputs)
+            loss, xent = caption_loss(
+                logits, targets, alphas, train.attention_penalty, train.label_smoothing, word_count=words
+            )
+        if backward_and_step(loss, optimizer, model.parameters(), train.grad_clip, scaler):
+            scheduler.step()
+        total_loss += loss.item()
+        total_xent += xent.item()
+        batches += 1
+        captions += tokens.size(0) * world.size
+        bar.set_postfix(loss=f"{total_loss / batches:.3f}")
+    seconds = time.perf_counter() - start
+    return {
+        "loss": total_loss / max(batches, 1),
+        "xent": total_xent / max(batches, 1),
+        "seconds": seconds,
+        "captions_per_s": captions / seconds if seconds > 0 else 0.0,
+    }
+
+
+@dataclass
+class Progress:
+    """Where a run stands after an epoch: what a checkpoint must hold to resume it."""
+
+    epoch: int = -1  # the last finished epoch (0-based)
+    step: int = 0
+    elapsed: float = 0.0  # seconds of training steps (validation not counted)
+    best_bleu4: float = -1.0
+
+    @classmethod
+    def resume(cls, checkpoint: dict, optimizer, scheduler, world: World) -> Progress:
+        """Restore the optimizer, the schedule and this rank's random state from a last.pt."""
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        rank_states = checkpoint.get("rank_rng", [])
+        torch.set_rng_state(rank_states[world.rank] if len(rank_states) == world.size else checkpoint["rng"])
+        return cls(checkpoint["epoch"], checkpoint["step"], checkpoint["elapsed"], checkpoint["best_bleu4"])
+
+
+@dataclass
+class Run:
+    """What the epochs of a captioning run share."""
+
+    config: Config
+    world: World
+    device: torch.device
+    log: Callable
+    folder: RunFolder
+    manifest: Manifest
+    vocab: Vocab
+    model: Captioner
+    data: TrainingData
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    progress: Progress
+
+
+def fit(config: Config, resume: bool = False, log=print, world: World = SINGLE) -> Path:
+    """Train a captioner as the config says; write the run folder (training.RunFolder); return best.pt's path.
+
+    With resume, training continues from last.pt exactly where it stopped. With a World of several
+    processes (torchrun; the process group already joined) training is data parallel: train.batch_size is
+    the global batch, each rank takes its share through a DistributedSampler, DistributedDataParallel
+    averages the gradients, validation captions are shared out and gathered, and only rank 0 logs and writes.
+    """
+    train = config.train
+    run, loader = start(config, resume, log if world.main else silent, world)
+    start_epoch = run.progress.epoch + 1
+    training_model = data_parallel(run.model, run.device, world)
+    for epoch in range(start_epoch, train.epochs):
+        if stage(config, epoch) == 2 and (epoch == start_epoch or stage(config, epoch - 1) == 1):
+            if epoch > start_epoch:
+                loader = training_loader(run.data.for_epoch(epoch)[0], config, run.device, world)
+                training_model = data_parallel(run.model, run.device, world)
+            tuned = f"the last {config.encoder.fine_tune_stages} backbone stages train on images"
+            run.log(f"stage 2 from epoch {config.encoder.fine_tune_after + 1}: {tuned}")
+        if world.distributed:  # same order on resume
+            loader.sampler.set_epoch(epoch)
+        else:
+            loader.sampler.generator.manual_seed(train.seed * 100_003 + epoch)
+        description = f"epoch {epoch + 1}/{train.epochs}"
+        stats = train_one_epoch(
+            training_model, loader, run.optimizer, run.scheduler, train, run.device, run.scaler, description, world
+        )
+        run.progress.epoch = epoch
+        run.progress.step += len(loader)
+        run.progress.elapsed += stats["seconds"]
+        if validate(run, stats):
+            run.log(f"stopping: {run.progress.elapsed / 60:.1f} minutes of training reached train.max_minutes")
+            break
+    barrier(world)  # the other ranks return once rank 0 has written the last checkpoints
+    return run.folder.best
+
+
+def start(config: Config, resume: bool, log, world: World) -> tuple[Run, DataLoader]:
+    """Build (or, with resume, restore from last.pt) everything a run needs; write the run folder's start."""
+    from captioner.data.manifest import load_manifest
+
+    train = config.train
+    device = resolve_device(train.device, world)
+    if train.batch_size % world.size:
+        raise ConfigError(f"train.batch_size {train.batch_size} does not split evenly over {world.size} processes")
+    folder = RunFolder(train.run_dir, world.main)
+    manifest = load_manifest(config.data.root)
+    checkpoint = folder.resume_from(KIND) if resume else None
+    vocab = training_vocab(config, manifest, checkpoint)
+    torch.manual_seed(train.seed)
+    model = build(config, len(vocab), load_pretrained=checkpoint is None).to(device)
+    if checkpoint is not None:  # before anything reads the weights (the feature cache's key does)
+        load_weights(model, checkpoint["model"], folder.last)
+    if config.decoder.visual_word_groups:
+        set_visual_words(model, config, manifest, vocab)
+    data = TrainingData(config, manifest, vocab, model, device, world, log)
+    start_epoch = checkpoint["epoch"] + 1 if checkpoint is not None else 0
+    dataset = data.for_epoch(start_epoch)[0]
+    loader = training_loader(dataset, config, device, world)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, train, len(loader))
+    scaler = grad_scaler(device, train.amp)
+    if train.compile:
+        model.decoder.compile_step()
+    progress = Progress()
+    if checkpoint is not None:
+        progress = Progress.resume(checkpoint, optimizer, scheduler, world)
+        if start_epoch >= train.epochs:
+            log(
+                f"{folder.last} has finished all {train.epochs} epochs: "
+                f"nothing to train (delete {folder.path} to retrain)"
+            )
+        else:
+            log(f"resuming {folder.last} at epoch {start_epoch + 1}")
+    if world.distributed:  # each rank its own dropout masks (the weights are the same: seeded above, synced by DDP)
+        torch.manual_seed(train.seed + 1_000_003 * (world.rank + 1))
+    folder.start(config, {"vocab": vocab}, resume=checkpoint is not None)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(
+        f"{len(data.train_records)} train / {len(data.val_records)} val images, {len(dataset)} captions, "
+        f"vocabulary {len(vocab)}, {trainable / 1e6:.2f} M trainable parameters, device {device}"
+        + (f", {world.size} processes" if world.distributed else "")
+    )
+    run = Run(config, world, device, log, folder, manifest, vocab, model, data, optimizer, scheduler, scaler, progress)
+    return run, loader
+
+
+def validate(run: Run, stats: dict) -> bool:
+    """Caption the validation images (all ranks), score them and write the epoch's checkpoints (rank 0).
+
+    Returns whether train.max_minutes is reached: every rank stops after the same epoch, rank 0's clock decides.
+    """
+    train, progress = run.config.train, run.progress
+    val_set = run.data.current[1]
+    captions = generate(
+        run.model,
+        val_set,
+        run.vocab,
+        run.device,
+        train.eval_beam_size,
+        train.eval_max_len,
+        train.eval_batch_size,
+        run.config.data.num_workers,
+        train.amp,
+        run.world,
+    )
+    rank_rng = gather_objects(torch.get_rng_state(), run.world)
+    stop = from_main(train.max_minutes is not None and progress.elapsed >= 60 * train.max_minutes, run.world)
+    if run.world.main:
+        if run.data.val_sizes is None:  # for grounding: read once rather than every epoch
+            run.data.val_sizes = image_sizes(run.data.val_records)
+        records, words = run.data.val_records, run.manifest.object_words
+        grid_size = run.config.encoder.grid_size
+        scores = score_captions(captions, records, words, grid_size, run.data.val_sizes, train.val_metrics, run.log)
+        record_epoch(run, stats, scores)
+        save_epoch(run, scores, rank_rng)
+    return stop
+
+
+def record_epoch(run: Run, stats: dict, scores: dict) -> None:
+    """One line of metrics.jsonl and one line of log for a finished epoch."""
+    progress = run.progress
+    row = {"epoch": progress.epoch + 1, "step": progress.step, "lr": run.scheduler.get_last_lr()[0], **stats}
+    row["elapsed"] = progress.elapsed
+    row.update({f"val_{key}": value for key, value in scores.items()})
+    run.folder.log_metrics(row)
+    grounding = f", grounding {scores['grounding']:.1f}" if "grounding" in scores else ""
+    cider = f", CIDEr-D {scores['cider_d']:.1f}" if "cider_d" in scores else ""
+    run.log(
+        f"epoch {progress.epoch + 1}: loss {stats['loss']:.3f}, val BLEU-4 {scores['bleu4']:.1f} "
+        f"(NLTK {scores['nltk_bleu4']:.1f}){cider}{grounding} "
+        f"(greedy, 0-100), {stats['captions_per_s']:.0f} captions/s, {progress.elapsed / 60:.1f} min"
+    )
+
+
+def save_epoch(run: Run, scores: dict, rank_rng: list) -> None:
+    """last.pt after every epoch (all a resume needs), and best.pt when validation BLEU-4 is the best yet."""
+    progress = run.progress
+    best = scores["bleu4"] > progress.best_bleu4
+    progress.best_bleu4 = max(progress.best_bleu4, scores["bleu4"])
+    payload = {
+        "kind": KIND,
+        "model": run.model.state_dict(),
+        "config": run.config.to_dict(),
+        "vocab": run.vocab.to_dict(),
+        "epoch": progress.epoch,
+        "step": progress.step,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": rank_rng[0],
+        **({"rank_rng": rank_rng} if run.world.distributed else {}),
+        "best_bleu4": progress.best_bleu4,
+        "elapsed": progress.elapsed,
+        "metrics": scores,
+    }
+    run.folder.save(payload, best)
+
+
+@torch.no_grad()
+def generate(
+    model: Captioner,
+    dataset: Dataset,
+    vocab: Vocab,
+    device: torch.device,
+    beam_size: int = 1,
+    max_len: int = 30,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    amp: str = "none",
+    world: World = SINGLE,
+) -> Captions:
+    """Caption every item of an ImageSet (or CachedImageSet) without teacher forcing.
+
+    Under data parallelism each rank captions every world.size-th item and all ranks get all captions.
+    """
+    model.eval()
+    if world.distributed:
+        dataset = Subset(dataset, shard(len(dataset), world))
+    # Its own generator: evaluating must not move the global random stream that training uses.
+    loader = DataLoader(
+        dataset, batch_size, num_workers=num_workers, collate_fn=collate_images, generator=torch.Generator()
+    )
+    tokens, attention, scores = [], [], []
+    for inputs, _ in tqdm(loader, desc=f"captioning (beam {beam_size})", unit="batch", leave=False, disable=None):
+        with autocast(device, amp):
+            result = model.generate(inputs.to(device), beam_size=beam_size, max_len=max_len)
+        tokens += [vocab.decode(ids) for ids in result.tokens]
+        attention += [trace.float().cpu() for trace in result.traces]
+        scores += result.scores.tolist()
+    if world.distributed:
+        parts = gather_objects((tokens, attention, scores), world)
+        tokens, attention, scores = (unshard([part[i] for part in parts]) for i in range(3))
+    return Captions(tokens, attention, scores)
+
+
+def evaluate(
+    checkpoint: str | Path | None = None,
+    split: str = "test",
+    data_root: str | Path | None = None,
+    beam_sizes: tuple[int, ...] | list[int] = (1,),
+    max_len: int = 30,
+    metrics: str = "all",
+    device: str = "auto",
+    output: str | Path | None = None,
+    log=None,
+) -> dict:
+    """Score free-running captions of a data split at each beam size; the report, also written to `output` as JSON.
+
+    The report: {"checkpoint", "data", "split", "images", "metrics", "runs": [{"beam_size", "scores",
+    "captions"}]}, scores 0-100 (score_captions says which); data_root defaults to the checkpoint's data.
+    """
+    from captioner.data.feature_cache import CachedImageSet, build_feature_cache, cache_file
+    from captioner.data.images import ImageTransform
+    from captioner.data.manifest import ImageSet, load_manifest
+
+    log = log or (lambda line: print(line, file=sys.stderr))
+    device = resolve_device(device)
+    checkpoint = default_checkpoint(checkpoint)
+    model, config, vocab = restore(checkpoint, device)
+    manifest = load_manifest(data_root or config.data.root)
+    records = manifest.split(split)
+    transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
+    dataset = ImageSet(records, transform)
+    if not model.encoder.fine_tuned and config.data.cache_features:
+        # A frozen backbone: compute the split's grids once (or reuse them), not once per beam size.
+        path = cache_file(manifest.root, config, records, split, model.encoder)
+        dataset = CachedImageSet(build_feature_cache(model.encoder, records, transform, path, device))
+    sizes = image_sizes(records)
+    runs = []
+    for beam_size in beam_sizes:
+        captions = generate(model, dataset, vocab, device, beam_size, max_len, config.train.eval_batch_size)
+        scores = score_captions(captions, records, manifest.object_words, config.encoder.grid_size, sizes, metrics, log)
+        log = silent  # say a missing Java once, not once per beam size
+        generated = [
+            {"image": str(record.path), "generated": detokenize(tokens), "references": record.captions}
+            for record, tokens in zip(records, captions.tokens, strict=True)
+        ]
+        runs.append({"beam_size": beam_size, "scores": scores, "captions": generated})
+    report = {
+        "checkpoint": str(checkpoint),
+        "data": str(manifest.root),
+        "split": split,
+        "images": len(records),
+        "metrics": "BLEU-n and bleun: the COCO caption toolkit's; nltk_bleun: NLTK corpus_bleu; all 0-100",
+        "runs": runs,
+    }
+    if output:
+        write_json(output, report)
+    return report

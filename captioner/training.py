@@ -1,0 +1,174 @@
+"""What every task's training shares: device and precision, one backward-and-step, learning-rate
+schedules, and the run folder every task writes in the same layout.
+
+    RUN/config.yaml      the resolved config (defaults < recipe < overrides)
+    RUN/vocab.json       the output vocabulary (translation also writes source_vocab.json)
+    RUN/metrics.jsonl    one JSON line per validation
+    RUN/last.pt          the latest checkpoint: `--resume` continues from it
+    RUN/best.pt          the checkpoint with the best validation score
+
+Every file is written atomically (captioner.files), so an interrupted run never leaves half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from captioner.checkpoint import load_checkpoint, save_checkpoint
+from captioner.distributed import SINGLE, World
+from captioner.errors import ConfigError
+from captioner.files import write_yaml
+from captioner.vocab import Vocab
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str, world: World = SINGLE) -> torch.device:
+    """auto (a CUDA GPU when there is one), cpu, cuda, cuda:1, ...; under torchrun, this process's GPU."""
+    if name == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"train.device is {name!r} but no CUDA GPU is available")
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """The autocast dtype of amp none / bf16 / fp16 / auto (bf16 where the device supports it, else fp16)."""
+    if amp == "none":
+        return None
+    if amp == "auto":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    if amp not in AMP_DTYPES:
+        raise ConfigError(f"train.amp must be none, bf16, fp16 or auto, not {amp!r}")
+    return AMP_DTYPES[amp]
+
+
+def autocast(device: torch.device, amp: str):
+    """Mixed-precision context for amp in none / bf16 / fp16 / auto."""
+    dtype = amp_dtype(device, amp)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler | None:
+    """Loss scaling for fp16 autocast (whose small gradients underflow); bf16 has fp32's range and needs none."""
+    return torch.amp.GradScaler(device.type) if amp_dtype(device, amp) == torch.float16 else None
+
+
+def backward_and_step(
+    loss: Tensor, optimizer: torch.optim.Optimizer, parameters, grad_clip: float, scaler=None
+) -> bool:
+    """Zero the gradients, backpropagate, clip to grad_clip (0: no clipping) and step.
+
+    With a GradScaler the loss is scaled and the gradients unscaled before clipping; a step whose fp16
+    gradients overflowed is skipped (and the scale lowered): the result is then False, so that a
+    learning-rate schedule can skip it too.
+    """
+    parameters = list(parameters)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(parameters, grad_clip)
+        optimizer.step()
+        return True
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(parameters, grad_clip)
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() >= scale
+
+
+def schedule_factor(schedule: str, progress: float) -> float:
+    """The learning-rate factor of every schedule here at progress 0 (start) to 1 (end, and after).
+
+    constant: 1; cosine: 1 down to 0.05; linear: 1 straight down to 0 (Bergsma et al. 2025,
+    arXiv:2502.15938).
+    """
+    progress = min(progress, 1.0)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return 1.0 - progress
+    raise ConfigError(f"train.lr_schedule must be constant, cosine or linear, not {schedule!r}")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train, steps_per_epoch: int):
+    """Per-step LambdaLR for train.lr_schedule over train.epochs (captioning's and translation's train sections)."""
+    total = max(1, train.epochs * steps_per_epoch)
+    schedule_factor(train.lr_schedule, 0.0)  # an unknown name fails here, before training
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule_factor(train.lr_schedule, step / total))
+
+
+def data_parallel(model: nn.Module, device: torch.device, world: World) -> nn.Module:
+    """What the training steps call: the model, or under data parallelism its DDP wrapper. Wrap it anew when
+    the set of trainable parameters changes (fine-tuning starts): DDP fixes the ones it synchronises when built."""
+    if not world.distributed:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def silent(*args, **kwargs) -> None:
+    """The log of processes other than rank 0, and of callers that want none."""
+
+
+class RunFolder:
+    """A training run's folder, in the layout every task shares (the module docstring lists it).
+
+    Only the main process writes (main=False: every write is a no-op), so data-parallel ranks can
+    call the same methods.
+    """
+
+    def __init__(self, path: str | Path, main: bool = True):
+        self.path = Path(path)
+        self.main = main
+        self.last = self.path / "last.pt"
+        self.best = self.path / "best.pt"
+        self.metrics = self.path / "metrics.jsonl"
+
+    def resume_from(self, kind: str) -> dict:
+        """The last checkpoint, to continue a run from (CheckpointError, naming the file, if there is none)."""
+        return load_checkpoint(self.last, kind=kind)
+
+    def start(self, config, vocabs: dict[str, Vocab], resume: bool = False) -> None:
+        """Write config.yaml and NAME.json for every vocabulary; a new run also starts metrics.jsonl afresh."""
+        if not self.main:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not resume or not self.metrics.is_file():
+            self.metrics.write_text("")
+        write_yaml(self.path / "config.yaml", config.to_dict())
+        for name, vocab in vocabs.items():
+            vocab.save(self.path / f"{name}.json")
+
+    def log_metrics(self, row: dict) -> None:
+        """Append one JSON line to metrics.jsonl."""
+        if self.main:
+            with open(self.metrics, "a") as file:
+                file.write(json.dumps(row) + "\n")
+
+    def save(self, payload: dict, best: bool) -> None:
+        """Write last.pt, and best.pt too when this is the best checkpoint so far."""
+        if not self.main:
+            return
+        save_checkpoint(self.last, payload)
+        if best:
+            save_checkpoint(self.best, payload)
