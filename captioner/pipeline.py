@@ -2,7 +2,7 @@
 
 import captioner
 for result in captioner.caption_images(["cat.jpg", "bus.png"]):   # the demo's model by default
-    print(result.image, result.caption)                             # result.attention: (words + 1, P)
+    print(result.image, result.caption)                             # result.attention: (words, P)
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class ImageCaption:
     caption: str
     words: list[str]
     score: float  # the caption's summed log-probability
-    attention: Tensor  # (len(words) + 1, P): a map per word, and one for the end of the caption
+    attention: Tensor  # (len(words), P): the map over the P grid cells of the step that emitted each word
     attention_png: str | None = None  # the drawn maps, when an attention_dir was given
 
     def to_dict(self) -> dict:

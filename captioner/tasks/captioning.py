@@ -63,7 +63,7 @@ def default_checkpoint(given: str | Path | None = None) -> Path:
 
 
 def build(config: Config, vocab_size: int, load_pretrained: bool = True) -> Captioner:
-    """An untrained captioner (load_pretrained=False: no backbone weights, as a checkpoint's follow)."""
+    """An untrained captioner; load_pretrained=False skips fetching backbone weights (a checkpoint's come next)."""
     return Captioner.from_config(config, vocab_size, load_pretrained=load_pretrained)
 
 
