@@ -30,4 +30,8 @@ class DistributedError(RuntimeError):
     """A torchrun environment that cannot be used."""
 
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, ImageLoadError, EncoderError, DistributedError)
+class TrainingError(RuntimeError):
+    """Training that cannot go on: a loss or weights that are no longer finite numbers."""
+
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, ImageLoadError, EncoderError, DistributedError, TrainingError)

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from captioner.checkpoint import load_checkpoint, save_checkpoint
 from captioner.distributed import SINGLE, World
-from captioner.errors import ConfigError
+from captioner.errors import ConfigError, TrainingError
 from captioner.files import write_yaml
 from captioner.vocab import Vocab
 
@@ -93,6 +93,16 @@ def backward_and_step(
     scaler.step(optimizer)
     scaler.update()
     return scaler.get_scale() >= scale
+
+
+def check_loss(value: float, where: str) -> None:
+    """Stop at the first loss that is not a finite number, naming where it happened and the usual causes."""
+    if not math.isfinite(value):
+        raise TrainingError(
+            f"the loss became {value} at {where}: nothing more is trained or saved. Usual causes: a learning rate "
+            f"too high (train.learning_rate), no gradient clipping (train.grad_clip), fp16 overflow (train.amp), "
+            f"or inputs that are not finite"
+        )
 
 
 def schedule_factor(schedule: str, progress: float) -> float:
@@ -166,9 +176,19 @@ class RunFolder:
                 file.write(json.dumps(row) + "\n")
 
     def save(self, payload: dict, best: bool) -> None:
-        """Write last.pt, and best.pt too when this is the best checkpoint so far."""
+        """Write last.pt, and best.pt too when this is the best checkpoint so far; never weights that are not finite."""
         if not self.main:
             return
+        bad = [
+            name
+            for name, tensor in payload["model"].items()
+            if tensor.is_floating_point() and not tensor.isfinite().all()
+        ]
+        if bad:
+            raise TrainingError(
+                f"not saving {self.last}: {len(bad)} weight tensors ({bad[0]}, ...) hold values that are not finite; "
+                f"lower train.learning_rate or set train.grad_clip"
+            )
         save_checkpoint(self.last, payload)
         if best:
             save_checkpoint(self.best, payload)

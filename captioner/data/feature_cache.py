@@ -22,7 +22,7 @@ from tqdm import tqdm
 from captioner.config import Config
 from captioner.data.images import ImageTransform
 from captioner.data.manifest import CaptionTrainingSet, ImageRecord, ImageSet, collate_images
-from captioner.errors import DataError
+from captioner.errors import DataError, EncoderError
 from captioner.files import atomic_path
 from captioner.models.image_encoder import ImageEncoder
 
@@ -81,15 +81,29 @@ def build_feature_cache(
         ImageSet(records, transform), batch_size, num_workers=num_workers, collate_fn=collate_images,
         generator=torch.Generator(),
     )
-    with atomic_path(path) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=expected)
-        for images, indices in tqdm(loader, desc=f"caching {path.name}", unit="batch", disable=None):
-            grids = encoder.grid(images.to(device))  # (B, P, D)
-            array[indices[0] : indices[-1] + 1] = grids.half().cpu().numpy()
-        array.flush()
-        del array
-    encoder.train(was_training)
+    try:
+        with atomic_path(path) as tmp:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=expected)
+            for images, indices in tqdm(loader, desc=f"caching {path.name}", unit="batch", disable=None):
+                grids = encoder.grid(images.to(device)).half()  # (B, P, D)
+                _check_finite(grids, indices, path)
+                array[indices[0] : indices[-1] + 1] = grids.cpu().numpy()
+            array.flush()
+            del array
+    finally:
+        encoder.train(was_training)
     return np.load(path, mmap_mode="r")
+
+
+def _check_finite(grids: Tensor, indices: list[int], path: Path) -> None:
+    """Refuse grids that fp16 cannot hold: training on them would only ever see a loss of nan."""
+    bad = int((~torch.isfinite(grids)).sum())
+    if bad:
+        raise EncoderError(
+            f"the encoder's grids of images {indices[0]}-{indices[-1]} for {path.name} hold {bad:,} values beyond "
+            f"fp16's range (|x| > 65504), which the feature cache stores: nothing was cached; use pretrained "
+            f"backbone weights (encoder.weights), or set data.cache_features=false to train from images"
+        )
 
 
 class CachedCaptionSet(Dataset):

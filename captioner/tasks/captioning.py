@@ -35,6 +35,7 @@ from captioner.training import (
     autocast,
     backward_and_step,
     build_scheduler,
+    check_loss,
     data_parallel,
     grad_scaler,
     resolve_device,
@@ -123,9 +124,11 @@ def train_one_epoch(
             loss, xent = caption_loss(
                 logits, targets, alphas, train.attention_penalty, train.label_smoothing, word_count=words
             )
+        value = loss.item()
+        check_loss(value, f"{description}, batch {batches + 1}")
         if backward_and_step(loss, optimizer, model.parameters(), train.grad_clip, scaler):
             scheduler.step()
-        total_loss += loss.item()
+        total_loss += value
         total_xent += xent.item()
         batches += 1
         captions += tokens.size(0) * world.size

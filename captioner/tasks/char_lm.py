@@ -31,6 +31,7 @@ from captioner.training import (
     amp_dtype,
     autocast,
     backward_and_step,
+    check_loss,
     grad_scaler,
     resolve_device,
     schedule_factor,
@@ -166,8 +167,7 @@ def fit(config: LMConfig, log=print) -> Path:
             progress.running = value if progress.running is None else 0.98 * progress.running + 0.02 * value
             progress.step += 1
             progress.chars += targets.numel()
-            if not math.isfinite(value):
-                raise RuntimeError(f"the loss became {value} at step {progress.step}: lower train.learning_rate")
+            check_loss(value, f"step {progress.step}")
             out_of_time = train.max_minutes is not None and progress.elapsed >= 60 * train.max_minutes
             done = out_of_time or (train.max_steps is not None and progress.step >= train.max_steps)
             if done:

@@ -22,7 +22,7 @@ from captioner.files import write_json
 from captioner.metrics import nltk_bleu
 from captioner.models.decoder import AttentionDecoder
 from captioner.models.seq2seq import Seq2Seq, TextEncoder
-from captioner.training import RunFolder, backward_and_step, build_scheduler, resolve_device
+from captioner.training import RunFolder, backward_and_step, build_scheduler, check_loss, resolve_device
 from captioner.vocab import Vocab
 
 KIND = "translator"  # the checkpoints' "kind"
@@ -98,7 +98,7 @@ def reversal_alignment(model: Seq2Seq, pairs: list[Pair], source_vocab: Vocab, t
     return 100 * hits / total
 
 
-def train_one_epoch(model, loader, optimizer, schedule, config: TranslateConfig, device) -> dict:
+def train_one_epoch(model, loader, optimizer, schedule, config: TranslateConfig, device, epoch: int) -> dict:
     """One pass over the training pairs: mean loss and throughput."""
     train = config.train
     model.train()
@@ -109,9 +109,10 @@ def train_one_epoch(model, loader, optimizer, schedule, config: TranslateConfig,
         loss = nn.functional.cross_entropy(
             logits.flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=Vocab.pad_id, label_smoothing=train.label_smoothing
         )
+        losses.append(loss.item())
+        check_loss(losses[-1], f"epoch {epoch + 1}, batch {len(losses)}")
         backward_and_step(loss, optimizer, model.parameters(), train.grad_clip)
         schedule.step()
-        losses.append(loss.item())
         pairs_seen += src.size(0)
     seconds = time.perf_counter() - start
     return {"loss": sum(losses) / len(losses), "pairs_per_s": pairs_seen / seconds, "seconds": seconds}
@@ -144,7 +145,7 @@ def fit(config: TranslateConfig, log=print) -> Path:
     )
     best, elapsed = -1.0, 0.0
     for epoch in range(train.epochs):
-        stats = train_one_epoch(model, loader, optimizer, schedule, config, device)
+        stats = train_one_epoch(model, loader, optimizer, schedule, config, device, epoch)
         elapsed += stats.pop("seconds")
         sources = [s for s, _ in splits["val"]]
         hypotheses, _ = generate(
