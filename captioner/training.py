@@ -44,16 +44,39 @@ def resolve_device(name: str, world: World = SINGLE) -> torch.device:
     return device
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix products run at native speed here. On a CPU they need oneDNN's bf16 kernels
+    (AVX-512 or AMX); without them torch falls back to a scalar reference loop, 15-50 times slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return True
+    try:
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without the query
+        return False
+
+
 def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
-    """The autocast dtype of amp none / bf16 / fp16 / auto (bf16 where the device supports it, else fp16)."""
+    """The autocast dtype of amp none / bf16 / fp16 / auto.
+
+    auto: bf16 where it is fast (fast_bf16), else fp16 on a GPU and no autocast (fp32) on a CPU. bf16 asked
+    for on a CPU without fast bf16 is refused: it would make training an order of magnitude slower.
+    """
     if amp == "none":
         return None
     if amp == "auto":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return torch.float16
-        return torch.bfloat16
+        if fast_bf16(device):
+            return torch.bfloat16
+        return torch.float16 if device.type == "cuda" else None
     if amp not in AMP_DTYPES:
         raise ConfigError(f"train.amp must be none, bf16, fp16 or auto, not {amp!r}")
+    if amp == "bf16" and device.type == "cpu" and not fast_bf16(device):
+        raise ConfigError(
+            "train.amp is bf16, but this CPU has no fast bf16 matrix products (oneDNN needs AVX-512 or AMX): "
+            "torch would run every product in a reference loop, 15-50 times slower than fp32; "
+            "use train.amp=auto (fp32 here) or none"
+        )
     return AMP_DTYPES[amp]
 
 

@@ -110,16 +110,22 @@ def test_visual_word_groups_come_from_the_manifest(shapes_root, tmp_path):
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16", "auto"])
-def test_mixed_precision_training_learns(shapes_root, tmp_path, amp):
+def test_mixed_precision_training_learns(shapes_root, tmp_path, amp, monkeypatch):
+    monkeypatch.setattr("captioner.training.fast_bf16", lambda device: True)  # bf16 even on a CPU without it
     fit(tiny_config(shapes_root, tmp_path / "run", amp=amp), log=lambda _: None)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(line["loss"]) for line in lines)
     assert lines[1]["loss"] < lines[0]["loss"]
 
 
-def test_amp_settings():
+def test_amp_settings(monkeypatch):
     cpu = torch.device("cpu")
+    monkeypatch.setattr("captioner.training.fast_bf16", lambda device: True)
     assert amp_dtype(cpu, "none") is None and amp_dtype(cpu, "fp16") == torch.float16
     assert amp_dtype(cpu, "auto") == amp_dtype(cpu, "bf16") == torch.bfloat16
     with pytest.raises(ConfigError, match="train.amp must be"):
         amp_dtype(cpu, "fp8")
+    monkeypatch.setattr("captioner.training.fast_bf16", lambda device: False)  # an AVX2-only CPU
+    assert amp_dtype(cpu, "auto") is None  # fp32: bf16 would fall to torch's reference loop
+    with pytest.raises(ConfigError, match="no fast bf16"):
+        amp_dtype(cpu, "bf16")
