@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from captioner.checkpoint import load_checkpoint, save_checkpoint
 from captioner.distributed import SINGLE, World
 from captioner.errors import ConfigError, TrainingError
-from captioner.files import write_yaml
+from captioner.files import write_text, write_yaml
 from captioner.vocab import Vocab
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -159,6 +159,21 @@ def data_parallel(model: nn.Module, device: torch.device, world: World) -> nn.Mo
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def random_state(device: torch.device) -> dict:
+    """This process's random generators, to save: the CPU's and, on a GPU, the device's."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_random_state(state: dict, device: torch.device) -> None:
+    """Restore what random_state saved (a GPU's generator only on a GPU)."""
+    torch.set_rng_state(state["cpu"])
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def silent(*args, **kwargs) -> None:
     """The log of processes other than rank 0, and of callers that want none."""
 
@@ -181,13 +196,20 @@ class RunFolder:
         """The last checkpoint, to continue a run from (CheckpointError, naming the file, if there is none)."""
         return load_checkpoint(self.last, kind=kind)
 
-    def start(self, config, vocabs: dict[str, Vocab], resume: bool = False) -> None:
-        """Write config.yaml and NAME.json for every vocabulary; a new run also starts metrics.jsonl afresh."""
+    def start(self, config, vocabs: dict[str, Vocab], resume: bool = False, keep=None) -> None:
+        """Write config.yaml and NAME.json for every vocabulary; a new run also starts metrics.jsonl afresh.
+
+        A resumed run keeps the metrics rows for which keep(row) is true: those of the checkpoint it resumes
+        from, not those of work done after it and lost when the run was stopped.
+        """
         if not self.main:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         if not resume or not self.metrics.is_file():
             self.metrics.write_text("")
+        elif keep is not None:
+            rows = [line for line in self.metrics.read_text().splitlines() if line.strip()]
+            write_text(self.metrics, "".join(line + "\n" for line in rows if keep(json.loads(line))))
         write_yaml(self.path / "config.yaml", config.to_dict())
         for name, vocab in vocabs.items():
             vocab.save(self.path / f"{name}.json")

@@ -90,3 +90,32 @@ def test_shards_cover_every_item_once_and_unshard_restores_the_order():
     parts = [[items[i] for i in distributed.shard(len(items), World(rank, 3))] for rank in range(3)]
     assert sorted(sum(parts, [])) == items
     assert distributed.unshard(parts) == items
+
+
+def _resumable_rank(rank: int, size: int, port: int, root: str, run_dir: str, epochs: int, resume: bool) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    world = World(rank, size)
+    distributed.join(world, torch.device("cpu"))
+    try:
+        config = tiny_config(root, run_dir, epochs=epochs, batch_size=16)
+        config.decoder.dropout = 0.5  # each rank draws its own masks: a resume must replay each rank's stream
+        fit(config, resume=resume, log=lambda *_: None, world=world)
+    finally:
+        distributed.leave()
+
+
+def _two_processes(root, run_dir, epochs: int, resume: bool = False) -> None:
+    args = (2, _free_port(), str(root), str(run_dir), epochs, resume)
+    mp.start_processes(_resumable_rank, args=args, nprocs=2, start_method="spawn")
+
+
+def test_two_processes_resumed_after_an_epoch_end_as_an_uninterrupted_run(shapes_root, tmp_path):
+    _two_processes(shapes_root, tmp_path / "straight", epochs=2)
+    _two_processes(shapes_root, tmp_path / "resumed", epochs=1)
+    _two_processes(shapes_root, tmp_path / "resumed", epochs=2, resume=True)
+    a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 1 and len(a["rank_rng"]) == 2
+    assert not torch.equal(a["rank_rng"][0], a["rank_rng"][1])  # the ranks' streams differ
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0, msg=lambda text, name=name: name)

@@ -129,3 +129,38 @@ def test_amp_settings(monkeypatch):
     assert amp_dtype(cpu, "auto") is None  # fp32: bf16 would fall to torch's reference loop
     with pytest.raises(ConfigError, match="no fast bf16"):
         amp_dtype(cpu, "bf16")
+
+
+def test_a_resumed_fp16_run_keeps_its_loss_scale(shapes_root, tmp_path, monkeypatch):
+    # A scale far too large: the first fp16 steps overflow and are skipped while the scale comes down. A resume
+    # that started again from this scale would skip those steps a second time and end elsewhere.
+    monkeypatch.setattr(
+        "captioner.tasks.captioning.grad_scaler", lambda device, amp: torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    )
+    fit(tiny_config(shapes_root, tmp_path / "straight", amp="fp16", epochs=2), log=lambda _: None)
+    interrupted = tiny_config(shapes_root, tmp_path / "resumed", amp="fp16", epochs=1)
+    fit(interrupted, log=lambda _: None)
+    saved = load_checkpoint(tmp_path / "resumed" / "last.pt")["scaler"]
+    assert saved["scale"] < 2.0**40  # the scale came down in the first epoch
+    interrupted.train.epochs = 2
+    fit(interrupted, resume=True, log=lambda _: None)
+    a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert a["scaler"] == b["scaler"]
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0)
+
+
+def test_a_resumed_epoch_replays_the_augmentation_of_worker_processes(shapes_root, tmp_path):
+    # Random crops and flips drawn in two persistent DataLoader workers: a resume starts new workers, so only
+    # seeds of each item's own (seed, epoch, index) make the resumed epoch see the same pictures.
+    def config(run_dir, epochs):
+        config = tiny_config(shapes_root, run_dir, epochs=epochs)
+        config.data.train_crop, config.data.hflip, config.data.num_workers = 0.8, True, 2
+        return config
+
+    fit(config(tmp_path / "straight", 2), log=lambda _: None)
+    fit(config(tmp_path / "resumed", 1), log=lambda _: None)
+    fit(config(tmp_path / "resumed", 2), resume=True, log=lambda _: None)
+    a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "resumed" / "last.pt")
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0)

@@ -115,7 +115,8 @@ class CachedCaptionSet(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor]:
+        index = key[1] if isinstance(key, tuple) else key  # (epoch, index): a grid has nothing random to seed
         record_index, ids = self.items[index]
         return torch.from_numpy(np.asarray(self.grids[record_index], dtype=np.float32)), ids
 

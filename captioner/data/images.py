@@ -92,13 +92,14 @@ class ImageTransform:
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The tensor of one image; the random crop and flip draw from generator (None: torch's global one)."""
         if image.size != (self.resize, self.resize):
             image = image.resize((self.resize, self.resize), Image.Resampling.BICUBIC)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H, W)
         if self.resize != self.size:
-            top, left = (int(v) for v in torch.randint(0, self.resize - self.size + 1, (2,)))
+            top, left = (int(v) for v in torch.randint(0, self.resize - self.size + 1, (2,), generator=generator))
             pixels = pixels[:, top : top + self.size, left : left + self.size]
-        if self.hflip and torch.rand(()) < 0.5:
+        if self.hflip and torch.rand((), generator=generator) < 0.5:
             pixels = pixels.flip(-1)
         return (pixels.float() / 255.0 - self.mean) / self.std

@@ -8,7 +8,7 @@ training reads images again.
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from captioner.config import Config
 from captioner.data.feature_cache import CachedCaptionSet, CachedImageSet, build_feature_cache, cache_file
@@ -58,7 +58,7 @@ class TrainingData:
             size=data.image_size, mean=encoder.mean, std=encoder.std, crop=data.train_crop, hflip=data.hflip
         )
         self.images = (
-            CaptionTrainingSet(self.train_records, vocab, train_transform, data.max_caption_len),
+            CaptionTrainingSet(self.train_records, vocab, train_transform, data.max_caption_len, config.train.seed),
             ImageSet(self.val_records, self.transform),
         )
         self.cached: tuple[Dataset, Dataset] | None = None
@@ -103,14 +103,36 @@ class TrainingData:
         return grids
 
 
+class EpochSampler(Sampler):
+    """An epoch's shuffled order (this rank's share of it under data parallelism) as (epoch, index) keys,
+    so that every item can seed its own augmentation (CaptionTrainingSet). set_epoch fixes the order."""
+
+    def __init__(self, dataset: Dataset, seed: int, world: World):
+        self.seed, self.epoch = seed, 0
+        if world.distributed:  # a disjoint share per rank
+            self.order = DistributedSampler(dataset, world.size, world.rank, seed=seed, drop_last=True)
+        else:
+            self.order = RandomSampler(dataset, generator=torch.Generator())
+
+    def set_epoch(self, epoch: int) -> None:
+        """The order of this epoch, the same on a resume."""
+        self.epoch = epoch
+        if isinstance(self.order, DistributedSampler):
+            self.order.set_epoch(epoch)
+        else:
+            self.order.generator.manual_seed(self.seed * 100_003 + epoch)
+
+    def __iter__(self):
+        return ((self.epoch, index) for index in self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
 def training_loader(dataset: Dataset, config: Config, device: torch.device, world: World) -> DataLoader:
     """Shuffled batches of train.batch_size captions (under data parallelism, this rank's share of each)."""
-    train = config.train
-    if world.distributed:  # a disjoint share per rank, reshuffled by set_epoch
-        sampler = DistributedSampler(dataset, world.size, world.rank, seed=train.seed, drop_last=True)
-    else:
-        sampler = RandomSampler(dataset, generator=torch.Generator())
-    batch_size = train.batch_size // world.size
+    sampler = EpochSampler(dataset, config.train.seed, world)
+    batch_size = config.train.batch_size // world.size
     return DataLoader(
         dataset,
         batch_size,
@@ -120,4 +142,7 @@ def training_loader(dataset: Dataset, config: Config, device: torch.device, worl
         pin_memory=device.type == "cuda",
         persistent_workers=config.data.num_workers > 0,
         drop_last=len(sampler) > batch_size,
+        # Persistent workers are started once, by the first epoch of a run (resumed or not); the seed they
+        # draw must not come from the global stream that dropout uses, or a resumed run would drift.
+        generator=torch.Generator().manual_seed(config.train.seed) if config.data.num_workers > 0 else None,
     )

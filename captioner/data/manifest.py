@@ -88,10 +88,17 @@ def load_manifest(root: str | Path) -> Manifest:
 
 
 class CaptionTrainingSet(Dataset):
-    """One item per (image, caption): the image tensor and the ids BOS w1 ... wn EOS."""
+    """One item per (image, caption): the image tensor and the ids BOS w1 ... wn EOS.
 
-    def __init__(self, records: list[ImageRecord], vocab: Vocab, transform: ImageTransform, max_len: int):
-        self.records, self.transform = records, transform
+    An item may be asked for as (epoch, index) (loaders.EpochSampler does): its random crop and flip then
+    come from a generator seeded by (seed, epoch, index), the same in any worker process, on any rank and
+    after a resume.
+    """
+
+    def __init__(
+        self, records: list[ImageRecord], vocab: Vocab, transform: ImageTransform, max_len: int, seed: int = 0
+    ):
+        self.records, self.transform, self.seed = records, transform, seed
         self.items = [
             (i, torch.tensor(vocab.encode(tokenize(caption)[:max_len], add_bos=True, add_eos=True)))
             for i, record in enumerate(records)
@@ -101,10 +108,19 @@ class CaptionTrainingSet(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        record_index, ids = self.items[index]
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor]:
+        generator = None
+        if isinstance(key, tuple):
+            epoch, key = key
+            generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, key))
+        record_index, ids = self.items[key]
         image = load_image(self.records[record_index].path, self.transform.size)
-        return self.transform(image), ids
+        return self.transform(image, generator), ids
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A seed of its own for every (run seed, epoch, item): augmentation that replays exactly."""
+    return (seed * 1_000_003 + epoch) * 1_000_000_007 + index
 
 
 class ImageSet(Dataset):

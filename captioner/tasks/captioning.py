@@ -38,7 +38,9 @@ from captioner.training import (
     check_loss,
     data_parallel,
     grad_scaler,
+    random_state,
     resolve_device,
+    set_random_state,
     silent,
 )
 from captioner.vocab import Vocab
@@ -152,12 +154,16 @@ class Progress:
     best_bleu4: float = -1.0
 
     @classmethod
-    def resume(cls, checkpoint: dict, optimizer, scheduler, world: World) -> Progress:
-        """Restore the optimizer, the schedule and this rank's random state from a last.pt."""
+    def resume(cls, checkpoint: dict, optimizer, scheduler, scaler, world: World, device: torch.device) -> Progress:
+        """Restore the optimizer, the schedule, the fp16 loss scale and this rank's random generators."""
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        rank_states = checkpoint.get("rank_rng", [])
-        torch.set_rng_state(rank_states[world.rank] if len(rank_states) == world.size else checkpoint["rng"])
+        if scaler is not None and checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
+        cpu_states, cuda_states = checkpoint.get("rank_rng", []), checkpoint.get("cuda_rng", [])
+        rank = world.rank if len(cpu_states) == world.size else 0
+        cpu = cpu_states[rank] if len(cpu_states) == world.size else checkpoint["rng"]
+        set_random_state({"cpu": cpu, "cuda": cuda_states[rank] if cuda_states else None}, device)
         return cls(checkpoint["epoch"], checkpoint["step"], checkpoint["elapsed"], checkpoint["best_bleu4"])
 
 
@@ -199,10 +205,7 @@ def fit(config: Config, resume: bool = False, log=print, world: World = SINGLE) 
                 training_model = data_parallel(run.model, run.device, world)
             tuned = f"the last {config.encoder.fine_tune_stages} backbone stages train on images"
             run.log(f"stage 2 from epoch {config.encoder.fine_tune_after + 1}: {tuned}")
-        if world.distributed:  # same order on resume
-            loader.sampler.set_epoch(epoch)
-        else:
-            loader.sampler.generator.manual_seed(train.seed * 100_003 + epoch)
+        loader.sampler.set_epoch(epoch)  # the same order, and the same augmentation, on a resume
         description = f"epoch {epoch + 1}/{train.epochs}"
         stats = train_one_epoch(
             training_model, loader, run.optimizer, run.scheduler, train, run.device, run.scaler, description, world
@@ -246,7 +249,7 @@ def start(config: Config, resume: bool, log, world: World) -> tuple[Run, DataLoa
         model.decoder.compile_step()
     progress = Progress()
     if checkpoint is not None:
-        progress = Progress.resume(checkpoint, optimizer, scheduler, world)
+        progress = Progress.resume(checkpoint, optimizer, scheduler, scaler, world, device)
         if start_epoch >= train.epochs:
             log(
                 f"{folder.last} has finished all {train.epochs} epochs: "
@@ -254,9 +257,9 @@ def start(config: Config, resume: bool, log, world: World) -> tuple[Run, DataLoa
             )
         else:
             log(f"resuming {folder.last} at epoch {start_epoch + 1}")
-    if world.distributed:  # each rank its own dropout masks (the weights are the same: seeded above, synced by DDP)
+    elif world.distributed:  # a new run: each rank its own dropout masks (the weights are the same, synced by DDP)
         torch.manual_seed(train.seed + 1_000_003 * (world.rank + 1))
-    folder.start(config, {"vocab": vocab}, resume=checkpoint is not None)
+    folder.start(config, {"vocab": vocab}, checkpoint is not None, keep=lambda row: row["epoch"] <= progress.epoch + 1)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(
         f"{len(data.train_records)} train / {len(data.val_records)} val images, {len(dataset)} captions, "
@@ -286,7 +289,7 @@ def validate(run: Run, stats: dict) -> bool:
         train.amp,
         run.world,
     )
-    rank_rng = gather_objects(torch.get_rng_state(), run.world)
+    rank_rng = gather_objects(random_state(run.device), run.world)
     stop = from_main(train.max_minutes is not None and progress.elapsed >= 60 * train.max_minutes, run.world)
     if run.world.main:
         if run.data.val_sizes is None:  # for grounding: read once rather than every epoch
@@ -329,8 +332,10 @@ def save_epoch(run: Run, scores: dict, rank_rng: list) -> None:
         "step": progress.step,
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
-        "rng": rank_rng[0],
-        **({"rank_rng": rank_rng} if run.world.distributed else {}),
+        "rng": rank_rng[0]["cpu"],
+        **({"rank_rng": [state["cpu"] for state in rank_rng]} if run.world.distributed else {}),
+        **({"cuda_rng": [state["cuda"] for state in rank_rng]} if run.device.type == "cuda" else {}),
+        **({"scaler": run.scaler.state_dict()} if run.scaler is not None else {}),
         "best_bleu4": progress.best_bleu4,
         "elapsed": progress.elapsed,
         "metrics": scores,
