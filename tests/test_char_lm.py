@@ -18,6 +18,7 @@ from captioner.reference import min_char_rnn as ref
 from captioner.tasks.char_lm import fit as train_lm
 from captioner.tasks.char_lm import generate as generate_text
 from captioner.tasks.char_lm import lr_factor as _lr_factor
+from captioner.tasks.char_lm import nats_per_char as char_lm_nats
 from captioner.tasks.char_lm import restore as restore_lm
 
 V, H, T = 7, 5, 9
@@ -261,3 +262,11 @@ def test_lm_cli_sample_cells_and_mistakes(tmp_path, capsys):
     (tmp_path / "not_lm.pt").write_bytes(b"PK\x03\x04 nonsense")
     assert main(["lm", "sample", "--checkpoint", str(tmp_path / "not_lm.pt")]) == 2
     assert "not_lm.pt" in capsys.readouterr().err
+
+
+def test_validation_says_how_many_characters_it_scored():
+    model = CharLM(5, 4, 8, num_layers=1)
+    ids = torch.randint(0, 5, (1000,))
+    nats, scored = char_lm_nats(model, ids, torch.device("cpu"), seq_len=16, batch_size=16)
+    # 16 streams of 62 characters: the first of each is context only, the last 8 characters fit no stream
+    assert scored == 16 * 61 and math.isfinite(nats)

@@ -123,3 +123,24 @@ def test_translate_cli_train_translate_and_draw(tmp_path, capsys):
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
     assert main(["translate", "text", "t1"]) == 2
     assert "needs --checkpoint" in capsys.readouterr().err
+
+
+def test_reversal_alignment_moves_its_batches_to_the_models_device():
+    """A spy whose one parameter lives on the meta device: the batches it receives must be there too (on a
+    GPU, a batch left on the CPU ends the run after training, before test_scores.json is written)."""
+    pairs = synthetic_pairs(20, 3)
+    source_vocab = Vocab.build((s for s, _ in pairs), 1)
+    target_vocab = Vocab.build((t for _, t in pairs), 1)
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.where = torch.nn.Parameter(torch.empty(1, device="meta"))
+
+        def forward(self, src, lengths, tgt):
+            seen.append((src.device.type, tgt.device.type))
+            return None, torch.full((src.size(0), tgt.size(1), src.size(1)), 1.0 / src.size(1))  # alphas (B, T, S)
+
+    reversal_alignment(Spy(), pairs, source_vocab, target_vocab)
+    assert seen and all(devices == ("meta", "meta") for devices in seen)

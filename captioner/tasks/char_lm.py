@@ -66,8 +66,12 @@ def check(config: LMConfig, device: torch.device) -> None:
 
 
 @torch.no_grad()
-def nats_per_char(model: CharLM, ids: Tensor, device: torch.device, seq_len: int = 256, batch_size: int = 16) -> float:
-    """Mean cross-entropy (nats per character) over ids, state carried across chunks."""
+def nats_per_char(
+    model: CharLM, ids: Tensor, device: torch.device, seq_len: int = 256, batch_size: int = 16
+) -> tuple[float, int]:
+    """Mean cross-entropy (nats per character) over ids, state carried across chunks, and how many characters
+    it scored: the text is cut into parallel streams, whose first characters are context only and whose
+    ragged end (fewer than one per stream) is left out."""
     model.eval()
     data = streams(ids, min(batch_size, max(1, ids.numel() // (2 * seq_len)))).to(device)
     total, count, state = 0.0, 0, None
@@ -76,7 +80,7 @@ def nats_per_char(model: CharLM, ids: Tensor, device: torch.device, seq_len: int
         total += nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum").item()
         count += targets.numel()
     model.train()
-    return total / count
+    return total / count, count
 
 
 def lr_factor(train: LMTrainConfig, step: int, elapsed: float) -> float:
@@ -183,13 +187,13 @@ def fit(config: LMConfig, log=print) -> Path:
 def validate(folder: RunFolder, progress: Progress, model, ema, ids, device, config, vocab, log, final: bool) -> dict:
     """Score the held-out ids, log a line and a metrics row, write last.pt (and best.pt at the end)."""
     saved = model if ema is None else ema.module
-    nats = nats_per_char(saved, ids, device)
-    row = {**progress.row(), "val_nats": nats, "val_bits": nats / math.log(2), "val_chars": ids.numel()}
+    nats, scored = nats_per_char(saved, ids, device)
+    row = {**progress.row(), "val_nats": nats, "val_bits": nats / math.log(2), "val_chars": scored}
     row["chars_per_s"] = progress.chars / progress.elapsed if progress.elapsed else 0.0
     if ema is not None:
-        row["val_nats_raw"] = nats_per_char(model, ids, device)  # the trained weights, not their average
+        row["val_nats_raw"] = nats_per_char(model, ids, device)[0]  # the trained weights, not their average
     folder.log_metrics(row)
-    which = "all" if final else f"first {ids.numel():,}"
+    which = f"{scored:,} of the {'' if final else 'first '}{ids.numel():,}"
     log(
         f"step {progress.step} ({row['epoch']:.2f} epochs, {progress.elapsed / 60:.1f} min): train "
         f"{progress.running:.3f}, val {nats:.3f} nats/char = {row['val_bits']:.3f} bits/char ({which} held-out chars), "
@@ -215,9 +219,10 @@ def evaluate(checkpoint: str | Path, device: str = "auto", log=None) -> dict:
     device = resolve_device(device)
     model, config, vocab = restore(checkpoint, device)
     _, val_text = split_text(load_corpus(config.data), config.data.val_fraction)
-    nats = nats_per_char(model, torch.tensor(vocab.encode(list(val_text))), device)
-    log(f"{checkpoint}: {nats:.3f} nats/char = {nats / math.log(2):.3f} bits/char on {len(val_text):,} held-out chars")
-    return {"checkpoint": str(checkpoint), "val_nats": nats, "val_bits": nats / math.log(2), "val_chars": len(val_text)}
+    nats, scored = nats_per_char(model, torch.tensor(vocab.encode(list(val_text))), device)
+    bits = nats / math.log(2)
+    log(f"{checkpoint}: {nats:.3f} nats/char = {bits:.3f} bits/char on {scored:,} of {len(val_text):,} held-out chars")
+    return {"checkpoint": str(checkpoint), "val_nats": nats, "val_bits": bits, "val_chars": scored}
 
 
 @torch.no_grad()
