@@ -234,6 +234,6 @@ class RunFolder:
                 f"not saving {self.last}: {len(bad)} weight tensors ({bad[0]}, ...) hold values that are not finite; "
                 f"lower train.learning_rate or set train.grad_clip"
             )
-        save_checkpoint(self.last, payload)
-        if best:
+        if best:  # first: a run stopped between the two resumes from the older last.pt and writes both again
             save_checkpoint(self.best, payload)
+        save_checkpoint(self.last, payload)
