@@ -4,7 +4,10 @@
     python scripts/benchmark.py --recipe coco --dtype bf16 --device cuda --output benchmarks/h100.md
 
 Rows (random weights and random inputs: speed does not depend on what the weights have learned):
-  train, cached grids   decoder-only training from cached encoder grids: forward, backward, clipping, AdamW
+  train, cached grids   decoder-only training from cached encoder grids, as `captioner train` runs it: an fp16
+                        feature-cache file (memory-mapped), the cached caption set, the epoch sampler, padding
+                        collation and the DataLoader, then forward, backward, clipping, AdamW over one epoch
+                        of captions whose lengths follow the recipe's data
   train, fine-tuning    joint training on images: the CNN runs, its last stages train
   caption, cached grids beam search (beam 1 = greedy) over 20 words from cached grids
   caption, images       the same with the CNN run on the images first
@@ -14,9 +17,11 @@ included), torch.cuda.max_memory_allocated on a GPU. Throughput is the median of
 after a warm-up. A training sample is one image with one caption, so for training images/s = captions/s.
 
 Recipes: coco is the COCO recipe's shapes (configs/coco_resnet101.yaml: ResNet-101 at 256 px, a 14 x 14
-grid of 2048 features, widths 512, a 10,000-word vocabulary, 22-token captions, batch 32); cpu is the
-README demo's (configs/stamps.yaml: EfficientNet-Lite0 at 224 px, a 7 x 7 grid of 1280, LSTM 512,
-embeddings and attention 256, 1,000 words, 12-token captions, batch 32).
+grid of 2048 features, widths 512, a 10,000-word vocabulary, batch 32; training captions of 8 to 16 words,
+mean 10.7, standing in for COCO's; the other rows 22 tokens); cpu is the README demo's (configs/stamps.yaml:
+EfficientNet-Lite0 at 224 px, a 7 x 7 grid of 1280, LSTM 512, embeddings and attention 256, 1,000 words,
+batch 32; training captions with the word counts of the stamps' 756 training captions, mean 4.0 words,
+cut at 20 as the recipe cuts them; the other rows 12 tokens).
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+# Words per caption: how many of the stamps' 756 training captions have each length (`captioner data stamps`).
+# fmt: off
+STAMPS_LENGTHS = {1: 26, 2: 236, 3: 269, 4: 63, 5: 30, 6: 20, 7: 17, 8: 13, 9: 16, 10: 37, 11: 7, 12: 5, 13: 1, 14: 2,
+                  15: 1, 16: 1, 17: 1, 18: 2, 20: 2, 23: 2, 25: 2, 28: 1, 30: 1, 32: 1}
+# fmt: on
 RECIPES = {
     "coco": {
         "encoder": {"backbone": "resnet101", "weights": None, "grid_size": 14, "fine_tune_stages": 3},
@@ -42,6 +52,9 @@ RECIPES = {
         "tokens": 22,
         "batch": 32,
         "fine_tune_batch": {"cpu": 8, "cuda": 32},
+        # words per training caption: count (of 100)
+        "lengths": {8: 12, 9: 20, 10: 22, 11: 16, 12: 11, 13: 8, 14: 5, 15: 3, 16: 3},
+        "max_caption_len": 30,  # data.max_caption_len: longer training captions are cut
     },
     "cpu": {
         "encoder": {"backbone": "efficientnet_lite0", "weights": None, "grid_size": 7, "fine_tune_stages": 2},
@@ -51,6 +64,8 @@ RECIPES = {
         "tokens": 12,
         "batch": 32,
         "fine_tune_batch": {"cpu": 32, "cuda": 32},
+        "lengths": STAMPS_LENGTHS,
+        "max_caption_len": 20,
     },
 }
 TASKS = {  # command-line name: the name in the table
@@ -60,6 +75,7 @@ TASKS = {  # command-line name: the name in the table
     "caption-images": "caption, images",
 }
 MAX_WORDS = 20  # captioning rows: beam search over this many steps
+IMAGES = 768  # training from cached grids: an epoch of this many images, one caption each (the stamps: 756)
 
 
 @dataclass
@@ -93,8 +109,46 @@ def _build(recipe: dict, device, fine_tune: bool):
     return model, config
 
 
+def _cached_loader(recipe: dict, config, grid: tuple[int, int], device, work: Path):
+    """The training loader `captioner train` builds over a feature cache, for IMAGES random fp16 grids
+    written to a cache file and one caption per image with the recipe's word counts."""
+    import random
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from captioner.data.feature_cache import CachedCaptionSet
+    from captioner.data.loaders import training_loader
+    from captioner.distributed import SINGLE
+    from captioner.vocab import Vocab
+
+    rng = np.random.default_rng(0)
+    path = work / "grids.npy"
+    grids = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(IMAGES, *grid))
+    for start in range(0, IMAGES, 32):
+        grids[start : start + 32] = rng.standard_normal((min(32, IMAGES - start), *grid), dtype=np.float32)
+    grids.flush()
+    del grids
+    lengths = random.Random(0).choices(list(recipe["lengths"]), weights=list(recipe["lengths"].values()), k=IMAGES)
+    lengths = [min(n, recipe["max_caption_len"]) for n in lengths]  # as CaptionTrainingSet cuts them
+    words = [rng.integers(4, recipe["vocab"], n).tolist() for n in lengths]  # ids 0-3 are PAD, BOS, EOS, UNK
+    items = [(i, torch.tensor([Vocab.bos_id, *ids, Vocab.eos_id])) for i, ids in enumerate(words)]
+    dataset = CachedCaptionSet(SimpleNamespace(items=items), np.load(path, mmap_mode="r"))
+    return training_loader(dataset, config, device, SINGLE)
+
+
 def _measure(task: str, recipe_name: str, beam: int | None, device_name: str, dtype: str, repeats: int) -> Row:
     """One row, in this (fresh) process."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="captioner-benchmark-") as work:
+        return _measure_in(task, recipe_name, beam, device_name, dtype, repeats, Path(work))
+
+
+def _measure_in(
+    task: str, recipe_name: str, beam: int | None, device_name: str, dtype: str, repeats: int, work: Path
+) -> Row:
     import torch
 
     from captioner.tasks.captioning import build_optimizer, train_one_epoch
@@ -118,7 +172,21 @@ def _measure(task: str, recipe_name: str, beam: int | None, device_name: str, dt
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    if task.startswith("train"):
+    if task == "train, cached grids":
+        config.train.amp, config.train.batch_size = amp, batch
+        loader = _cached_loader(recipe, config, grid, device, work)
+        optimizer = build_optimizer(model, config)
+        scheduler = build_scheduler(optimizer, config.train, 100)
+        epochs = iter(range(10_000))
+
+        def run():
+            loader.sampler.set_epoch(next(epochs))
+            train_one_epoch(model, loader, optimizer, scheduler, config.train, device)
+            return len(loader)
+
+        run()  # warm-up
+        unit = "captions/s"
+    elif task.startswith("train"):
         config.train.amp = amp
         batches = [
             (inputs(), torch.randint(4, recipe["vocab"], (batch, recipe["tokens"] + 1), device=device))
