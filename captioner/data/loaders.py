@@ -103,6 +103,17 @@ class TrainingData:
         return grids
 
 
+def evaluation_set(model: Captioner, config: Config, manifest: Manifest, split: str, device: torch.device) -> Dataset:
+    """A split's images for captioning: their cached grids while the backbone is frozen (computed once, or
+    reused, rather than once per beam size), else the images."""
+    records = manifest.split(split)
+    transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
+    if model.encoder.fine_tuned or not config.data.cache_features:
+        return ImageSet(records, transform)
+    path = cache_file(manifest.root, config, records, split, model.encoder)
+    return CachedImageSet(build_feature_cache(model.encoder, records, transform, path, device))
+
+
 class EpochSampler(Sampler):
     """An epoch's shuffled order (this rank's share of it under data parallelism) as (epoch, index) keys,
     so that every item can seed its own augmentation (CaptionTrainingSet). set_epoch fixes the order."""

@@ -396,9 +396,8 @@ def evaluate(
     The report: {"checkpoint", "data", "split", "images", "metrics", "runs": [{"beam_size", "scores",
     "captions"}]}, scores 0-100 (score_captions says which); data_root defaults to the checkpoint's data.
     """
-    from captioner.data.feature_cache import CachedImageSet, build_feature_cache, cache_file
-    from captioner.data.images import ImageTransform
-    from captioner.data.manifest import ImageSet, load_manifest
+    from captioner.data.loaders import evaluation_set
+    from captioner.data.manifest import load_manifest
 
     log = log or (lambda line: print(line, file=sys.stderr))
     device = resolve_device(device)
@@ -406,12 +405,7 @@ def evaluate(
     model, config, vocab = restore(checkpoint, device)
     manifest = load_manifest(data_root or config.data.root)
     records = manifest.split(split)
-    transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
-    dataset = ImageSet(records, transform)
-    if not model.encoder.fine_tuned and config.data.cache_features:
-        # A frozen backbone: compute the split's grids once (or reuse them), not once per beam size.
-        path = cache_file(manifest.root, config, records, split, model.encoder)
-        dataset = CachedImageSet(build_feature_cache(model.encoder, records, transform, path, device))
+    dataset = evaluation_set(model, config, manifest, split, device)
     sizes = image_sizes(records)
     runs = []
     for beam_size in beam_sizes:
