@@ -144,3 +144,30 @@ def test_reversal_alignment_moves_its_batches_to_the_models_device():
 
     reversal_alignment(Spy(), pairs, source_vocab, target_vocab)
     assert seen and all(devices == ("meta", "meta") for devices in seen)
+
+
+def test_a_resumed_translator_ends_as_an_uninterrupted_one(tmp_path, capsys):
+    pairs = "".join(f"t{i} t{i + 1} t{i + 2}\tt{i + 2} t{i + 1} t{i}\n" for i in range(40))
+    for split in ("train", "val"):
+        (tmp_path / f"{split}.tsv").write_text(pairs)
+    recipe = tmp_path / "reverse.yaml"
+    recipe.write_text(
+        f"data: {{train: {tmp_path / 'train.tsv'}, val: {tmp_path / 'val.tsv'}, test: null, min_word_freq: 1}}\n"
+        "model: {embed_dim: 8, hidden_dim: 16, attention_dim: 8, dropout: 0.3}\n"
+        "train: {epochs: 3, batch_size: 8, lr_schedule: constant}\n"  # the same schedule when cut after 1 epoch
+    )
+
+    def run(name, *extra):
+        return main(["translate", "train", "--config", str(recipe), f"train.run_dir={tmp_path / name}", *extra])
+
+    assert run("straight") == 0
+    assert run("resumed", "train.epochs=1") == 0
+    assert run("resumed", "--resume") == 0
+    assert "resuming" in capsys.readouterr().out
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0)
+    rows = [line for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3

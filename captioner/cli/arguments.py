@@ -29,7 +29,7 @@ def add_recipe(parser: argparse.ArgumentParser, example: str) -> None:
     )
 
 
-def add_task_group(commands, name: str, help: str, source: tuple, schema, fit, recipe_example: str):
+def add_task_group(commands, name: str, help: str, source: tuple, schema, fit, recipe_example: str, resumable=False):
     """`captioner NAME data SOURCE [--out OUT]` and `captioner NAME train --config ...`, the verbs every task
     group has. source: (name, help, default --out, prepare(out)); schema and fit: the task's config class
     and fit(config). Returns the group's subparsers for its other verbs."""
@@ -44,6 +44,8 @@ def add_task_group(commands, name: str, help: str, source: tuple, schema, fit, r
     parser.set_defaults(func=lambda args: prepare(args.out) and 0)
     parser = verbs.add_parser("train", help="train from a YAML recipe", description="key=value arguments override it.")
     add_recipe(parser, recipe_example)
+    if resumable:
+        parser.add_argument("--resume", action="store_true", help="continue from last.pt in the run directory")
     parser.set_defaults(func=functools.partial(train, schema=schema, fit=fit))
     return verbs
 
@@ -53,5 +55,6 @@ def train(args: argparse.Namespace, schema, fit) -> int:
     from captioner.config import load_config
 
     config = load_config(args.config, args.overrides, schema=schema)
-    print(f"best checkpoint: {fit(config)}")
+    best = fit(config, resume=True) if getattr(args, "resume", False) else fit(config)
+    print(f"best checkpoint: {best}")
     return 0

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from captioner.checkpoint import load_weights
 from captioner.checkpoint import restore as restore_checkpoint
 from captioner.config import TranslateConfig
 from captioner.data.pairs import SYNTHETIC, Pair, PairSet, collate_pairs, load_splits
@@ -118,16 +119,39 @@ def train_one_epoch(model, loader, optimizer, schedule, config: TranslateConfig,
     return {"loss": sum(losses) / len(losses), "pairs_per_s": pairs_seen / seconds, "seconds": seconds}
 
 
-def fit(config: TranslateConfig, log=print) -> Path:
-    """Train a translator; write the run folder (training.RunFolder) and test_scores.json; return best.pt's path."""
+def pair_vocabs(config: TranslateConfig, pairs: list[Pair], checkpoint: dict | None) -> tuple[Vocab, Vocab]:
+    """The source and target vocabularies: the resumed run's, or counted over the training pairs."""
+    if checkpoint is not None:
+        return Vocab.from_dict(checkpoint["source_vocab"]), Vocab.from_dict(checkpoint["vocab"])
+    min_freq = 1 if config.data.train == SYNTHETIC else config.data.min_word_freq
+    return Vocab.build((s for s, _ in pairs), min_freq), Vocab.build((t for _, t in pairs), min_freq)
+
+
+def resume_state(checkpoint: dict, optimizer, schedule, generator: torch.Generator) -> dict:
+    """Restore the optimizer, the schedule, the shuffling and dropout generators; the run's progress."""
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    schedule.load_state_dict(checkpoint["scheduler"])
+    generator.set_state(checkpoint["loader_rng"])
+    torch.set_rng_state(checkpoint["rng"])
+    return {key: checkpoint[key] for key in ("epoch", "best_bleu4", "elapsed")}
+
+
+def fit(config: TranslateConfig, resume: bool = False, log=print) -> Path:
+    """Train a translator; write the run folder (training.RunFolder) and test_scores.json; return best.pt's path.
+
+    With resume, training continues from last.pt exactly where it stopped (weights, optimizer, schedule,
+    the shuffling generator and the dropout generator).
+    """
     train = config.train
     device = resolve_device(train.device)
+    folder = RunFolder(train.run_dir)
+    checkpoint = folder.resume_from(KIND) if resume else None
     torch.manual_seed(train.seed)
     splits = load_splits(config.data)
-    min_freq = 1 if config.data.train == SYNTHETIC else config.data.min_word_freq
-    source_vocab = Vocab.build((s for s, _ in splits["train"]), min_freq)
-    target_vocab = Vocab.build((t for _, t in splits["train"]), min_freq)
+    source_vocab, target_vocab = pair_vocabs(config, splits["train"], checkpoint)
     model = build(config, len(source_vocab), len(target_vocab)).to(device)
+    if checkpoint is not None:
+        load_weights(model, checkpoint["model"], folder.last)
     dataset = PairSet(splits["train"], source_vocab, target_vocab)
     generator = torch.Generator().manual_seed(0)
     loader = DataLoader(
@@ -135,42 +159,51 @@ def fit(config: TranslateConfig, log=print) -> Path:
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate)
     schedule = build_scheduler(optimizer, train, len(loader))
-    folder = RunFolder(train.run_dir)
-    folder.start(config, {"source_vocab": source_vocab, "vocab": target_vocab})
+    progress = {"epoch": -1, "best_bleu4": -1.0, "elapsed": 0.0}
+    if checkpoint is not None:
+        progress = resume_state(checkpoint, optimizer, schedule, generator)
+        log(f"resuming {folder.last} at epoch {progress['epoch'] + 2}")
+    vocabs = {"source_vocab": source_vocab, "vocab": target_vocab}
+    folder.start(config, vocabs, checkpoint is not None, keep=lambda row: row["epoch"] <= progress["epoch"] + 1)
     parameters = sum(p.numel() for p in model.parameters())
     log(
         f"{len(splits['train'])} training / {len(splits['val'])} validation pairs, vocabularies "
         f"{len(source_vocab)} -> {len(target_vocab)}, {parameters / 1e6:.2f} M parameters, "
         f"attention {'on' if config.model.attention else 'off'}, device {device}"
     )
-    best, elapsed = -1.0, 0.0
-    for epoch in range(train.epochs):
+    for epoch in range(progress["epoch"] + 1, train.epochs):
         stats = train_one_epoch(model, loader, optimizer, schedule, config, device, epoch)
-        elapsed += stats.pop("seconds")
+        progress["epoch"], progress["elapsed"] = epoch, progress["elapsed"] + stats.pop("seconds")
         sources = [s for s, _ in splits["val"]]
         hypotheses, _ = generate(
             model, sources, source_vocab, target_vocab, train.eval_beam_size, max_len=config.data.max_len + 10
         )
         scores = score(hypotheses, splits["val"])
-        row = {"epoch": epoch + 1, **stats, "elapsed": elapsed, **{f"val_{k}": v for k, v in scores.items()}}
+        row = {"epoch": epoch + 1, **stats, "elapsed": progress["elapsed"]}
+        row.update({f"val_{k}": v for k, v in scores.items()})
         folder.log_metrics(row)
         log(
             f"epoch {epoch + 1}: loss {row['loss']:.3f}, val BLEU-4 {scores['bleu4']:.1f}, exact "
-            f"{scores['exact']:.1f}%, {row['pairs_per_s']:.0f} pairs/s, {elapsed / 60:.1f} min"
+            f"{scores['exact']:.1f}%, {row['pairs_per_s']:.0f} pairs/s, {progress['elapsed'] / 60:.1f} min"
         )
+        best = scores["bleu4"] > progress["best_bleu4"]
+        progress["best_bleu4"] = max(progress["best_bleu4"], scores["bleu4"])
         payload = {
             "kind": KIND,
             "model": model.state_dict(),
             "config": config.to_dict(),
             "source_vocab": source_vocab.to_dict(),
             "vocab": target_vocab.to_dict(),  # the output vocabulary, under the same key in every checkpoint
-            "epoch": epoch,
             "metrics": row,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": schedule.state_dict(),
+            "rng": torch.get_rng_state(),
+            "loader_rng": generator.get_state(),
+            **progress,
         }
-        folder.save(payload, best=scores["bleu4"] > best)
-        best = max(best, scores["bleu4"])
-        if train.max_minutes is not None and elapsed >= 60 * train.max_minutes:
-            log(f"stopping: {elapsed / 60:.1f} minutes of training reached train.max_minutes")
+        folder.save(payload, best=best)
+        if train.max_minutes is not None and progress["elapsed"] >= 60 * train.max_minutes:
+            log(f"stopping: {progress['elapsed'] / 60:.1f} minutes of training reached train.max_minutes")
             break
     if "test" in splits:  # the best checkpoint on the held-out test pairs, once
         evaluate(folder.best, "test", device=str(device), output=folder.path / "test_scores.json", log=log)
