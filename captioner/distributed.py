@@ -10,6 +10,7 @@ single process, and every helper here is then a no-op.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -61,8 +62,14 @@ def join(world: World, device: torch.device) -> None:
         dist.init_process_group(backend, rank=world.rank, world_size=world.size)
 
 
-def leave() -> None:
+def leave(together: bool = True) -> None:
+    """Leave the process group. together (after a run that went well): every rank at once, once what still
+    holds collectives (a DDP wrapper) is gone, so that no rank's gloo threads see a peer's sockets close
+    under pending work. After an error, at once: the other ranks may never arrive."""
     if dist.is_initialized():
+        if together:
+            gc.collect()
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -34,8 +34,10 @@ def _rank(rank: int, size: int, port: int, root: str, run_dir: str, batch_size: 
     distributed.join(world, torch.device("cpu"))
     try:
         fit(_config(root, run_dir, batch_size), log=lambda *_: None, world=world)
-    finally:
-        distributed.leave()
+    except BaseException:
+        distributed.leave(together=False)
+        raise
+    distributed.leave()
 
 
 def _free_port() -> int:
@@ -101,8 +103,10 @@ def _resumable_rank(rank: int, size: int, port: int, root: str, run_dir: str, ep
         config = tiny_config(root, run_dir, epochs=epochs, batch_size=16)
         config.decoder.dropout = 0.5  # each rank draws its own masks: a resume must replay each rank's stream
         fit(config, resume=resume, log=lambda *_: None, world=world)
-    finally:
-        distributed.leave()
+    except BaseException:
+        distributed.leave(together=False)
+        raise
+    distributed.leave()
 
 
 def _two_processes(root, run_dir, epochs: int, resume: bool = False) -> None:

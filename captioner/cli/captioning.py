@@ -40,8 +40,10 @@ def train(args: argparse.Namespace) -> int:
     distributed.join(world, resolve_device(config.train.device))
     try:
         best = fit(config, resume=args.resume, world=world)
-    finally:
-        distributed.leave()
+    except BaseException:
+        distributed.leave(together=False)
+        raise
+    distributed.leave()
     if world.main:
         print(f"best checkpoint: {best}")
     return 0
