@@ -13,6 +13,7 @@ Every file is written atomically (captioner.files), so an interrupted run never 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 from pathlib import Path
@@ -51,6 +52,12 @@ def fast_bf16(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported()
     if device.type != "cpu":
         return True
+    return _cpu_has_fast_bf16()
+
+
+@functools.cache
+def _cpu_has_fast_bf16() -> bool:
+    """Asked once per process: autocast asks at every training step."""
     try:
         return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch build without the query
@@ -196,20 +203,21 @@ class RunFolder:
         """The last checkpoint, to continue a run from (CheckpointError, naming the file, if there is none)."""
         return load_checkpoint(self.last, kind=kind)
 
-    def start(self, config, vocabs: dict[str, Vocab], resume: bool = False, keep=None) -> None:
+    def start(self, config, vocabs: dict[str, Vocab], resumed_epochs: int | None = None) -> None:
         """Write config.yaml and NAME.json for every vocabulary; a new run also starts metrics.jsonl afresh.
 
-        A resumed run keeps the metrics rows for which keep(row) is true: those of the checkpoint it resumes
-        from, not those of work done after it and lost when the run was stopped.
+        A run resumed from a checkpoint of resumed_epochs finished epochs keeps their metrics rows only, not
+        those of work done after the checkpoint and lost when the run was stopped.
         """
         if not self.main:
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        if not resume or not self.metrics.is_file():
+        if resumed_epochs is None or not self.metrics.is_file():
             self.metrics.write_text("")
-        elif keep is not None:
+        else:
             rows = [line for line in self.metrics.read_text().splitlines() if line.strip()]
-            write_text(self.metrics, "".join(line + "\n" for line in rows if keep(json.loads(line))))
+            kept = [line for line in rows if json.loads(line)["epoch"] <= resumed_epochs]
+            write_text(self.metrics, "".join(line + "\n" for line in kept))
         write_yaml(self.path / "config.yaml", config.to_dict())
         for name, vocab in vocabs.items():
             vocab.save(self.path / f"{name}.json")

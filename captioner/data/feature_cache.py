@@ -36,9 +36,7 @@ def weights_fingerprint(encoder: ImageEncoder) -> str:
     return digest.hexdigest()[:12]
 
 
-def cache_file(
-    root: str | Path, config: Config, records: list[ImageRecord], split: str, encoder: ImageEncoder
-) -> Path:
+def cache_file(root: str | Path, config: Config, records: list[ImageRecord], split: str, encoder: ImageEncoder) -> Path:
     """Where the grids of these records (of the data set in `root`) live: ROOT/cache/SPLIT-...-KEY.npy."""
     root = Path(root)
     enc = config.encoder
@@ -47,7 +45,8 @@ def cache_file(
     key = f"{enc.backbone}|{weights_fingerprint(encoder)}|{config.data.image_size}|{enc.grid_size}|{stamp}|"
     key += "|".join(str(r.path) for r in records)
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    return root / "cache" / f"{split}-{enc.backbone}-{config.data.image_size}px-{enc.grid_size}x{enc.grid_size}-{digest}.npy"
+    size, grid = config.data.image_size, enc.grid_size
+    return root / "cache" / f"{split}-{enc.backbone}-{size}px-{grid}x{grid}-{digest}.npy"
 
 
 @torch.no_grad()
@@ -78,7 +77,10 @@ def build_feature_cache(
     encoder.eval()
     # Its own generator: building a cache must not move the global random stream that training uses.
     loader = DataLoader(
-        ImageSet(records, transform), batch_size, num_workers=num_workers, collate_fn=collate_images,
+        ImageSet(records, transform),
+        batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_images,
         generator=torch.Generator(),
     )
     try:

@@ -89,6 +89,7 @@ class ImageTransform:
             raise ValueError(f"crop must be in (0, 1], got {crop}")
         self.size, self.crop, self.hflip = size, crop, hflip
         self.resize = round(size / crop)
+        self.random = self.resize != size or hflip  # whether a call draws random numbers
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
 

@@ -13,10 +13,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from captioner.config import Config
 from captioner.data.feature_cache import CachedCaptionSet, CachedImageSet, build_feature_cache, cache_file
 from captioner.data.images import ImageTransform
-from captioner.data.manifest import CaptionTrainingSet, ImageSet, Manifest, collate_captions
+from captioner.data.manifest import CaptionTrainingSet, ImageRecord, ImageSet, Manifest, collate_captions
 from captioner.distributed import World, barrier
-from captioner.models.captioner import Captioner
 from captioner.errors import ConfigError, DataError
+from captioner.models.captioner import Captioner
+from captioner.scoring import image_sizes
 from captioner.text import tokenize
 from captioner.vocab import Vocab
 
@@ -63,7 +64,7 @@ class TrainingData:
         )
         self.cached: tuple[Dataset, Dataset] | None = None
         self.current = self.images
-        self.val_sizes: list[tuple[int, int]] | None = None  # (width, height) of the val images, once read
+        self.val_sizes = image_sizes(self.val_records)  # (width, height) for grounding, read once
 
     def for_epoch(self, epoch: int) -> tuple[Dataset, Dataset]:
         """Freeze or unfreeze the backbone for this epoch's stage; its (training set, validation set), also
@@ -103,10 +104,11 @@ class TrainingData:
         return grids
 
 
-def evaluation_set(model: Captioner, config: Config, manifest: Manifest, split: str, device: torch.device) -> Dataset:
+def evaluation_set(
+    model: Captioner, config: Config, manifest: Manifest, split: str, records: list[ImageRecord], device: torch.device
+) -> Dataset:
     """A split's images for captioning: their cached grids while the backbone is frozen (computed once, or
     reused, rather than once per beam size), else the images."""
-    records = manifest.split(split)
     transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
     if model.encoder.fine_tuned or not config.data.cache_features:
         return ImageSet(records, transform)

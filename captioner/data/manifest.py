@@ -112,7 +112,8 @@ class CaptionTrainingSet(Dataset):
         generator = None
         if isinstance(key, tuple):
             epoch, key = key
-            generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, key))
+            if self.transform.random:
+                generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, key))
         record_index, ids = self.items[key]
         image = load_image(self.records[record_index].path, self.transform.size)
         return self.transform(image, generator), ids

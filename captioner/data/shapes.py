@@ -157,7 +157,9 @@ def build_shapes(root: str | Path, spec: ShapesSpec | None = None, progress: boo
     (root / "images").mkdir(parents=True, exist_ok=True)
     entries = []
     total = spec.train + spec.val + spec.test
-    bar = tqdm(total=total, desc="drawing shapes", unit="img", disable=None if progress else True)  # None: a terminal only
+    bar = tqdm(
+        total=total, desc="drawing shapes", unit="img", disable=None if progress else True
+    )  # None: on a terminal
     for split in ("train", "val", "test"):
         rng = np.random.default_rng([spec.seed, SPLIT_SEEDS[split]])
         for i in range(getattr(spec, split)):

@@ -167,17 +167,14 @@ def build_stamps(
         except (ImportError, OSError):  # OSError: cairosvg installed but the cairo library is missing
             svgs = [s for s in stamps if s.image.suffix == ".svg"]
             if svgs:
-                log(f"skipping {len(svgs)} SVG stamps: install cairosvg (pip install 'captioner[stamps]') to render them")
+                log(f"skipping {len(svgs)} SVG stamps: pip install 'captioner[stamps]' (cairosvg) to render them")
             skipped += [f"{s.name}: SVG, and cairosvg is not installed" for s in svgs]
             stamps = [s for s in stamps if s.image.suffix != ".svg"]
         entries, rendered = [], 0
         for stamp in tqdm(stamps, desc="compositing stamps", unit="image", disable=None):
             try:
-                if stamp.image.suffix == ".svg":
-                    picture = _render_svg(stamp.image, size)
-                else:
-                    picture = load_image(stamp.image)
-                image = square_on_white(picture, size)
+                svg = stamp.image.suffix == ".svg"
+                image = square_on_white(_render_svg(stamp.image, size) if svg else load_image(stamp.image), size)
             except (ImageLoadError, OSError, ValueError, SyntaxError) as error:  # cairosvg raises several kinds
                 skipped.append(f"{stamp.name}: cannot be read ({type(error).__name__}: {str(error)[:80]})")
                 continue

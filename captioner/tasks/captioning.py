@@ -160,10 +160,12 @@ class Progress:
         scheduler.load_state_dict(checkpoint["scheduler"])
         if scaler is not None and checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
-        cpu_states, cuda_states = checkpoint.get("rank_rng", []), checkpoint.get("cuda_rng", [])
-        rank = world.rank if len(cpu_states) == world.size else 0
-        cpu = cpu_states[rank] if len(cpu_states) == world.size else checkpoint["rng"]
-        set_random_state({"cpu": cpu, "cuda": cuda_states[rank] if cuda_states else None}, device)
+        # This rank's generators when the run had as many ranks, else rank 0's ("rng": the only one unless
+        # the run was data parallel)
+        rank = world.rank if len(checkpoint.get("rank_rng", [])) == world.size else 0
+        cpu = checkpoint["rank_rng"][rank] if rank else checkpoint["rng"]
+        cuda = checkpoint.get("cuda_rng", [])
+        set_random_state({"cpu": cpu, "cuda": cuda[rank] if rank < len(cuda) else None}, device)
         return cls(checkpoint["epoch"], checkpoint["step"], checkpoint["elapsed"], checkpoint["best_bleu4"])
 
 
@@ -259,7 +261,7 @@ def start(config: Config, resume: bool, log, world: World) -> tuple[Run, DataLoa
             log(f"resuming {folder.last} at epoch {start_epoch + 1}")
     elif world.distributed:  # a new run: each rank its own dropout masks (the weights are the same, synced by DDP)
         torch.manual_seed(train.seed + 1_000_003 * (world.rank + 1))
-    folder.start(config, {"vocab": vocab}, checkpoint is not None, keep=lambda row: row["epoch"] <= progress.epoch + 1)
+    folder.start(config, {"vocab": vocab}, progress.epoch + 1 if checkpoint is not None else None)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(
         f"{len(data.train_records)} train / {len(data.val_records)} val images, {len(dataset)} captions, "
@@ -292,8 +294,6 @@ def validate(run: Run, stats: dict) -> bool:
     rank_rng = gather_objects(random_state(run.device), run.world)
     stop = from_main(train.max_minutes is not None and progress.elapsed >= 60 * train.max_minutes, run.world)
     if run.world.main:
-        if run.data.val_sizes is None:  # for grounding: read once rather than every epoch
-            run.data.val_sizes = image_sizes(run.data.val_records)
         records, words = run.data.val_records, run.manifest.object_words
         grid_size = run.config.encoder.grid_size
         scores = score_captions(captions, records, words, grid_size, run.data.val_sizes, train.val_metrics, run.log)
@@ -405,7 +405,7 @@ def evaluate(
     model, config, vocab = restore(checkpoint, device)
     manifest = load_manifest(data_root or config.data.root)
     records = manifest.split(split)
-    dataset = evaluation_set(model, config, manifest, split, device)
+    dataset = evaluation_set(model, config, manifest, split, records, device)
     sizes = image_sizes(records)
     runs = []
     for beam_size in beam_sizes:

@@ -164,7 +164,7 @@ def fit(config: TranslateConfig, resume: bool = False, log=print) -> Path:
         progress = resume_state(checkpoint, optimizer, schedule, generator)
         log(f"resuming {folder.last} at epoch {progress['epoch'] + 2}")
     vocabs = {"source_vocab": source_vocab, "vocab": target_vocab}
-    folder.start(config, vocabs, checkpoint is not None, keep=lambda row: row["epoch"] <= progress["epoch"] + 1)
+    folder.start(config, vocabs, progress["epoch"] + 1 if checkpoint is not None else None)
     parameters = sum(p.numel() for p in model.parameters())
     log(
         f"{len(splits['train'])} training / {len(splits['val'])} validation pairs, vocabularies "
