@@ -11,7 +11,7 @@ import torch
 
 from captioner.cells import text_properties
 from captioner.cli import main
-from captioner.config import ConfigError, LMConfig, LMTrainConfig
+from captioner.config import ConfigError, LMConfig, LMTrainConfig, load_config
 from captioner.models.char_lm import CharLM
 from captioner.models.core import RecurrentCore
 from captioner.reference import min_char_rnn as ref
@@ -141,14 +141,14 @@ def test_carried_state_over_two_chunks_equals_one_long_sequence(cell):
     torch.testing.assert_close(torch.cat([first, second], dim=1), whole)
 
 
-def trained_lm(tmp_path, steps: int = 200, amp: str = "none", cell: str = "lstm", **train):
+def trained_lm(tmp_path, steps: int = 200, amp: str = "none", cell: str = "lstm", log=None, dropout=0.0, **train):
     text = "the cat sat on the mat. 'a quote' (and brackets)\n    indented line\n" * 60
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "corpus.txt").write_text(text)
     config = LMConfig.from_dict(
         {
             "data": {"corpus": str(tmp_path / "corpus.txt"), "max_chars": None},
-            "model": {"embed_dim": 8, "hidden_dim": 32, "num_layers": 2, "cell": cell},
+            "model": {"embed_dim": 8, "hidden_dim": 32, "num_layers": 2, "cell": cell, "dropout": dropout},
             "train": {
                 "run_dir": str(tmp_path / "run"),
                 "batch_size": 4,
@@ -163,7 +163,7 @@ def trained_lm(tmp_path, steps: int = 200, amp: str = "none", cell: str = "lstm"
         }
     )
     logs = []
-    path = train_lm(config, log=logs.append)
+    path = train_lm(config, log=log or logs.append)
     return path, logs, text
 
 
@@ -270,3 +270,31 @@ def test_validation_says_how_many_characters_it_scored():
     nats, scored = char_lm_nats(model, ids, torch.device("cpu"), seq_len=16, batch_size=16)
     # 16 streams of 62 characters: the first of each is context only, the last 8 characters fit no stream
     assert scored == 16 * 61 and math.isfinite(nats)
+
+
+class StopRunError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path, ema_decay):
+    """Stopped after a validation and resumed with --resume, a run with dropout (and a weight average) ends
+    with the weights of a run never stopped: weights, optimizer, generator, stream position and carried
+    state all come back. 100 steps are more than one pass over the streams (a zero state mid-run)."""
+    recipe = dict(steps=100, dropout=0.3, lr_schedule="linear", eval_every_minutes=0.0, ema_decay=ema_decay)
+    whole, _, _ = trained_lm(tmp_path / "whole", **recipe)
+
+    def stop_at_step_37(line):
+        if line.startswith("step 37 "):
+            raise StopRunError
+
+    with pytest.raises(StopRunError):
+        trained_lm(tmp_path / "parts", log=stop_at_step_37, **recipe)
+    config = load_config(tmp_path / "parts" / "run" / "config.yaml", schema=LMConfig)
+    logs = []
+    resumed = train_lm(config, resume=True, log=logs.append)
+    assert logs[0] == f"resuming {tmp_path / 'parts' / 'run' / 'last.pt'} at step 36"
+    for name, value in restore_lm(whole)[0].state_dict().items():
+        assert torch.equal(value, restore_lm(resumed)[0].state_dict()[name]), name
+    rows = [json.loads(line) for line in (tmp_path / "parts" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == list(range(1, 100)) + [100]  # no row of the lost step 37 twice

@@ -29,10 +29,10 @@ def add_recipe(parser: argparse.ArgumentParser, example: str) -> None:
     )
 
 
-def add_task_group(commands, name: str, help: str, source: tuple, schema, fit, recipe_example: str, resumable=False):
+def add_task_group(commands, name: str, help: str, source: tuple, schema, fit, recipe_example: str):
     """`captioner NAME data SOURCE [--out OUT]` and `captioner NAME train --config ...`, the verbs every task
     group has. source: (name, help, default --out, prepare(out)); schema and fit: the task's config class
-    and fit(config). Returns the group's subparsers for its other verbs."""
+    and fit(config, resume). Returns the group's subparsers for its other verbs."""
     group = commands.add_parser(name, help=help)
     verbs = group.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
     data = verbs.add_parser("data", help="prepare a data set")
@@ -44,8 +44,7 @@ def add_task_group(commands, name: str, help: str, source: tuple, schema, fit, r
     parser.set_defaults(func=lambda args: prepare(args.out) and 0)
     parser = verbs.add_parser("train", help="train from a YAML recipe", description="key=value arguments override it.")
     add_recipe(parser, recipe_example)
-    if resumable:
-        parser.add_argument("--resume", action="store_true", help="continue from last.pt in the run directory")
+    parser.add_argument("--resume", action="store_true", help="continue from last.pt in the run directory")
     parser.set_defaults(func=functools.partial(train, schema=schema, fit=fit))
     return verbs
 
@@ -55,6 +54,6 @@ def train(args: argparse.Namespace, schema, fit) -> int:
     from captioner.config import load_config
 
     config = load_config(args.config, args.overrides, schema=schema)
-    best = fit(config, resume=True) if getattr(args, "resume", False) else fit(config)
+    best = fit(config, resume=args.resume)
     print(f"best checkpoint: {best}")
     return 0

@@ -65,7 +65,7 @@ def text(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands) -> None:
-    verbs = add_task_group(commands, "translate", GROUP_HELP, SOURCE, TranslateConfig, translation.fit, RECIPE, True)
+    verbs = add_task_group(commands, "translate", GROUP_HELP, SOURCE, TranslateConfig, translation.fit, RECIPE)
     parser = verbs.add_parser("evaluate", help="BLEU-4 and exact matches on a split of the model's data")
     parser.add_argument("--checkpoint", required=True, help="RUN/best.pt from `captioner translate train`")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])

@@ -4,12 +4,14 @@ Training walks `batch_size` parallel streams of the text in chunks of `seq_len` 
 recurrent state at the end of one chunk starts the next (detached, so gradients flow back at most
 `seq_len` steps). Validation carries the state the same way over the held-out tail of the text and
 reports nats and bits per character. Training ends after train.max_minutes of training steps (or
-train.max_steps); last.pt is written at every validation, best.pt at the end (the final weights,
-scored on all held-out characters; the periodic validations see only the first train.eval_chars).
+train.max_steps); last.pt is written at every validation, with what a resumed run needs (fit(resume=True)),
+best.pt at the end (the final weights, scored on all held-out characters; the periodic validations see only
+the first train.eval_chars).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -19,11 +21,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from captioner.checkpoint import load_weights
 from captioner.checkpoint import restore as restore_checkpoint
 from captioner.config import LMConfig, LMTrainConfig
 from captioner.data.corpus import char_vocab, chunks, load_corpus, split_text, streams
 from captioner.decoding import sample as sample_tokens
-from captioner.errors import ConfigError
+from captioner.errors import CheckpointError, ConfigError
 from captioner.models.char_lm import CharLM
 from captioner.models.core import State
 from captioner.training import (
@@ -33,8 +36,10 @@ from captioner.training import (
     backward_and_step,
     check_loss,
     grad_scaler,
+    random_state,
     resolve_device,
     schedule_factor,
+    set_random_state,
 )
 from captioner.vocab import Vocab
 
@@ -119,6 +124,7 @@ class Progress:
     elapsed: float = 0.0
     chars: int = 0
     running: float | None = None
+    last_eval: float = 0.0  # training seconds at the latest validation
 
     def row(self) -> dict:
         """The training side of a metrics.jsonl row."""
@@ -130,14 +136,22 @@ class Progress:
         }
 
 
-def fit(config: LMConfig, log=print) -> Path:
-    """Train a CharLM; write the run folder (training.RunFolder); return best.pt's path."""
+def fit(config: LMConfig, resume: bool = False, log=print) -> Path:
+    """Train a CharLM; write the run folder (training.RunFolder); return best.pt's path.
+
+    With resume, training continues from last.pt (the latest validation) where it stopped: weights, the
+    weight average, optimizer, loss scale, dropout generator, the position in the streams and the
+    recurrent state carried there. With train.max_steps the result equals an uninterrupted run's; with
+    train.max_minutes the budget counts the training seconds of both parts.
+    """
     train = config.train
     device = resolve_device(train.device)
     check(config, device)
+    folder = RunFolder(train.run_dir)
+    checkpoint = folder.resume_from(KIND) if resume else None
     torch.manual_seed(train.seed)
     train_text, val_text = split_text(load_corpus(config.data), config.data.val_fraction)
-    vocab = char_vocab(train_text)
+    vocab = char_vocab(train_text) if checkpoint is None else Vocab.from_dict(checkpoint["vocab"])
     val_ids = torch.tensor(vocab.encode(list(val_text)))
     model = build(config, len(vocab)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
@@ -145,21 +159,25 @@ def fit(config: LMConfig, log=print) -> Path:
     if train.ema_decay is not None:
         multi_avg_fn = torch.optim.swa_utils.get_ema_multi_avg_fn(train.ema_decay)
         ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=multi_avg_fn)
-    folder = RunFolder(train.run_dir)
-    folder.start(config, {"vocab": vocab})
+    scaler = grad_scaler(device, train.amp)
     data = streams(torch.tensor(vocab.encode(list(train_text))), train.batch_size).to(device)
     progress = Progress(steps_per_epoch=math.ceil((data.size(1) - 1) / train.seq_len))
+    state = None
+    if checkpoint is not None:
+        state = resume_state(checkpoint, folder.last, model, ema, optimizer, scaler, progress, device)
+        log(f"resuming {folder.last} at step {progress.step}")
+    folder.start(config, {"vocab": vocab}, None if checkpoint is None else progress.row()["epoch"])
     parameters = sum(p.numel() for p in model.parameters())
     log(
         f"{len(train_text):,} training / {len(val_text):,} validation characters, vocabulary {len(vocab)}, "
         f"{parameters / 1e6:.2f} M parameters, {progress.steps_per_epoch} steps per epoch, device {device}"
     )
     quick_val = val_ids[: train.eval_chars] if train.eval_chars else val_ids
-    scaler = grad_scaler(device, train.amp)
     model.train()
-    last_eval, state, done = 0.0, None, False
+    done = finished(train, progress)
     while not done:
-        for inputs, targets in chunks(data, train.seq_len):
+        position = progress.step % progress.steps_per_epoch  # a resumed run starts mid-pass
+        for inputs, targets in itertools.islice(chunks(data, train.seq_len), position, None):
             start = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = train.learning_rate * lr_factor(train, progress.step, progress.elapsed)
@@ -172,27 +190,79 @@ def fit(config: LMConfig, log=print) -> Path:
             progress.step += 1
             progress.chars += targets.numel()
             check_loss(value, f"step {progress.step}")
-            out_of_time = train.max_minutes is not None and progress.elapsed >= 60 * train.max_minutes
-            done = out_of_time or (train.max_steps is not None and progress.step >= train.max_steps)
+            if progress.step % progress.steps_per_epoch == 0:
+                state = None  # a new pass over the streams starts from zero state
+            done = finished(train, progress)
             if done:
                 break
-            if progress.elapsed - last_eval >= 60 * train.eval_every_minutes:
-                validate(folder, progress, model, ema, quick_val, device, config, vocab, log, final=False)
-                last_eval = progress.elapsed
-        state = None  # a new pass over the streams starts from zero state
-    validate(folder, progress, model, ema, val_ids, device, config, vocab, log, final=True)
+            if progress.elapsed - progress.last_eval >= 60 * train.eval_every_minutes:
+                progress.last_eval = progress.elapsed
+                run = Run(folder, model, ema, optimizer, scaler, state, device, config, vocab)
+                validate(run, progress, quick_val, log, final=False)
+    validate(Run(folder, model, ema, optimizer, scaler, state, device, config, vocab), progress, val_ids, log, True)
     return folder.best
 
 
-def validate(folder: RunFolder, progress: Progress, model, ema, ids, device, config, vocab, log, final: bool) -> dict:
+def finished(train: LMTrainConfig, progress: Progress) -> bool:
+    """Whether the run has spent its budget: train.max_minutes of training or train.max_steps."""
+    out_of_time = train.max_minutes is not None and progress.elapsed >= 60 * train.max_minutes
+    return out_of_time or (train.max_steps is not None and progress.step >= train.max_steps)
+
+
+def resume_state(checkpoint: dict, path: Path, model, ema, optimizer, scaler, progress: Progress, device):
+    """Restore what last.pt holds of a run into the new run's objects; return the carried recurrent state."""
+    if "resume" not in checkpoint:
+        raise CheckpointError(f"{path} holds no state to resume from (an older captioner wrote it); train afresh")
+    saved = checkpoint["resume"]
+    load_weights(model, saved["model"] if ema is not None else checkpoint["model"], path)
+    if ema is not None:
+        ema.load_state_dict(saved["ema"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if scaler is not None and saved["scaler"] is not None:
+        scaler.load_state_dict(saved["scaler"])
+    set_random_state(saved["rng"], device)
+    for key in ("step", "elapsed", "chars", "running", "last_eval"):
+        setattr(progress, key, saved[key])
+    return None if saved["state"] is None else tuple(s.to(device) for s in saved["state"])
+
+
+@dataclass
+class Run:
+    """What a validation scores and saves: the run folder, the model and everything needed to resume it."""
+
+    folder: RunFolder
+    model: CharLM
+    ema: torch.optim.swa_utils.AveragedModel | None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    state: State | None  # the recurrent state carried into the next chunk
+    device: torch.device
+    config: LMConfig
+    vocab: Vocab
+
+    def resume(self, progress: Progress) -> dict:
+        """The checkpoint's "resume" entry: what fit(resume=True) restores."""
+        return {
+            "model": self.model.state_dict() if self.ema is not None else None,  # else the checkpoint's weights
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": random_state(self.device),
+            "state": None if self.state is None else [s.cpu() for s in self.state],
+            **{key: getattr(progress, key) for key in ("step", "elapsed", "chars", "running", "last_eval")},
+        }
+
+
+def validate(run: Run, progress: Progress, ids: Tensor, log, final: bool) -> dict:
     """Score the held-out ids, log a line and a metrics row, write last.pt (and best.pt at the end)."""
+    model, ema, device = run.model, run.ema, run.device
     saved = model if ema is None else ema.module
     nats, scored = nats_per_char(saved, ids, device)
     row = {**progress.row(), "val_nats": nats, "val_bits": nats / math.log(2), "val_chars": scored}
     row["chars_per_s"] = progress.chars / progress.elapsed if progress.elapsed else 0.0
     if ema is not None:
         row["val_nats_raw"] = nats_per_char(model, ids, device)[0]  # the trained weights, not their average
-    folder.log_metrics(row)
+    run.folder.log_metrics(row)
     which = f"{scored:,} of the {'' if final else 'first '}{ids.numel():,}"
     log(
         f"step {progress.step} ({row['epoch']:.2f} epochs, {progress.elapsed / 60:.1f} min): train "
@@ -203,13 +273,14 @@ def validate(folder: RunFolder, progress: Progress, model, ema, ids, device, con
     payload = {
         "kind": KIND,
         "model": saved.state_dict(),
-        "config": config.to_dict(),
-        "vocab": vocab.to_dict(),
+        "config": run.config.to_dict(),
+        "vocab": run.vocab.to_dict(),
         "step": progress.step,
         "elapsed": progress.elapsed,
         "val_nats": nats,
+        "resume": run.resume(progress),
     }
-    folder.save(payload, best=final)
+    run.folder.save(payload, best=final)
     return row
 
 
