@@ -79,6 +79,18 @@ class TrainConfig:
     eval_batch_size: int = 128
 
 
+@dataclass
+class DecodeConfig:
+    """How captions are decoded by `caption`, `evaluate` and validation (the beam size and length are theirs)."""
+
+    length_norm: str = "gnmt"  # rank beam hypotheses by score / penalty(length): none, gnmt (alpha) or mean
+    alpha: float = 0.0  # gnmt's exponent: ((5 + length) / 6) ** alpha; 0 = summed log-probabilities
+    min_len: int = 1  # words before a caption may end
+    end_rule: bool = True  # end only after a word that ends some training caption (learnt with the model)
+    no_repeat_word: bool = True  # no word twice in a row
+    no_repeat_ngram: int = 3  # no n-gram twice in a caption (0: allowed)
+
+
 class Sections:
     """A top-level config of section dataclasses: to and from nested dicts (YAML, checkpoints)."""
 
@@ -97,6 +109,7 @@ class Config(Sections):
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
 
 
 # ---------------------------------------------------------------- the character-level language model

@@ -20,11 +20,98 @@ StepFn = Callable[[Tensor, Any], tuple[Tensor, Any, Tensor | None]]
 
 @dataclass
 class Generation:
-    """Decoded sequences: token ids without start/EOS, the score of each, and per-token traces if any."""
+    """Decoded sequences: token ids without start/EOS, the score of each, and per-token traces if any.
+
+    Scores are sums of log-probabilities, the ending's (EOS) included when there is one; beam search
+    divides them by its length normalisation (Norm). candidates holds, for beam search with n_best > 1,
+    each input's n best (tokens, score) pairs, best first.
+    """
 
     tokens: list[list[int]]
-    scores: Tensor  # (B,) sum of log-probabilities (divided by the length penalty for beam search)
+    scores: Tensor  # (B,)
     traces: list[Tensor] | None  # per sequence (len_i, ...): the trace of the step that emitted each token
+    candidates: list[list[tuple[list[int], float]]] | None = None
+
+
+@dataclass(frozen=True)
+class Norm:
+    """How beam search ranks hypotheses of different lengths: by score / penalty(length), the length
+    counting the ending. "none": the summed log-probability (short captions win); "gnmt": divided by
+    ((5 + length) / 6) ** alpha (Wu et al. 2016, eq. 14; alpha 0 is "none"); "mean": the mean per token."""
+
+    kind: str = "none"
+    alpha: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in ("none", "gnmt", "mean"):
+            raise ValueError(f"length normalisation must be none, gnmt or mean, not {self.kind!r}")
+
+    def penalty(self, lengths: Tensor | int) -> Tensor:
+        lengths = torch.as_tensor(lengths, dtype=torch.float32)
+        if self.kind == "gnmt":
+            return ((5.0 + lengths) / 6.0) ** self.alpha
+        if self.kind == "mean":
+            return lengths
+        return torch.ones_like(lengths)
+
+
+SUMMED = Norm()  # hypotheses ranked by their summed log-probabilities
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Sentence-level constraints on what may be generated, for greedy decoding, sampling and beam search.
+
+    can_end (V,) bool: the words after which the sequence may end (for captions: the words that end some
+    training caption); min_len: words before the end; no_repeat_word: no word twice in a row;
+    no_repeat_ngram: no n-gram twice (3: trigrams; 0: off); never: tokens never generated. The length
+    limit is a rule too: a sequence ends within max_len words, so its last word must be one that may end
+    it. When the rules leave a sequence no token at all, the repeat rules give way first, then the ending
+    rule (and the sequence ends).
+    """
+
+    can_end: Tensor | None = None
+    min_len: int = 0
+    no_repeat_word: bool = False
+    no_repeat_ngram: int = 0
+    never: tuple[int, ...] = ()  # tokens never generated (a captioner's PAD and BOS)
+
+    def banned(self, words: Tensor, vocab_size: int, eos_id: int, max_len: int) -> Tensor:
+        """(N, V) bool: the tokens that may not come next after words (N, t), the t words so far."""
+        n, t = words.shape
+        device = words.device
+        hard = torch.zeros(n, vocab_size, dtype=torch.bool, device=device)
+        hard[:, list(self.never)] = True
+        if t >= max_len:  # the limit: only the ending is left
+            hard[:] = True
+            hard[:, eos_id] = False
+        else:
+            may_end = torch.full((n,), t > 0 and t >= self.min_len, device=device)
+            if self.can_end is not None:
+                can_end = self.can_end.to(device)
+                if t > 0:
+                    may_end &= can_end[words[:, -1]]
+                if t == max_len - 1:  # the last word: one that the sequence may end after
+                    hard |= ~can_end
+            hard[:, eos_id] = ~may_end
+        soft = torch.zeros_like(hard)
+        if self.no_repeat_word and t > 0:
+            soft.scatter_(1, words[:, -1:], True)
+        k = self.no_repeat_ngram
+        if k > 1 and t >= k - 1:
+            # every earlier position where the last k-1 words occurred: the word after it is banned
+            tail = words[:, t - k + 1 :]  # (N, k-1)
+            windows = words.unfold(1, k - 1, 1)[:, : t - k + 1]  # (N, t-k+1, k-1): windows followed by a word
+            seen = (windows == tail.unsqueeze(1)).all(dim=2)  # (N, t-k+1)
+            following = words[:, k - 1 :]  # (N, t-k+1): the word after each window
+            soft.scatter_(1, following.masked_fill(~seen, eos_id), seen.to(torch.bool))
+            soft[:, eos_id] = False
+        banned = hard | soft
+        stuck = banned.all(dim=1)
+        banned[stuck] = hard[stuck]  # the repeat rules give way
+        stuck = banned.all(dim=1)
+        banned[stuck, eos_id] = False  # and then the ending rule: the sequence ends here
+        return banned
 
 
 def select_rows(state: Any, index: Tensor) -> Any:
@@ -59,24 +146,32 @@ def sample(
     temperature: float = 1.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
+    rules: Rules | None = None,
 ) -> Generation:
-    """Sample up to max_len tokens per row; temperature 0 is greedy decoding.
+    """Sample up to max_len tokens per row, then the ending (with an eos_id); temperature 0 is greedy.
 
-    start_tokens (B,) is fed first (BOS, or the last character of a prime). Scores are the model's
-    log-probabilities of the chosen tokens, before temperature.
+    start_tokens (B,) is fed first (BOS, or the last character of a prime). With an eos_id the rules
+    apply (Rules(): no empty sequence, and one still running after max_len tokens ends there, its score
+    paying for the ending). Scores are the model's log-probabilities of the chosen tokens, before
+    temperature and rules.
     """
     B = start_tokens.size(0)
     tokens = start_tokens
     finished = torch.zeros(B, dtype=torch.bool, device=tokens.device)
     scores = torch.zeros(B, device=tokens.device)
     chosen, traces = [], []
-    for _ in range(max_len):
+    rules = rules or Rules()
+    for _ in range(max_len + 1 if eos_id is not None else max_len):
         logits, state, trace = step_fn(tokens, state)
-        log_probs = F.log_softmax(logits.float(), dim=-1)  # (B, V)
+        logits = logits.float()
+        log_probs = F.log_softmax(logits, dim=-1)  # (B, V)
+        if eos_id is not None:
+            words = torch.stack(chosen, dim=1) if chosen else tokens.new_zeros(B, 0)
+            logits = logits.masked_fill(rules.banned(words, logits.size(-1), eos_id, max_len), float("-inf"))
         if temperature <= 0:
-            next_tokens = log_probs.argmax(dim=-1)
+            next_tokens = logits.argmax(dim=-1)
         else:
-            scaled = logits.float() / temperature
+            scaled = logits / temperature
             if top_k is not None and top_k < scaled.size(-1):
                 kth = scaled.topk(top_k, dim=-1).values[:, -1:]
                 scaled = scaled.masked_fill(scaled < kth, float("-inf"))
@@ -99,14 +194,11 @@ def sample(
     return Generation(token_lists, scores, cut_traces)
 
 
-def greedy(step_fn: StepFn, state: Any, start_tokens: Tensor, max_len: int, eos_id: int | None = None) -> Generation:
-    """Take the most likely token at every step."""
-    return sample(step_fn, state, start_tokens, max_len, eos_id, temperature=0.0)
-
-
-def length_penalty(lengths: Tensor, alpha: float) -> Tensor:
-    """GNMT length penalty ((5 + length) / 6) ** alpha (Wu et al. 2016); alpha 0 leaves scores as sums."""
-    return ((5.0 + lengths.float()) / 6.0) ** alpha
+def greedy(
+    step_fn: StepFn, state: Any, start_tokens: Tensor, max_len: int, eos_id: int | None = None, rules=None
+) -> Generation:
+    """Take the most likely token (that the rules allow) at every step."""
+    return sample(step_fn, state, start_tokens, max_len, eos_id, temperature=0.0, rules=rules)
 
 
 @torch.no_grad()
@@ -117,65 +209,83 @@ def beam_search(
     beam_size: int,
     max_len: int,
     eos_id: int,
-    alpha: float = 0.0,
+    norm: Norm = SUMMED,
+    rules: Rules | None = None,
+    n_best: int = 1,
 ) -> Generation:
-    """Beam search for B inputs at once, as one batch of B x K rows.
+    """Beam search for B inputs at once, as one batch of B x K live hypotheses.
 
     `state` must already hold K copies of each input's state, input b at rows b*K .. b*K+K-1 (the
-    step function's constant inputs may be shared, as AttendedMemory is). start_tokens is (B,). A beam that emits EOS
-    is finished: it keeps its score and its slot. At the end each input's beams are ranked by
-    score / length_penalty(length, alpha), length counting EOS, and the best is returned.
+    step function's constant inputs may be shared, as AttendedMemory is). start_tokens is (B,).
+
+    At every step the 2K best extensions of the live hypotheses are looked at: those that end (EOS)
+    join the input's finished list, ranked by norm (score / penalty(length), the ending counted), and
+    the K best that go on are the new live beam, so an ended hypothesis never holds a slot. A
+    hypothesis still running after max_len words must end (Rules), paying for the ending. An input is
+    done when it has n_best finished hypotheses and no live one can still beat the worst of them: log-
+    probabilities only add up below zero, so a live score s can at best end as s / penalty at the most
+    favourable length. The result is each input's best (and with n_best > 1 its n best, as candidates).
     """
-    B, K = start_tokens.size(0), beam_size
+    B, K, N = start_tokens.size(0), beam_size, n_best
     device = start_tokens.device
+    rules = rules or Rules()
     tokens = start_tokens.repeat_interleave(K)  # (B*K,)
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one so the first step does not pick K copies
-    finished = torch.zeros(B, K, dtype=torch.bool, device=device)
-    lengths = torch.zeros(B, K, dtype=torch.long, device=device)
+    words = torch.zeros(B, K, 0, dtype=torch.long, device=device)  # the live hypotheses' words
+    paths: Tensor | None = None  # (B, K, t, ...): their traces
+    done_scores = torch.full((B, N), float("-inf"), device=device)  # the finished, normalised, best first
+    done_words = torch.full((B, N, max_len), eos_id, dtype=torch.long, device=device)
+    done_paths: Tensor | None = None
     offsets = torch.arange(B, device=device).unsqueeze(1) * K  # (B, 1)
-    words_history, parents_history, traces_history = [], [], []
-    for _ in range(max_len):
+    best_penalty = torch.maximum(norm.penalty(1), norm.penalty(max_len + 1))  # at the most favourable length
+    for t in range(max_len + 1):
         logits, state, trace = step_fn(tokens, state)
         V = logits.size(-1)
-        log_probs = F.log_softmax(logits.float(), dim=-1).view(B, K, V)
-        # A finished beam has a single continuation, EOS at no cost, so it keeps its score.
-        done_row = torch.full((V,), float("-inf"), device=device)
-        done_row[eos_id] = 0.0
-        log_probs = torch.where(finished.unsqueeze(-1), done_row, log_probs)
-        candidates = (scores.unsqueeze(-1) + log_probs).view(B, K * V)
-        scores, flat = candidates.topk(K, dim=1)  # (B, K)
-        parents = torch.div(flat, V, rounding_mode="floor")
-        words = flat % V
-        parent_finished = finished.gather(1, parents)
-        finished = parent_finished | (words == eos_id)
-        lengths = lengths.gather(1, parents) + (~parent_finished).long()
-        rows = (offsets + parents).view(-1)  # (B*K,)
-        state = select_rows(state, rows)
-        words_history.append(words)
-        parents_history.append(parents)
+        banned = rules.banned(words.view(B * K, t), V, eos_id, max_len).view(B, K, V)
+        log_probs = F.log_softmax(logits.float(), dim=-1).view(B, K, V).masked_fill(banned, float("-inf"))
+        top, flat = (scores.unsqueeze(-1) + log_probs).view(B, K * V).topk(min(2 * K, K * V), dim=1)
+        parents, new = torch.div(flat, V, rounding_mode="floor"), flat % V
+        ends = (new == eos_id) & top.isfinite()
+        seq = torch.cat([words.gather(1, parents.unsqueeze(-1).expand(-1, -1, t)), new.unsqueeze(-1)], dim=2)
         if trace is not None:
-            traces_history.append(
-                trace.view(B, K, *trace.shape[1:]).gather(
-                    1, parents.view(B, K, *([1] * (trace.dim() - 1))).expand(B, K, *trace.shape[1:])
-                )
-            )
-        tokens = words.view(-1)
-        if bool(finished.all()):
+            trace = trace.view(B, K, *trace.shape[1:])
+            step_trace = _gather_beams(trace, parents).unsqueeze(2)
+            seq_paths = step_trace if paths is None else torch.cat([_gather_beams(paths, parents), step_trace], 2)
+        if bool(ends.any()):
+            ended = torch.where(ends, top / norm.penalty(t + 1), float("-inf"))  # (B, 2K)
+            pool = torch.cat([done_scores, ended], dim=1)
+            done_scores, pick = pool.topk(N, dim=1)
+            padded = F.pad(seq, (0, max_len - t - 1), value=eos_id)[:, :, :max_len]
+            done_words = _gather_beams(torch.cat([done_words, padded], dim=1), pick)
+            if trace is not None:
+                if done_paths is None:
+                    done_paths = seq_paths.new_zeros(B, N, max_len + 1, *seq_paths.shape[3:])
+                padded = F.pad(seq_paths, (0, 0) * (seq_paths.dim() - 3) + (0, max_len - t))
+                done_paths = _gather_beams(torch.cat([done_paths, padded], dim=1), pick)
+        going = torch.where(ends, float("-inf"), top)
+        scores, keep = going.topk(K, dim=1)  # (B, K)
+        words = seq.gather(1, keep.unsqueeze(-1).expand(-1, -1, t + 1))
+        if trace is not None:
+            paths = _gather_beams(seq_paths, keep)
+        parents = parents.gather(1, keep)
+        state = select_rows(state, (offsets + parents).view(-1))
+        tokens = words[:, :, -1].reshape(-1)
+        bound = scores.max(dim=1).values / best_penalty  # the best any live hypothesis can still end with
+        if bool(((done_scores[:, -1] >= bound) | ~bound.isfinite()).all()):
             break
-    final = scores / length_penalty(lengths, alpha)
-    best = final.argmax(dim=1)  # (B,)
-    # Backtrack from the best beam of each input through the parent pointers.
-    steps = len(words_history)
-    beam = best.clone()
-    picked_words, picked_traces = [], []
-    arange = torch.arange(B, device=device)
-    for t in reversed(range(steps)):
-        picked_words.append(words_history[t][arange, beam])
-        if traces_history:
-            picked_traces.append(traces_history[t][arange, beam])
-        beam = parents_history[t][arange, beam]
-    rows_out = torch.stack(picked_words[::-1], dim=1)  # (B, steps)
-    traces = torch.stack(picked_traces[::-1], dim=1) if picked_traces else None
-    token_lists, cut_traces = _cut(rows_out, traces, eos_id)
-    return Generation(token_lists, final[arange, best], cut_traces)
+    rows = done_words[:, 0]  # (B, max_len), EOS-padded
+    token_lists, cut_traces = _cut(rows, done_paths[:, 0] if done_paths is not None else None, eos_id)
+    candidates = None
+    if N > 1:
+        candidates = [
+            [(_cut(done_words[b, n : n + 1], None, eos_id)[0][0], float(done_scores[b, n])) for n in range(N)]
+            for b in range(B)
+        ]
+        candidates = [[c for c in row if c[1] > float("-inf")] for row in candidates]
+    return Generation(token_lists, done_scores[:, 0], cut_traces, candidates)
+
+
+def _gather_beams(values: Tensor, index: Tensor) -> Tensor:
+    """values (B, K, ...), index (B, J) -> (B, J, ...): the hypotheses index picks, per input."""
+    return values.gather(1, index.view(*index.shape, *([1] * (values.dim() - 2))).expand(-1, -1, *values.shape[2:]))

@@ -30,13 +30,16 @@ class ImageCaption:
     image: str  # the file's path, or "image N" for a picture given in memory
     caption: str
     words: list[str]
-    score: float  # the caption's summed log-probability
+    score: float  # the caption's log-probability, its ending included (beam search: length-normalised)
     attention: Tensor  # (len(words), P): the map over the P grid cells of the step that emitted each word
     attention_png: str | None = None  # the drawn maps, when an attention_dir was given
+    candidates: list[tuple[str, float]] | None = None  # with n_best > 1: the n best (caption, score), best first
 
     def to_dict(self) -> dict:
         """What `captioner caption --json` prints for the picture."""
         entry = {"image": self.image, "caption": self.caption, "score": round(self.score, 4)}
+        if self.candidates:
+            entry["candidates"] = [{"caption": c, "score": round(s, 4)} for c, s in self.candidates]
         if self.attention_png:
             entry["attention"] = self.attention_png
         return entry
@@ -57,16 +60,22 @@ def caption_images(
     attention_dir: str | Path | None = None,
     device: str = "auto",
     on_error: Callable[[ImageLoadError], None] | None = None,
+    decode: dict | None = None,
+    n_best: int = 1,
 ) -> Iterator[ImageCaption]:
     """Caption pictures (files or PIL images) batch by batch, yielding each result as soon as its batch is
     done (list() it to keep them all).
 
     checkpoint: None for the default model (the README's demo). attention_dir: also draw every word's
     attention map into DIR/NAME.attention.png. A file that cannot be read raises ImageLoadError, or, with
-    on_error, is passed to it and skipped.
+    on_error, is passed to it and skipped. Captions are decoded with the checkpoint's decode settings
+    (config.DecodeConfig: length normalisation, sentence rules), the keys in decode replaced; n_best > 1
+    also returns each picture's n best captions (beam search, at least n_best wide).
     """
     device = resolve_device(device)
     model, config, vocab = captioning.restore(checkpoint, device)
+    settings = captioning.decode_settings(config, decode)
+    beam_size = max(beam_size, n_best)
     transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
     if attention_dir:
         Path(attention_dir).mkdir(parents=True, exist_ok=True)
@@ -85,12 +94,14 @@ def caption_images(
             continue
         batch = torch.stack([transform(image) for _, image in loaded]).to(device)
         with torch.no_grad():
-            generation = model.generate(batch, beam_size=beam_size, max_len=max_len)
-        for (name, image), ids, trace, score in zip(
-            loaded, generation.tokens, generation.traces, generation.scores.tolist(), strict=True
+            generation = model.generate(batch, beam_size, max_len, settings, n_best)
+        for i, ((name, image), ids, trace, score) in enumerate(
+            zip(loaded, generation.tokens, generation.traces, generation.scores.tolist(), strict=True)
         ):
             words = vocab.decode(ids)
             result = ImageCaption(name, detokenize(words), words, score, trace.float().cpu())
+            if generation.candidates is not None:
+                result.candidates = [(detokenize(vocab.decode(c)), s) for c, s in generation.candidates[i]]
             if attention_dir:
                 stem = Path(name).stem if not name.startswith("image ") else name.replace(" ", "_")
                 while stem in used_names:  # two inputs with the same file name

@@ -8,7 +8,10 @@ Rows (random weights and random inputs: speed does not depend on what the weight
                         feature-cache file (memory-mapped), the cached caption set, the epoch sampler, padding
                         collation and the DataLoader, then forward, backward, clipping, AdamW over one epoch
                         of captions whose lengths follow the recipe's data
-  train, fine-tuning    joint training on images: the CNN runs, its last stages train
+  train, fine-tuning    joint training on images, as `captioner train` runs it once the backbone's last stages
+                        train: an epoch of image files in the recipe's format and size (random pixels), each
+                        decoded, resized and normalised by the CaptionTrainingSet in the DataLoader, one
+                        caption each with the recipe's word counts; the CNN runs forward and backward
   caption, cached grids beam search (beam 1 = greedy) over 20 words from cached grids
   caption, images       the same with the CNN run on the images first
 through the package's own code (tasks.captioning.train_one_epoch, Captioner.generate). Each row runs in a fresh
@@ -17,11 +20,11 @@ included), torch.cuda.max_memory_allocated on a GPU. Throughput is the median of
 after a warm-up. A training sample is one image with one caption, so for training images/s = captions/s.
 
 Recipes: coco is the COCO recipe's shapes (configs/coco_resnet101.yaml: ResNet-101 at 256 px, a 14 x 14
-grid of 2048 features, widths 512, a 10,000-word vocabulary, batch 32; training captions of 8 to 16 words,
-mean 10.7, standing in for COCO's; the other rows 22 tokens); cpu is the README demo's (configs/stamps.yaml:
-EfficientNet-Lite0 at 224 px, a 7 x 7 grid of 1280, LSTM 512, embeddings and attention 256, 1,000 words,
-batch 32; training captions with the word counts of the stamps' 756 training captions, mean 4.0 words,
-cut at 20 as the recipe cuts them; the other rows 12 tokens).
+grid of 2048 features, widths 512, a 10,000-word vocabulary, batch 32 (8 when fine-tuning on a CPU);
+training captions of 8 to 16 words, mean 10.7, standing in for COCO's; 640 x 480 JPEGs); cpu is the README
+demo's (configs/stamps.yaml: EfficientNet-Lite0 at 224 px, a 7 x 7 grid of 1280, LSTM 512, embeddings and
+attention 256, 1,000 words, batch 32; training captions with the word counts of the stamps' 756 training
+captions, mean 4.0 words, cut at 20 as the recipe cuts them; 256 x 256 PNGs).
 """
 
 from __future__ import annotations
@@ -49,23 +52,23 @@ RECIPES = {
         "decoder": {"embed_dim": 512, "hidden_dim": 512, "attention_dim": 512},
         "image_size": 256,
         "vocab": 10_000,
-        "tokens": 22,
         "batch": 32,
         "fine_tune_batch": {"cpu": 8, "cuda": 32},
         # words per training caption: count (of 100)
         "lengths": {8: 12, 9: 20, 10: 22, 11: 16, 12: 11, 13: 8, 14: 5, 15: 3, 16: 3},
         "max_caption_len": 30,  # data.max_caption_len: longer training captions are cut
+        "files": ("jpg", (640, 480)),  # the training images: COCO's are JPEGs of about 640 x 480
     },
     "cpu": {
         "encoder": {"backbone": "efficientnet_lite0", "weights": None, "grid_size": 7, "fine_tune_stages": 2},
         "decoder": {"embed_dim": 256, "hidden_dim": 512, "attention_dim": 256},
         "image_size": 224,
         "vocab": 1_000,
-        "tokens": 12,
         "batch": 32,
         "fine_tune_batch": {"cpu": 32, "cuda": 32},
         "lengths": STAMPS_LENGTHS,
         "max_caption_len": 20,
+        "files": ("png", (256, 256)),  # the stamps: 256 x 256 RGB PNGs
     },
 }
 TASKS = {  # command-line name: the name in the table
@@ -76,6 +79,7 @@ TASKS = {  # command-line name: the name in the table
 }
 MAX_WORDS = 20  # captioning rows: beam search over this many steps
 IMAGES = 768  # training from cached grids: an epoch of this many images, one caption each (the stamps: 756)
+FINE_TUNE_BATCHES = 8  # fine-tuning: an epoch of this many batches of image files
 
 
 @dataclass
@@ -109,10 +113,19 @@ def _build(recipe: dict, device, fine_tune: bool):
     return model, config
 
 
+def _captions(recipe: dict, count: int) -> list[list[int]]:
+    """count captions' word ids, their lengths drawn from the recipe's data and cut as the recipe cuts them."""
+    import random
+
+    rng = random.Random(0)
+    lengths = rng.choices(list(recipe["lengths"]), weights=list(recipe["lengths"].values()), k=count)
+    lengths = [min(n, recipe["max_caption_len"]) for n in lengths]  # as CaptionTrainingSet cuts them
+    return [[rng.randrange(4, recipe["vocab"]) for _ in range(n)] for n in lengths]  # ids 0-3: PAD BOS EOS UNK
+
+
 def _cached_loader(recipe: dict, config, grid: tuple[int, int], device, work: Path):
     """The training loader `captioner train` builds over a feature cache, for IMAGES random fp16 grids
     written to a cache file and one caption per image with the recipe's word counts."""
-    import random
     from types import SimpleNamespace
 
     import numpy as np
@@ -130,11 +143,42 @@ def _cached_loader(recipe: dict, config, grid: tuple[int, int], device, work: Pa
         grids[start : start + 32] = rng.standard_normal((min(32, IMAGES - start), *grid), dtype=np.float32)
     grids.flush()
     del grids
-    lengths = random.Random(0).choices(list(recipe["lengths"]), weights=list(recipe["lengths"].values()), k=IMAGES)
-    lengths = [min(n, recipe["max_caption_len"]) for n in lengths]  # as CaptionTrainingSet cuts them
-    words = [rng.integers(4, recipe["vocab"], n).tolist() for n in lengths]  # ids 0-3 are PAD, BOS, EOS, UNK
-    items = [(i, torch.tensor([Vocab.bos_id, *ids, Vocab.eos_id])) for i, ids in enumerate(words)]
+    items = [(i, torch.tensor([Vocab.bos_id, *ids, Vocab.eos_id])) for i, ids in enumerate(_captions(recipe, IMAGES))]
     dataset = CachedCaptionSet(SimpleNamespace(items=items), np.load(path, mmap_mode="r"))
+    return training_loader(dataset, config, device, SINGLE)
+
+
+def _image_loader(recipe: dict, config, model, device, work: Path):
+    """The training loader `captioner train` builds over image files while the backbone fine-tunes: an
+    epoch of FINE_TUNE_BATCHES batches of image files like the recipe's (random pixels, saved in its
+    format and size), decoded, resized and normalised by the CaptionTrainingSet, one caption each."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from captioner.data.images import ImageTransform
+    from captioner.data.loaders import training_loader
+    from captioner.data.manifest import CaptionTrainingSet, ImageRecord
+    from captioner.distributed import SINGLE
+    from captioner.vocab import Vocab
+
+    suffix, (width, height) = recipe["files"]
+    count = FINE_TUNE_BATCHES * config.train.batch_size
+    rng = np.random.default_rng(0)
+    records = []
+    for i, ids in enumerate(_captions(recipe, count)):
+        path = work / f"{i:05d}.{suffix}"
+        pixels = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)  # smooth, like a photo
+        Image.fromarray(pixels).resize((width, height), Image.BILINEAR).save(path)
+        records.append(ImageRecord(path, "train", [" ".join(f"w{n}" for n in ids)]))
+    vocab = Vocab([f"w{n}" for n in range(4, recipe["vocab"])])
+    data, encoder = config.data, model.encoder
+    transform = ImageTransform(
+        size=data.image_size, mean=encoder.mean, std=encoder.std, crop=data.train_crop, hflip=data.hflip
+    )
+    dataset = CaptionTrainingSet(records, vocab, transform, data.max_caption_len, config.train.seed)
+    assert len(vocab) == recipe["vocab"] and all(ids.numel() > 2 for _, ids in dataset.items), "bad captions"
+    torch.manual_seed(0)
     return training_loader(dataset, config, device, SINGLE)
 
 
@@ -172,9 +216,13 @@ def _measure_in(
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    if task == "train, cached grids":
+    if task.startswith("train"):
         config.train.amp, config.train.batch_size = amp, batch
-        loader = _cached_loader(recipe, config, grid, device, work)
+        config.data.max_caption_len = recipe["max_caption_len"]
+        if task == "train, cached grids":
+            loader = _cached_loader(recipe, config, grid, device, work)
+        else:
+            loader = _image_loader(recipe, config, model, device, work)
         optimizer = build_optimizer(model, config)
         scheduler = build_scheduler(optimizer, config.train, 100)
         epochs = iter(range(10_000))
@@ -185,21 +233,6 @@ def _measure_in(
             return len(loader)
 
         run()  # warm-up
-        unit = "captions/s"
-    elif task.startswith("train"):
-        config.train.amp = amp
-        batches = [
-            (inputs(), torch.randint(4, recipe["vocab"], (batch, recipe["tokens"] + 1), device=device))
-            for _ in range(2)
-        ]
-        optimizer = build_optimizer(model, config)
-        scheduler = build_scheduler(optimizer, config.train, 100)
-        train_one_epoch(model, batches[:1], optimizer, scheduler, config.train, device)  # warm-up
-
-        def run():
-            train_one_epoch(model, batches, optimizer, scheduler, config.train, device)
-            return len(batches)
-
         unit = "captions/s"
     else:
         from captioner.training import autocast

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
-from captioner.decoding import beam_search, greedy, sample
+from captioner.decoding import Norm, Rules, beam_search, greedy, sample
 from captioner.models.decoder import AttentionDecoder
 
 V, EOS, BOS = 12, 2, 1
@@ -34,8 +36,8 @@ def step_function(decoder, memory):
     return lambda tokens, state: decoder.step(tokens, state, attended)
 
 
-def decode(decoder, memory, beam_size, max_len=9, alpha=0.0):
-    return decoder.decode(memory, None, BOS, EOS, beam_size, max_len, alpha)
+def decode(decoder, memory, beam_size, max_len=9, alpha=0.0, rules=None, n_best=1):
+    return decoder.decode(memory, None, BOS, EOS, beam_size, max_len, Norm("gnmt", alpha), rules, n_best)
 
 
 def test_beam_one_equals_greedy():
@@ -68,9 +70,7 @@ def test_beam_score_is_the_sequence_log_probability():
         ids = torch.tensor([[BOS, *tokens, EOS]])
         logits, _ = decoder(memory[i : i + 1], ids[:, :-1])
         log_probs = torch.log_softmax(logits, -1)[0].gather(1, ids[0, 1:, None]).sum()
-        finished = len(tokens) < 20
-        if finished:
-            torch.testing.assert_close(result.scores[i], log_probs, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(result.scores[i], log_probs, rtol=1e-4, atol=1e-4)  # the ending paid for
 
 
 def test_beam_never_worse_than_greedy():
@@ -99,3 +99,151 @@ def test_top_k_one_is_greedy():
     start = torch.full((3,), BOS)
     top1 = sample(step, decoder.init_state(memory), start, 10, EOS, 2.0, 1, torch.Generator().manual_seed(0))
     assert top1.tokens == greedy(step, decoder.init_state(memory), start, 10, EOS).tokens
+
+
+# ---------------------------------------------------------------- beam search against exhaustive search
+
+
+class TableModel:
+    """A tiny language model: the next token's log-probabilities depend on the last two tokens, from a
+    random table; the state is the (N, 2) last two tokens. Small enough to search exhaustively."""
+
+    def __init__(self, vocab_size: int, seed: int):
+        generator = torch.Generator().manual_seed(seed)
+        self.logits = torch.randn(vocab_size, vocab_size, vocab_size, generator=generator) * 2.0
+        self.logits[:, :, BOS] = float("-inf")  # BOS is never generated
+        self.vocab_size = vocab_size
+
+    def step(self, tokens, state):
+        state = torch.stack([state[:, 1], tokens], dim=1)
+        return self.logits[state[:, 0], state[:, 1]], state, None
+
+    def start(self, n: int):
+        return torch.full((n, 2), BOS)
+
+    def log_prob(self, words: list[int]) -> float:
+        """log P(words, then EOS)."""
+        context, total = [BOS, BOS], 0.0
+        for token in [*words, EOS]:
+            total += torch.log_softmax(self.logits[context[0], context[1]], -1)[token].item()
+            context = [context[1], token]
+        return total
+
+
+def allowed(words: list[int], rules: Rules, max_len: int) -> bool:
+    """Whether a finished sequence obeys the rules (checked directly, not through Rules.banned)."""
+    if not 1 <= len(words) <= max_len or len(words) < rules.min_len:
+        return False
+    if rules.can_end is not None and not rules.can_end[words[-1]]:
+        return False
+    if rules.no_repeat_word and any(a == b for a, b in itertools.pairwise(words)):
+        return False
+    n = rules.no_repeat_ngram
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)] if n > 1 else []
+    return len(grams) == len(set(grams))
+
+
+def exhaustive(model: TableModel, norm: Norm, rules: Rules, max_len: int) -> tuple[list[int], float]:
+    """The best sequence of up to max_len words (no BOS or EOS among them) under norm, by brute force."""
+    words = [w for w in range(model.vocab_size) if w not in (BOS, EOS)]
+    best, best_score = None, float("-inf")
+    for length in range(1, max_len + 1):
+        for sequence in itertools.product(words, repeat=length):
+            if not allowed(list(sequence), rules, max_len):
+                continue
+            score = model.log_prob(list(sequence)) / norm.penalty(length + 1).item()
+            if score > best_score:
+                best, best_score = list(sequence), score
+    return best, best_score
+
+
+NORMS = [Norm(), Norm("gnmt", 0.7), Norm("gnmt", 2.0), Norm("mean"), Norm("gnmt", -0.5)]
+
+
+@pytest.mark.parametrize("norm", NORMS, ids=lambda n: f"{n.kind}-{n.alpha}")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_beam_wide_enough_finds_the_exhaustive_best(norm, seed):
+    """With a beam as wide as every prefix, beam search must return exactly the best sequence under the
+    length normalisation, over every sequence up to the length limit: what it keeps, drops, ends and
+    stops on is then all that can go wrong."""
+    V, max_len = 6, 4  # 4 words besides PAD... : ids 0 and 3 are words here, 1 is BOS, 2 is EOS
+    model = TableModel(V, seed)
+    rules = Rules(can_end=torch.tensor([True, False, False, True, False, True]), no_repeat_word=seed == 2)
+    plain = Rules()
+    for constraint in (plain, rules):
+        expected, score = exhaustive(model, norm, constraint, max_len)
+        result = beam_search(
+            model.step, model.start(4**max_len), torch.tensor([BOS]), 4**max_len, max_len, EOS, norm, constraint
+        )
+        assert result.tokens[0] == expected
+        assert result.scores[0].item() == pytest.approx(score, abs=1e-4)
+
+
+def test_the_n_best_are_the_exhaustive_n_best():
+    V, max_len = 5, 3
+    model = TableModel(V, 4)
+    words = [w for w in range(V) if w not in (BOS, EOS)]
+    every = [list(s) for n in range(1, max_len + 1) for s in itertools.product(words, repeat=n)]
+    norm = Norm("gnmt", 1.0)
+    ranked = sorted(every, key=lambda s: -model.log_prob(s) / norm.penalty(len(s) + 1).item())
+    result = beam_search(
+        model.step, model.start(3**max_len), torch.tensor([BOS]), 3**max_len, max_len, EOS, norm, n_best=5
+    )
+    assert [tokens for tokens, _ in result.candidates[0]] == ranked[:5]
+    scores = [score for _, score in result.candidates[0]]
+    assert scores == sorted(scores, reverse=True) and scores[0] == pytest.approx(result.scores[0].item())
+
+
+def test_an_ended_hypothesis_leaves_the_beam():
+    """A beam of 2 where after the first word ending is the best step: the old search kept that ending in
+    one of its two slots and searched on with the other only; now both slots go on, and both long
+    captions are found."""
+    logits = torch.full((6, 6, 6), -20.0)
+    logits[BOS, BOS, 0] = 0.0  # the first word is 0
+    logits[BOS, 0, EOS], logits[BOS, 0, 4], logits[BOS, 0, 5] = 0.0, -0.7, -0.8  # ending at once is likeliest
+    logits[0, 4, 3] = logits[0, 5, 3] = logits[4, 3, EOS] = logits[5, 3, EOS] = 0.0  # then sure paths
+    model = TableModel(6, 0)
+    model.logits = logits
+    result = beam_search(model.step, model.start(2), torch.tensor([BOS]), 2, 5, EOS, Norm("mean"), Rules(), n_best=3)
+    assert [tokens for tokens, _ in result.candidates[0]] == [[0], [0, 4, 3], [0, 5, 3]]  # mean: -0.33, -0.34, -0.37
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_no_decoding_ever_breaks_a_rule(seed):
+    """Property test: random decoders, random rules; greedy, sampled and beam captions obey them all."""
+    generator = torch.Generator().manual_seed(seed)
+    decoder, memory = make_decoder(), torch.randn(6, 5, 6, generator=generator)
+    with torch.no_grad():
+        for parameter in decoder.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator))
+    can_end = torch.rand(V, generator=generator) < 0.5
+    can_end[3 + torch.randperm(V - 3, generator=generator)[:5]] = True  # enough words to end on at the limit
+    max_len = int(torch.randint(3, 9, (1,), generator=generator))
+    min_len, n = (
+        int(torch.randint(1, 3, (1,), generator=generator)),
+        int(torch.randint(2, 4, (1,), generator=generator)),
+    )
+    rules = Rules(can_end, min_len, no_repeat_word=True, no_repeat_ngram=n, never=(0, BOS))
+    step = step_function(decoder, memory)
+    start = torch.full((6,), BOS)
+    results = [
+        greedy(step, decoder.init_state(memory), start, max_len, EOS, rules),
+        sample(step, decoder.init_state(memory), start, max_len, EOS, 1.5, None, generator, rules),
+        decode(decoder, memory, 3, max_len, 0.5, rules),
+        decode(decoder, memory, 1, max_len, 0.0, rules),
+    ]
+    for result in results:
+        for tokens in result.tokens:
+            assert not {0, BOS, EOS} & set(tokens)
+            assert allowed(tokens, rules, max_len), tokens
+
+
+def test_batched_beam_with_rules_equals_one_at_a_time():
+    decoder, memory = make_decoder("gru"), torch.randn(5, 4, 6)
+    rules = Rules(torch.tensor([i % 3 == 0 for i in range(V)]), 2, True, 3)
+    batched = decode(decoder, memory, 3, alpha=0.9, rules=rules, n_best=2)
+    for i in range(memory.size(0)):
+        single = decode(decoder, memory[i : i + 1], 3, alpha=0.9, rules=rules, n_best=2)
+        assert single.tokens[0] == batched.tokens[i]
+        assert [c for c, _ in single.candidates[0]] == [c for c, _ in batched.candidates[i]]
+        torch.testing.assert_close(single.traces[0], batched.traces[i], rtol=1e-5, atol=1e-6)

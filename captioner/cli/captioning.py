@@ -68,9 +68,14 @@ def caption(args: argparse.Namespace) -> int:
         args.attention_dir,
         args.device,
         on_error=skip,
+        decode=decode_overrides(args),
+        n_best=args.n_best,
     ):
         results.append(result.to_dict())
-        if not args.json:
+        if not args.json and result.candidates:
+            for rank, (text, score) in enumerate(result.candidates, 1):
+                print(f"{result.image}\t{rank}\t{score:.3f}\t{text}", flush=True)
+        elif not args.json:
             print(f"{result.image}\t{result.caption}", flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -104,11 +109,38 @@ def evaluate(args: argparse.Namespace) -> int:
         args.metrics,
         args.device,
         args.output,
+        decode=decode_overrides(args),
     )
     print(scores_table(report))
     if args.output:
         print(f"scores and captions: {args.output}")
     return 0
+
+
+def add_decoding(parser: argparse.ArgumentParser) -> None:
+    """How captions are decoded: the checkpoint's decode settings (config.DecodeConfig) unless given here."""
+    group = parser.add_argument_group("decoding (default: the checkpoint's decode settings)")
+    group.add_argument(
+        "--length-norm",
+        choices=["none", "gnmt", "mean"],
+        help="rank beam hypotheses by summed log-probability, GNMT's length penalty or mean log-probability",
+    )
+    group.add_argument("--alpha", type=float, help="the GNMT penalty's exponent (0: summed log-probability)")
+    group.add_argument("--min-len", type=int, help="words before a caption may end")
+    group.add_argument(
+        "--no-rules",
+        action="store_true",
+        help="switch off the sentence rules: a caption may then end after any word and repeat words and trigrams",
+    )
+
+
+def decode_overrides(args: argparse.Namespace) -> dict:
+    """The decode settings the command line replaces."""
+    overrides = {"length_norm": args.length_norm, "alpha": args.alpha, "min_len": args.min_len}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    if args.no_rules:
+        overrides.update(end_rule=False, no_repeat_word=False, no_repeat_ngram=0)
+    return overrides
 
 
 def add_commands(commands) -> None:
@@ -135,6 +167,13 @@ def add_commands(commands) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of IMAGE<TAB>CAPTION lines")
     parser.add_argument("--attention-dir", help="write IMAGE.attention.png with every word's attention map here")
+    parser.add_argument(
+        "--n-best",
+        type=positive_int,
+        default=1,
+        help="print the N best captions of each image with their scores (IMAGE, RANK, SCORE, CAPTION)",
+    )
+    add_decoding(parser)
     add_device(parser)
     parser.set_defaults(func=caption)
 
@@ -151,5 +190,6 @@ def add_commands(commands) -> None:
         help="all: BLEU (COCO toolkit and NLTK), METEOR, ROUGE-L, CIDEr-D (default); bleu: BLEU only, no Java",
     )
     parser.add_argument("--output", help="write every score and the captions beside their references as JSON")
+    add_decoding(parser)
     add_device(parser)
     parser.set_defaults(func=evaluate)

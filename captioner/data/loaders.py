@@ -46,6 +46,13 @@ def set_visual_words(model: Captioner, config: Config, manifest: Manifest, vocab
     model.decoder.set_visual_words(groups)
 
 
+def set_end_words(model: Captioner, manifest: Manifest, vocab: Vocab) -> None:
+    """Teach the model's decoder which words end a caption: the last word of every training caption (its
+    id in vocab, so <unk> if the word is rare), kept with the model for decoding.Rules."""
+    captions = (tokenize(c) for r in manifest.split("train") for c in r.captions)
+    model.decoder.set_end_words(sorted({vocab.stoi.get(words[-1], Vocab.unk_id) for words in captions if words}))
+
+
 class TrainingData:
     """The training and validation sets of each epoch: images, or cached grids while the backbone is frozen."""
 

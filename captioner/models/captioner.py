@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captioner.config import Config
-from captioner.decoding import Generation
+from captioner.config import Config, DecodeConfig
+from captioner.decoding import SUMMED, Generation, Norm, Rules
 from captioner.errors import ConfigError
 from captioner.models.decoder import AttentionDecoder
 from captioner.models.image_encoder import ImageEncoder
@@ -70,15 +70,37 @@ class Captioner(nn.Module):
         images: Tensor,
         beam_size: int = 1,
         max_len: int = 30,
-        alpha: float = 0.0,
-        bos_id: int = Vocab.bos_id,
-        eos_id: int = Vocab.eos_id,
+        decode: DecodeConfig | None = None,
+        n_best: int = 1,
     ) -> Generation:
-        """Caption images (B, 3, S, S) or cached grids (B, P, D): greedy for beam_size 1, else beam search.
+        """Caption images (B, 3, S, S) or cached grids (B, P, D): greedy for beam_size 1, else beam search,
+        with the length normalisation and the rules of decode (DecodeConfig; None: no rules, summed
+        log-probabilities), up to max_len words.
 
         The traces of the result are the attention maps (len_i, P) of each generated word.
         """
-        return self.decoder.decode(self.encoder(images), None, bos_id, eos_id, beam_size, max_len, alpha)
+        norm, rules = self.decoding(decode)
+        memory = self.encoder(images)
+        return self.decoder.decode(memory, None, Vocab.bos_id, Vocab.eos_id, beam_size, max_len, norm, rules, n_best)
+
+    def decoding(self, decode: DecodeConfig | None) -> tuple[Norm, Rules | None]:
+        """The length normalisation and the rules a DecodeConfig asks for, with this model's end words."""
+        if decode is None:
+            return SUMMED, None
+        if decode.min_len < 0 or decode.no_repeat_ngram < 0:
+            raise ConfigError("decode.min_len and decode.no_repeat_ngram cannot be negative")
+        try:
+            norm = Norm(decode.length_norm, decode.alpha)
+        except ValueError as error:
+            raise ConfigError(f"decode.length_norm: {error}") from None
+        rules = Rules(
+            self.decoder.can_end if decode.end_rule else None,
+            decode.min_len,
+            decode.no_repeat_word,
+            decode.no_repeat_ngram,
+            never=(Vocab.pad_id, Vocab.bos_id),
+        )
+        return norm, rules
 
 
 def caption_loss(

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captioner.decoding import Generation, beam_search, greedy
+from captioner.decoding import SUMMED, Generation, Norm, Rules, beam_search, greedy
 from captioner.models.attention import AdditiveAttention
 from captioner.models.core import RecurrentCore, State
 
@@ -95,6 +95,21 @@ class AttentionDecoder(nn.Module):
             raise ValueError(f"the streams' widths {visual_streams} do not add up to the memory width {memory_dim}")
         self.visual_streams = tuple(visual_streams) if visual_streams is not None else None
         self.register_buffer("visual_mask", torch.ones(vocab_size, memory_dim) if visual_streams is not None else None)
+        # The words a sequence may end after (decoding.Rules.can_end), learnt from the training data and kept
+        # as a buffer so they travel in checkpoints; all of them until set_end_words is called.
+        self.register_buffer("can_end", torch.ones(vocab_size, dtype=torch.bool))
+
+    def set_end_words(self, word_ids: list[int]) -> None:
+        """The words after which a sequence may end: those that end some training sequence."""
+        if not word_ids:
+            raise ValueError("at least one word must be able to end a sequence")
+        self.can_end.zero_()
+        self.can_end[torch.as_tensor(word_ids, dtype=torch.long)] = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before decoders learnt their end words: any word may end a sequence
+        state_dict.setdefault(prefix + "can_end", torch.ones_like(self.can_end))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_visual_words(self, groups: list[list[int]]) -> None:
         """Choose the groups of words whose identity comes from the attended context."""
@@ -220,9 +235,12 @@ class AttentionDecoder(nn.Module):
         eos_id: int,
         beam_size: int = 1,
         max_len: int = 30,
-        alpha: float = 0.0,
+        norm: Norm = SUMMED,
+        rules: Rules | None = None,
+        n_best: int = 1,
     ) -> Generation:
-        """Free-running decoding from a memory (B, P, D): greedy for beam_size 1, else batched beam search.
+        """Free-running decoding from a memory (B, P, D): greedy for beam_size 1, else batched beam search
+        (decoding.beam_search: norm ranks hypotheses, rules constrain them, n_best of them per input).
 
         The traces of the result are the attention weights (len_i, P) of every emitted token.
         """
@@ -235,9 +253,9 @@ class AttentionDecoder(nn.Module):
         def step(tokens: Tensor, state: State):
             return self.step(tokens, state, attended)
 
-        if beam_size > 1:
-            return beam_search(step, state, start, beam_size, max_len, eos_id, alpha)
-        return greedy(step, state, start, max_len, eos_id)
+        if beam_size > 1 or n_best > 1:
+            return beam_search(step, state, start, beam_size, max_len, eos_id, norm, rules, n_best)
+        return greedy(step, state, start, max_len, eos_id, rules)
 
     def step(self, tokens: Tensor, state: State, attended: AttendedMemory) -> tuple[Tensor, State, Tensor]:
         """One free-running step: previous words (B,) -> logits (B, V), new state, alpha (B, P)."""

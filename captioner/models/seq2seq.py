@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from captioner.decoding import Generation
+from captioner.decoding import SUMMED, Generation, Norm
 from captioner.models.core import RecurrentCore
 from captioner.models.decoder import AttentionDecoder
 from captioner.vocab import Vocab
@@ -65,8 +65,8 @@ class Seq2Seq(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, src: Tensor, lengths: Tensor, beam_size: int = 1, max_len: int = 50, alpha: float = 0.0
+        self, src: Tensor, lengths: Tensor, beam_size: int = 1, max_len: int = 50, norm: Norm = SUMMED
     ) -> Generation:
         """Translate (greedy for beam_size 1, else beam search); the traces are attention rows (len, S)."""
         memory, mask = self.memory(src, lengths)
-        return self.decoder.decode(memory, mask, Vocab.bos_id, Vocab.eos_id, beam_size, max_len, alpha)
+        return self.decoder.decode(memory, mask, Vocab.bos_id, Vocab.eos_id, beam_size, max_len, norm)

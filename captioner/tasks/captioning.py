@@ -8,6 +8,7 @@ free-running captions (never teacher forcing), and best.pt is the epoch with the
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -21,8 +22,8 @@ from tqdm import tqdm
 
 from captioner.checkpoint import load_weights
 from captioner.checkpoint import restore as restore_checkpoint
-from captioner.config import Config, TrainConfig
-from captioner.data.loaders import TrainingData, set_visual_words, training_loader, training_vocab
+from captioner.config import Config, DecodeConfig, TrainConfig
+from captioner.data.loaders import TrainingData, set_end_words, set_visual_words, training_loader, training_vocab
 from captioner.data.manifest import Manifest, collate_images
 from captioner.distributed import SINGLE, World, barrier, from_main, gather_objects, shard, sum_over_ranks, unshard
 from captioner.errors import CheckpointError, ConfigError
@@ -240,6 +241,7 @@ def start(config: Config, resume: bool, log, world: World) -> tuple[Run, DataLoa
         load_weights(model, checkpoint["model"], folder.last)
     if config.decoder.visual_word_groups:
         set_visual_words(model, config, manifest, vocab)
+    set_end_words(model, manifest, vocab)
     data = TrainingData(config, manifest, vocab, model, device, world, log)
     start_epoch = checkpoint["epoch"] + 1 if checkpoint is not None else 0
     dataset = data.for_epoch(start_epoch)[0]
@@ -290,6 +292,7 @@ def validate(run: Run, stats: dict) -> bool:
         run.config.data.num_workers,
         train.amp,
         run.world,
+        run.config.decode,
     )
     rank_rng = gather_objects(random_state(run.device), run.world)
     stop = from_main(train.max_minutes is not None and progress.elapsed >= 60 * train.max_minutes, run.world)
@@ -355,8 +358,10 @@ def generate(
     num_workers: int = 0,
     amp: str = "none",
     world: World = SINGLE,
+    decode: DecodeConfig | None = None,
 ) -> Captions:
-    """Caption every item of an ImageSet (or CachedImageSet) without teacher forcing.
+    """Caption every item of an ImageSet (or CachedImageSet) without teacher forcing, decoding as decode says
+    (Captioner.generate).
 
     Under data parallelism each rank captions every world.size-th item and all ranks get all captions.
     """
@@ -370,7 +375,7 @@ def generate(
     tokens, attention, scores = [], [], []
     for inputs, _ in tqdm(loader, desc=f"captioning (beam {beam_size})", unit="batch", leave=False, disable=None):
         with autocast(device, amp):
-            result = model.generate(inputs.to(device), beam_size=beam_size, max_len=max_len)
+            result = model.generate(inputs.to(device), beam_size, max_len, decode)
         tokens += [vocab.decode(ids) for ids in result.tokens]
         attention += [trace.float().cpu() for trace in result.traces]
         scores += result.scores.tolist()
@@ -378,6 +383,15 @@ def generate(
         parts = gather_objects((tokens, attention, scores), world)
         tokens, attention, scores = (unshard([part[i] for part in parts]) for i in range(3))
     return Captions(tokens, attention, scores)
+
+
+def decode_settings(config: Config, overrides: dict | None) -> DecodeConfig:
+    """The checkpoint's decode section with the keys of overrides replaced (ConfigError for an unknown key)."""
+    known = {f.name for f in dataclasses.fields(DecodeConfig)}
+    unknown = sorted(set(overrides or {}) - known)
+    if unknown:
+        raise ConfigError(f"unknown decode setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    return dataclasses.replace(config.decode, **(overrides or {}))
 
 
 def evaluate(
@@ -390,8 +404,11 @@ def evaluate(
     device: str = "auto",
     output: str | Path | None = None,
     log=None,
+    decode: dict | None = None,
 ) -> dict:
     """Score free-running captions of a data split at each beam size; the report, also written to `output` as JSON.
+
+    Captions are decoded with the checkpoint's decode settings (DecodeConfig), the keys in decode replaced.
 
     The report: {"checkpoint", "data", "split", "images", "metrics", "runs": [{"beam_size", "scores",
     "captions"}]}, scores 0-100 (score_captions says which); data_root defaults to the checkpoint's data.
@@ -407,9 +424,12 @@ def evaluate(
     records = manifest.split(split)
     dataset = evaluation_set(model, config, manifest, split, records, device)
     sizes = image_sizes(records)
+    settings = decode_settings(config, decode)
     runs = []
     for beam_size in beam_sizes:
-        captions = generate(model, dataset, vocab, device, beam_size, max_len, config.train.eval_batch_size)
+        captions = generate(
+            model, dataset, vocab, device, beam_size, max_len, config.train.eval_batch_size, decode=settings
+        )
         scores = score_captions(captions, records, manifest.object_words, config.encoder.grid_size, sizes, metrics, log)
         log = silent  # say a missing Java once, not once per beam size
         generated = [
@@ -422,6 +442,7 @@ def evaluate(
         "data": str(manifest.root),
         "split": split,
         "images": len(records),
+        "decode": dataclasses.asdict(settings),
         "metrics": "BLEU-n and bleun: the COCO caption toolkit's; nltk_bleun: NLTK corpus_bleu; all 0-100",
         "runs": runs,
     }
