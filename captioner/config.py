@@ -83,7 +83,7 @@ class TrainConfig:
 class DecodeConfig:
     """How captions are decoded by `caption`, `evaluate` and validation (the beam size and length are theirs)."""
 
-    length_norm: str = "gnmt"  # rank beam hypotheses by score / penalty(length): none, gnmt (alpha) or mean
+    length_norm: str = "mean"  # rank beam hypotheses by score / penalty(length): none, gnmt (alpha) or mean
     alpha: float = 0.0  # gnmt's exponent: ((5 + length) / 6) ** alpha; 0 = summed log-probabilities
     min_len: int = 1  # words before a caption may end
     end_rule: bool = True  # end only after a word that ends some training caption (learnt with the model)

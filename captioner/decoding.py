@@ -250,25 +250,26 @@ def beam_search(
         seq = torch.cat([words.gather(1, parents.unsqueeze(-1).expand(-1, -1, t)), new.unsqueeze(-1)], dim=2)
         if trace is not None:
             trace = trace.view(B, K, *trace.shape[1:])
-            step_trace = _gather_beams(trace, parents).unsqueeze(2)
-            seq_paths = step_trace if paths is None else torch.cat([_gather_beams(paths, parents), step_trace], 2)
         if bool(ends.any()):
             ended = torch.where(ends, top / norm.penalty(t + 1), float("-inf"))  # (B, 2K)
             pool = torch.cat([done_scores, ended], dim=1)
-            done_scores, pick = pool.topk(N, dim=1)
-            padded = F.pad(seq, (0, max_len - t - 1), value=eos_id)[:, :, :max_len]
-            done_words = _gather_beams(torch.cat([done_words, padded], dim=1), pick)
-            if trace is not None:
-                if done_paths is None:
-                    done_paths = seq_paths.new_zeros(B, N, max_len + 1, *seq_paths.shape[3:])
-                padded = F.pad(seq_paths, (0, 0) * (seq_paths.dim() - 3) + (0, max_len - t))
-                done_paths = _gather_beams(torch.cat([done_paths, padded], dim=1), pick)
+            pool_scores, pick = pool.topk(N, dim=1)
+            if bool((pick >= N).any()):  # a new ending is among the n best
+                done_scores = pool_scores
+                padded = F.pad(seq, (0, max_len - t - 1), value=eos_id)[:, :, :max_len]
+                done_words = _gather_beams(torch.cat([done_words, padded], dim=1), pick)
+                if trace is not None:
+                    ending_paths = _extend(paths, trace, parents)  # (B, 2K, t + 1, ...)
+                    if done_paths is None:
+                        done_paths = ending_paths.new_zeros(B, N, max_len + 1, *ending_paths.shape[3:])
+                    padded = F.pad(ending_paths, (0, 0) * (ending_paths.dim() - 3) + (0, max_len - t))
+                    done_paths = _gather_beams(torch.cat([done_paths, padded], dim=1), pick)
         going = torch.where(ends, float("-inf"), top)
         scores, keep = going.topk(K, dim=1)  # (B, K)
         words = seq.gather(1, keep.unsqueeze(-1).expand(-1, -1, t + 1))
-        if trace is not None:
-            paths = _gather_beams(seq_paths, keep)
         parents = parents.gather(1, keep)
+        if trace is not None:
+            paths = _extend(paths, trace, parents)
         state = select_rows(state, (offsets + parents).view(-1))
         tokens = words[:, :, -1].reshape(-1)
         bound = scores.max(dim=1).values / best_penalty  # the best any live hypothesis can still end with
@@ -284,6 +285,13 @@ def beam_search(
         ]
         candidates = [[c for c in row if c[1] > float("-inf")] for row in candidates]
     return Generation(token_lists, done_scores[:, 0], cut_traces, candidates)
+
+
+def _extend(paths: Tensor | None, trace: Tensor, parents: Tensor) -> Tensor:
+    """The traces (B, J, t + 1, ...) of the hypotheses that extend beams `parents` (B, J): each parent's
+    path (B, K, t, ...) and this step's trace (B, K, ...) of that parent."""
+    step = _gather_beams(trace, parents).unsqueeze(2)
+    return step if paths is None else torch.cat([_gather_beams(paths, parents), step], dim=2)
 
 
 def _gather_beams(values: Tensor, index: Tensor) -> Tensor:

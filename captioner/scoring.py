@@ -40,6 +40,17 @@ def image_sizes(records: list[ImageRecord]) -> list[tuple[int, int]]:
     return sizes
 
 
+def sentence_checks(captions: list[list[str]], training: list[ImageRecord]) -> dict[str, float]:
+    """How finished the captions are: how many end on a word that ends no training caption (or are empty),
+    how many hold a word twice in a row, and their mean length in words."""
+    endings = {words[-1] for record in training for caption in record.captions if (words := tokenize(caption))}
+    return {
+        "unfinished": sum(not words or words[-1] not in endings for words in captions),
+        "repeats": sum(any(a == b for a, b in zip(words, words[1:], strict=False)) for words in captions),
+        "words": sum(map(len, captions)) / max(1, len(captions)),
+    }
+
+
 def score_captions(
     captions: Captions,
     records: list[ImageRecord],

@@ -12,7 +12,8 @@ Rows (random weights and random inputs: speed does not depend on what the weight
                         train: an epoch of image files in the recipe's format and size (random pixels), each
                         decoded, resized and normalised by the CaptionTrainingSet in the DataLoader, one
                         caption each with the recipe's word counts; the CNN runs forward and backward
-  caption, cached grids beam search (beam 1 = greedy) over 20 words from cached grids
+  caption, cached grids beam search (beam 1 = greedy) of up to 20 words from cached grids, with the default
+                        decode settings (mean log-probability ranking, the sentence rules)
   caption, images       the same with the CNN run on the images first
 through the package's own code (tasks.captioning.train_one_epoch, Captioner.generate). Each row runs in a fresh
 process, so its peak memory is its own: the process's peak resident memory on a CPU (torch itself
@@ -240,11 +241,11 @@ def _measure_in(
         model.eval()
         images = inputs()
         with autocast(device, amp):
-            model.generate(images[:2], beam_size=beam, max_len=MAX_WORDS)  # warm-up
+            model.generate(images[:2], beam, MAX_WORDS, config.decode)  # warm-up
 
         def run():
             with autocast(device, amp):
-                model.generate(images, beam_size=beam, max_len=MAX_WORDS)
+                model.generate(images, beam, MAX_WORDS, config.decode)
             return 1
 
         unit = "images/s"

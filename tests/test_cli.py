@@ -73,6 +73,20 @@ def test_caption_all_good_exits_zero_and_prints_lines(checkpoint, shapes_root, c
     assert [line.split("\t")[0] for line in lines] == [str(p) for p in good]
 
 
+def test_caption_n_best_prints_ranked_captions_with_scores(checkpoint, shapes_root, capsys):
+    good = sorted((shapes_root / "images").glob("test_*.png"))[:2]
+    args = ["caption", *map(str, good), "--checkpoint", str(checkpoint), "--n-best", "3", "--length-norm", "mean"]
+    assert main(args) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [(image, rank) for image, rank, _, _ in rows] == [(str(p), str(r)) for p in good for r in (1, 2, 3)]
+    for image in map(str, good):
+        scores = [float(score) for name, _, score, _ in rows if name == image]
+        assert scores == sorted(scores, reverse=True)
+        assert len({text for name, _, _, text in rows if name == image}) == 3
+    assert main(["caption", str(good[0]), "--checkpoint", str(checkpoint), "--length-norm", "long"]) == 2
+    assert "invalid choice: 'long'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("kind", ["missing", "corrupt", "foreign"])
 def test_bad_checkpoint_is_one_line(kind, checkpoint, shapes_root, tmp_path, capsys):
     path = tmp_path / f"{kind}.pt"

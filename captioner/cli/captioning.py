@@ -89,11 +89,17 @@ def scores_table(report: dict) -> str:
     runs = report["runs"]
     keys = [k for k in TABLE if k in runs[0]["scores"]]
     lines = [
-        f"{report['split']} split of {report['data']}: {report['images']} images, free-running captions, scores 0-100",
-        "| beam | " + " | ".join(TABLE[k] for k in keys) + " |",
-        "|---" * (len(keys) + 1) + "|",
+        f"{report['split']} split of {report['data']}: {report['images']} images, free-running captions, scores 0-100;",
+        "unfinished: captions ending on a word that ends no training caption; repeats: a word twice in a row",
+        "| beam | " + " | ".join(TABLE[k] for k in keys) + " | unfinished | repeats | words |",
+        "|---" * (len(keys) + 4) + "|",
     ]
-    lines += [f"| {run['beam_size']} | " + " | ".join(f"{run['scores'][k]:.2f}" for k in keys) + " |" for run in runs]
+    for run in runs:
+        checks = run["checks"]
+        scores = " | ".join(f"{run['scores'][k]:.2f}" for k in keys)
+        lines.append(
+            f"| {run['beam_size']} | {scores} | {checks['unfinished']} | {checks['repeats']} | {checks['words']:.1f} |"
+        )
     return "\n".join(lines)
 
 

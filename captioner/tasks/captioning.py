@@ -29,7 +29,7 @@ from captioner.distributed import SINGLE, World, barrier, from_main, gather_obje
 from captioner.errors import CheckpointError, ConfigError
 from captioner.files import write_json
 from captioner.models.captioner import Captioner, caption_loss
-from captioner.scoring import Captions, image_sizes, score_captions
+from captioner.scoring import Captions, image_sizes, score_captions, sentence_checks
 from captioner.text import detokenize
 from captioner.training import (
     RunFolder,
@@ -410,8 +410,9 @@ def evaluate(
 
     Captions are decoded with the checkpoint's decode settings (DecodeConfig), the keys in decode replaced.
 
-    The report: {"checkpoint", "data", "split", "images", "metrics", "runs": [{"beam_size", "scores",
-    "captions"}]}, scores 0-100 (score_captions says which); data_root defaults to the checkpoint's data.
+    The report: {"checkpoint", "data", "split", "images", "decode", "metrics", "runs": [{"beam_size", "scores",
+    "checks", "captions"}]}, scores 0-100 (score_captions says which), checks from scoring.sentence_checks;
+    data_root defaults to the checkpoint's data.
     """
     from captioner.data.loaders import evaluation_set
     from captioner.data.manifest import load_manifest
@@ -436,7 +437,8 @@ def evaluate(
             {"image": str(record.path), "generated": detokenize(tokens), "references": record.captions}
             for record, tokens in zip(records, captions.tokens, strict=True)
         ]
-        runs.append({"beam_size": beam_size, "scores": scores, "captions": generated})
+        checks = sentence_checks(captions.tokens, manifest.split("train"))
+        runs.append({"beam_size": beam_size, "scores": scores, "checks": checks, "captions": generated})
     report = {
         "checkpoint": str(checkpoint),
         "data": str(manifest.root),
