@@ -107,10 +107,13 @@ class Rules:
             soft.scatter_(1, following.masked_fill(~seen, eos_id), seen.to(torch.bool))
             soft[:, eos_id] = False
         banned = hard | soft
-        stuck = banned.all(dim=1)
-        banned[stuck] = hard[stuck]  # the repeat rules give way
-        stuck = banned.all(dim=1)
-        banned[stuck, eos_id] = False  # and then the ending rule: the sequence ends here
+        # Only the last word's restriction, or a vocabulary hardly larger than the words so far, can leave
+        # nothing: elsewhere the rules ban a few tokens of many, and the check is skipped.
+        if t == max_len - 1 or vocab_size <= t + len(self.never) + 3:
+            stuck = banned.all(dim=1)
+            banned[stuck] = hard[stuck]  # the repeat rules give way
+            stuck = banned.all(dim=1)
+            banned[stuck, eos_id] = False  # and then the ending rule: the sequence ends here
         return banned
 
 
@@ -233,10 +236,14 @@ def beam_search(
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one so the first step does not pick K copies
     words = torch.zeros(B, K, 0, dtype=torch.long, device=device)  # the live hypotheses' words
-    paths: Tensor | None = None  # (B, K, t, ...): their traces
     done_scores = torch.full((B, N), float("-inf"), device=device)  # the finished, normalised, best first
     done_words = torch.full((B, N, max_len), eos_id, dtype=torch.long, device=device)
-    done_paths: Tensor | None = None
+    # Traces are kept per step and found again at the end through the parent pointers: step t's trace of
+    # each row fed at t, each kept hypothesis's row at t; for a finished one, the step and row it ended from.
+    trace_steps: list[Tensor] = []
+    origins: list[Tensor] = []
+    done_step = torch.zeros(B, N, dtype=torch.long, device=device)
+    done_row = torch.zeros(B, N, dtype=torch.long, device=device)
     offsets = torch.arange(B, device=device).unsqueeze(1) * K  # (B, 1)
     best_penalty = torch.maximum(norm.penalty(1), norm.penalty(max_len + 1))  # at the most favourable length
     for t in range(max_len + 1):
@@ -249,7 +256,7 @@ def beam_search(
         ends = (new == eos_id) & top.isfinite()
         seq = torch.cat([words.gather(1, parents.unsqueeze(-1).expand(-1, -1, t)), new.unsqueeze(-1)], dim=2)
         if trace is not None:
-            trace = trace.view(B, K, *trace.shape[1:])
+            trace_steps.append(trace.view(B, K, *trace.shape[1:]))
         if bool(ends.any()):
             ended = torch.where(ends, top / norm.penalty(t + 1), float("-inf"))  # (B, 2K)
             pool = torch.cat([done_scores, ended], dim=1)
@@ -258,25 +265,21 @@ def beam_search(
                 done_scores = pool_scores
                 padded = F.pad(seq, (0, max_len - t - 1), value=eos_id)[:, :, :max_len]
                 done_words = _gather_beams(torch.cat([done_words, padded], dim=1), pick)
-                if trace is not None:
-                    ending_paths = _extend(paths, trace, parents)  # (B, 2K, t + 1, ...)
-                    if done_paths is None:
-                        done_paths = ending_paths.new_zeros(B, N, max_len + 1, *ending_paths.shape[3:])
-                    padded = F.pad(ending_paths, (0, 0) * (ending_paths.dim() - 3) + (0, max_len - t))
-                    done_paths = _gather_beams(torch.cat([done_paths, padded], dim=1), pick)
+                done_step = torch.cat([done_step, torch.full_like(parents, t)], dim=1).gather(1, pick)
+                done_row = torch.cat([done_row, parents], dim=1).gather(1, pick)
         going = torch.where(ends, float("-inf"), top)
         scores, keep = going.topk(K, dim=1)  # (B, K)
         words = seq.gather(1, keep.unsqueeze(-1).expand(-1, -1, t + 1))
         parents = parents.gather(1, keep)
-        if trace is not None:
-            paths = _extend(paths, trace, parents)
+        origins.append(parents)
         state = select_rows(state, (offsets + parents).view(-1))
         tokens = words[:, :, -1].reshape(-1)
         bound = scores.max(dim=1).values / best_penalty  # the best any live hypothesis can still end with
         if bool(((done_scores[:, -1] >= bound) | ~bound.isfinite()).all()):
             break
     rows = done_words[:, 0]  # (B, max_len), EOS-padded
-    token_lists, cut_traces = _cut(rows, done_paths[:, 0] if done_paths is not None else None, eos_id)
+    traces = _backtrack(trace_steps, origins, done_step[:, :1], done_row[:, :1])[:, 0] if trace_steps else None
+    token_lists, cut_traces = _cut(rows, traces, eos_id)
     candidates = None
     if N > 1:
         candidates = [
@@ -287,11 +290,17 @@ def beam_search(
     return Generation(token_lists, done_scores[:, 0], cut_traces, candidates)
 
 
-def _extend(paths: Tensor | None, trace: Tensor, parents: Tensor) -> Tensor:
-    """The traces (B, J, t + 1, ...) of the hypotheses that extend beams `parents` (B, J): each parent's
-    path (B, K, t, ...) and this step's trace (B, K, ...) of that parent."""
-    step = _gather_beams(trace, parents).unsqueeze(2)
-    return step if paths is None else torch.cat([_gather_beams(paths, parents), step], dim=2)
+def _backtrack(trace_steps: list[Tensor], origins: list[Tensor], step: Tensor, row: Tensor) -> Tensor:
+    """The traces (B, J, T, ...) of J finished hypotheses per input, each ended at `step` (B, J) from live row
+    `row` (B, J): walk back through origins[t] (B, K), the row at step t each row fed at t + 1 came from."""
+    out = []
+    for t in reversed(range(len(trace_steps))):
+        active = step >= t
+        picked = _gather_beams(trace_steps[t], row)  # (B, J, ...)
+        out.append(picked * active.view(*active.shape, *([1] * (picked.dim() - 2))))
+        if t > 0:
+            row = torch.where(active, origins[t - 1].gather(1, row), row)
+    return torch.stack(out[::-1], dim=2)
 
 
 def _gather_beams(values: Tensor, index: Tensor) -> Tensor:

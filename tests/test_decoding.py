@@ -63,12 +63,14 @@ def test_batched_beam_equals_one_at_a_time(cell, visual_words):
 
 
 def test_beam_score_is_the_sequence_log_probability():
-    """Re-scoring the returned caption with teacher forcing gives the score beam search reported."""
+    """Re-scoring the returned caption with teacher forcing gives the score and the attention maps beam
+    search reported."""
     decoder, memory = make_decoder(), torch.randn(3, 5, 6)
     result = decode(decoder, memory, 3, max_len=20)
     for i, tokens in enumerate(result.tokens):
         ids = torch.tensor([[BOS, *tokens, EOS]])
-        logits, _ = decoder(memory[i : i + 1], ids[:, :-1])
+        logits, alphas = decoder(memory[i : i + 1], ids[:, :-1])
+        torch.testing.assert_close(result.traces[i], alphas[0, : len(tokens)], rtol=1e-5, atol=1e-6)
         log_probs = torch.log_softmax(logits, -1)[0].gather(1, ids[0, 1:, None]).sum()
         torch.testing.assert_close(result.scores[i], log_probs, rtol=1e-4, atol=1e-4)  # the ending paid for
 
@@ -106,7 +108,8 @@ def test_top_k_one_is_greedy():
 
 class TableModel:
     """A tiny language model: the next token's log-probabilities depend on the last two tokens, from a
-    random table; the state is the (N, 2) last two tokens. Small enough to search exhaustively."""
+    random table; the state is the (N, 2) last two tokens, and so is the trace of each step (what a
+    caption's traces must then be is known). Small enough to search exhaustively."""
 
     def __init__(self, vocab_size: int, seed: int):
         generator = torch.Generator().manual_seed(seed)
@@ -116,7 +119,7 @@ class TableModel:
 
     def step(self, tokens, state):
         state = torch.stack([state[:, 1], tokens], dim=1)
-        return self.logits[state[:, 0], state[:, 1]], state, None
+        return self.logits[state[:, 0], state[:, 1]], state, state.float()
 
     def start(self, n: int):
         return torch.full((n, 2), BOS)
@@ -177,6 +180,21 @@ def test_a_beam_wide_enough_finds_the_exhaustive_best(norm, seed):
         )
         assert result.tokens[0] == expected
         assert result.scores[0].item() == pytest.approx(score, abs=1e-4)
+        contexts = [BOS, BOS, *expected]  # each word's trace: the two tokens before it
+        assert result.traces[0].tolist() == [[contexts[j], contexts[j + 1]] for j in range(len(expected))]
+
+
+def test_the_traces_follow_the_returned_caption_back():
+    """Each word's trace is found again through the parent pointers: long captions (the ending made
+    unlikely) in a wide beam, whose rows are reshuffled at every step."""
+    for seed in range(3):
+        model = TableModel(6, seed)
+        model.logits[:, :, EOS] -= 30.0  # so that, ranked by the mean, the longest captions win
+        result = beam_search(model.step, model.start(64), torch.tensor([BOS]), 64, 5, EOS, Norm("mean"), Rules())
+        words = result.tokens[0]
+        contexts = [BOS, BOS, *words]
+        assert len(words) == 5
+        assert result.traces[0].tolist() == [[contexts[j], contexts[j + 1]] for j in range(len(words))]
 
 
 def test_the_n_best_are_the_exhaustive_n_best():
@@ -247,3 +265,27 @@ def test_batched_beam_with_rules_equals_one_at_a_time():
         assert single.tokens[0] == batched.tokens[i]
         assert [c for c, _ in single.candidates[0]] == [c for c, _ in batched.candidates[i]]
         torch.testing.assert_close(single.traces[0], batched.traces[i], rtol=1e-5, atol=1e-6)
+
+
+def test_end_shares_and_sentence_checks_by_hand():
+    from types import SimpleNamespace
+
+    from captioner.data.loaders import set_end_words
+    from captioner.data.manifest import ImageRecord
+    from captioner.models.captioner import Captioner
+    from captioner.scoring import sentence_checks
+    from captioner.vocab import Vocab
+
+    captions = ["a red truck", "the letter a", "a truck and a red car", "a rare word"]
+    records = [ImageRecord(f"{i}.png", "train", [c]) for i, c in enumerate(captions)]
+    manifest = SimpleNamespace(split=lambda name: records if name == "train" else [])
+    vocab = Vocab(["a", "red", "truck", "the", "letter", "and", "car"])  # "rare" and "word" are <unk>
+    model = Captioner(torch.nn.Identity(), AttentionDecoder(len(vocab), 6, 5, 8, 7))
+    set_end_words(model, manifest, vocab)
+    shares = dict(zip(vocab.itos, model.decoder.end_share.tolist(), strict=True))
+    assert shares["a"] == pytest.approx(1 / 4) and shares["truck"] == 1 / 2 and shares["car"] == 1.0
+    assert shares["red"] == 0.0 and shares["<unk>"] == 1.0 and shares["<pad>"] == 0.0
+    can_end = model.can_end(0.3)
+    assert [vocab.itos[i] for i in can_end.nonzero().flatten().tolist()] == ["<unk>", "truck", "car"]
+    checks = sentence_checks([["a", "red"], ["a", "truck", "truck"], []], records)
+    assert checks == {"unfinished": 2, "repeats": 1, "words": 5 / 3}

@@ -134,6 +134,12 @@ def add_decoding(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--alpha", type=float, help="the GNMT penalty's exponent (0: summed log-probability)")
     group.add_argument("--min-len", type=int, help="words before a caption may end")
     group.add_argument(
+        "--end-share",
+        type=float,
+        help="end only after a word that ends at least this share of the training captions it is in (0: any "
+        "word that ends one)",
+    )
+    group.add_argument(
         "--no-rules",
         action="store_true",
         help="switch off the sentence rules: a caption may then end after any word and repeat words and trigrams",
@@ -142,10 +148,15 @@ def add_decoding(parser: argparse.ArgumentParser) -> None:
 
 def decode_overrides(args: argparse.Namespace) -> dict:
     """The decode settings the command line replaces."""
-    overrides = {"length_norm": args.length_norm, "alpha": args.alpha, "min_len": args.min_len}
+    overrides = {
+        "length_norm": args.length_norm,
+        "alpha": args.alpha,
+        "min_len": args.min_len,
+        "end_share": args.end_share,
+    }
     overrides = {key: value for key, value in overrides.items() if value is not None}
     if args.no_rules:
-        overrides.update(end_rule=False, no_repeat_word=False, no_repeat_ngram=0)
+        overrides.update(end_share=None, no_repeat_word=False, no_repeat_ngram=0)
     return overrides
 
 

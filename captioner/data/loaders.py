@@ -47,10 +47,17 @@ def set_visual_words(model: Captioner, config: Config, manifest: Manifest, vocab
 
 
 def set_end_words(model: Captioner, manifest: Manifest, vocab: Vocab) -> None:
-    """Teach the model's decoder which words end a caption: the last word of every training caption (its
-    id in vocab, so <unk> if the word is rare), kept with the model for decoding.Rules."""
-    captions = (tokenize(c) for r in manifest.split("train") for c in r.captions)
-    model.decoder.set_end_words(sorted({vocab.stoi.get(words[-1], Vocab.unk_id) for words in captions if words}))
+    """Teach the model's decoder which words end a caption: for every word (by its id in vocab, so rare words
+    count as <unk>), the share of the training captions holding it that end with it; decoding's end rule
+    reads them (Captioner.can_end)."""
+    holding, ending = torch.zeros(len(vocab)), torch.zeros(len(vocab))
+    for record in manifest.split("train"):
+        for caption in record.captions:
+            ids = [vocab.stoi.get(word, Vocab.unk_id) for word in tokenize(caption)]
+            if ids:
+                holding[sorted(set(ids))] += 1
+                ending[ids[-1]] += 1
+    model.decoder.set_end_shares(ending / holding.clamp(min=1))
 
 
 class TrainingData:

@@ -83,18 +83,27 @@ class Captioner(nn.Module):
         memory = self.encoder(images)
         return self.decoder.decode(memory, None, Vocab.bos_id, Vocab.eos_id, beam_size, max_len, norm, rules, n_best)
 
+    def can_end(self, end_share: float | None) -> Tensor | None:
+        """(V,) bool: the words a caption may end after, under decode.end_share (None: no end rule)."""
+        if end_share is None:
+            return None
+        shares = self.decoder.end_share
+        return (shares > 0) & (shares >= end_share)
+
     def decoding(self, decode: DecodeConfig | None) -> tuple[Norm, Rules | None]:
         """The length normalisation and the rules a DecodeConfig asks for, with this model's end words."""
         if decode is None:
             return SUMMED, None
         if decode.min_len < 0 or decode.no_repeat_ngram < 0:
             raise ConfigError("decode.min_len and decode.no_repeat_ngram cannot be negative")
+        if decode.end_share is not None and not 0 <= decode.end_share <= 1:
+            raise ConfigError(f"decode.end_share must lie between 0 and 1 (or be null), not {decode.end_share}")
         try:
             norm = Norm(decode.length_norm, decode.alpha)
         except ValueError as error:
             raise ConfigError(f"decode.length_norm: {error}") from None
         rules = Rules(
-            self.decoder.can_end if decode.end_rule else None,
+            self.can_end(decode.end_share),
             decode.min_len,
             decode.no_repeat_word,
             decode.no_repeat_ngram,

@@ -95,20 +95,19 @@ class AttentionDecoder(nn.Module):
             raise ValueError(f"the streams' widths {visual_streams} do not add up to the memory width {memory_dim}")
         self.visual_streams = tuple(visual_streams) if visual_streams is not None else None
         self.register_buffer("visual_mask", torch.ones(vocab_size, memory_dim) if visual_streams is not None else None)
-        # The words a sequence may end after (decoding.Rules.can_end), learnt from the training data and kept
-        # as a buffer so they travel in checkpoints; all of them until set_end_words is called.
-        self.register_buffer("can_end", torch.ones(vocab_size, dtype=torch.bool))
+        # For every word, the share of the training sequences holding it that end with it: what decoding's
+        # end rule reads (Rules.can_end). A buffer, so it travels in checkpoints; 1 until set_end_shares.
+        self.register_buffer("end_share", torch.ones(vocab_size))
 
-    def set_end_words(self, word_ids: list[int]) -> None:
-        """The words after which a sequence may end: those that end some training sequence."""
-        if not word_ids:
-            raise ValueError("at least one word must be able to end a sequence")
-        self.can_end.zero_()
-        self.can_end[torch.as_tensor(word_ids, dtype=torch.long)] = True
+    def set_end_shares(self, shares: Tensor) -> None:
+        """(V,): for each word, the share of the training sequences holding it that end with it."""
+        if shares.shape != self.end_share.shape or not bool((shares > 0).any()):
+            raise ValueError(f"end shares must be ({self.vocab_size},) with at least one word that ends a sequence")
+        self.end_share.copy_(shares)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before decoders learnt their end words: any word may end a sequence
-        state_dict.setdefault(prefix + "can_end", torch.ones_like(self.can_end))
+        state_dict.setdefault(prefix + "end_share", torch.ones_like(self.end_share))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_visual_words(self, groups: list[list[int]]) -> None:
