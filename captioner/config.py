@@ -74,6 +74,7 @@ class TrainConfig:
     seed: int = 0
     max_minutes: float | None = None  # stop after the epoch in which this much wall time has passed
     eval_beam_size: int = 1  # 1 = greedy captions for validation BLEU
+    best_metric: str = "bleu4"  # the validation score that chooses best.pt: bleu4 or cider_d
     val_metrics: str = "all"  # all: BLEU (both variants), METEOR, ROUGE-L, CIDEr-D; bleu: BLEU only, no Java
     eval_max_len: int = 30
     eval_batch_size: int = 128
@@ -92,6 +93,18 @@ class DecodeConfig:
     end_share: float | None = 0.05
     no_repeat_word: bool = True  # no word twice in a row
     no_repeat_ngram: int = 3  # no n-gram twice in a caption (0: allowed)
+
+
+@dataclass
+class SCSTConfig:
+    """Self-critical sequence training (Rennie et al. 2017), after train.epochs of cross-entropy."""
+
+    epochs: int = 0  # epochs of it after the cross-entropy epochs (0: none)
+    samples: int = 5  # captions sampled per image
+    baseline: str = "mean"  # mean: the other samples' mean reward (Luo 2020); greedy: the greedy caption's
+    learning_rate: float = 2e-5
+    batch_size: int = 16  # images per step (each with `samples` captions)
+    max_len: int = 16  # words per sampled caption
 
 
 class Sections:
@@ -113,6 +126,7 @@ class Config(Sections):
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    scst: SCSTConfig = field(default_factory=SCSTConfig)
 
 
 # ---------------------------------------------------------------- the character-level language model

@@ -92,11 +92,18 @@ class TrainingData:
 
     def _cached(self) -> tuple[Dataset, Dataset]:
         if self.cached is None:  # a frozen backbone gives every image the same grid every epoch: compute it once
-            train_grids = self._grids("train", self.train_records)
+            self.train_grids = self._grids("train", self.train_records)
             val_grids = self._grids("val", self.val_records)
-            self.cached = CachedCaptionSet(self.images[0], train_grids), CachedImageSet(val_grids)
+            self.cached = CachedCaptionSet(self.images[0], self.train_grids), CachedImageSet(val_grids)
             self.log(f"training from cached {self.config.encoder.backbone} grids in {self.manifest.root / 'cache'}")
         return self.cached
+
+    def training_images(self) -> Dataset:
+        """The training images once each, as (input, record index): their cached grids while the backbone is
+        frozen (call for_epoch first), else the images, resized as for evaluation (self-critical training)."""
+        if self.current is self.images:
+            return ImageSet(self.train_records, self.transform)
+        return CachedImageSet(self.train_grids)
 
     def _grids(self, split: str, records):
         path = cache_file(self.manifest.root, self.config, records, split, self.model.encoder)

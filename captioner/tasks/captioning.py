@@ -9,6 +9,7 @@ free-running captions (never teacher forcing), and best.pt is the epoch with the
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -152,7 +153,7 @@ class Progress:
     epoch: int = -1  # the last finished epoch (0-based)
     step: int = 0
     elapsed: float = 0.0  # seconds of training steps (validation not counted)
-    best_bleu4: float = -1.0
+    best_score: float = -1.0  # the best validation train.best_metric so far
 
     @classmethod
     def resume(cls, checkpoint: dict, optimizer, scheduler, scaler, world: World, device: torch.device) -> Progress:
@@ -167,7 +168,8 @@ class Progress:
         cpu = checkpoint["rank_rng"][rank] if rank else checkpoint["rng"]
         cuda = checkpoint.get("cuda_rng", [])
         set_random_state({"cpu": cpu, "cuda": cuda[rank] if rank < len(cuda) else None}, device)
-        return cls(checkpoint["epoch"], checkpoint["step"], checkpoint["elapsed"], checkpoint["best_bleu4"])
+        best = checkpoint.get("best_score", checkpoint.get("best_bleu4"))  # the older name
+        return cls(checkpoint["epoch"], checkpoint["step"], checkpoint["elapsed"], best)
 
 
 @dataclass
@@ -201,6 +203,7 @@ def fit(config: Config, resume: bool = False, log=print, world: World = SINGLE) 
     run, loader = start(config, resume, log if world.main else silent, world)
     start_epoch = run.progress.epoch + 1
     training_model = data_parallel(run.model, run.device, world)
+    stopped = False
     for epoch in range(start_epoch, train.epochs):
         if stage(config, epoch) == 2 and (epoch == start_epoch or stage(config, epoch - 1) == 1):
             if epoch > start_epoch:
@@ -218,9 +221,32 @@ def fit(config: Config, resume: bool = False, log=print, world: World = SINGLE) 
         run.progress.elapsed += stats["seconds"]
         if validate(run, stats):
             run.log(f"stopping: {run.progress.elapsed / 60:.1f} minutes of training reached train.max_minutes")
+            stopped = True
             break
+    if config.scst.epochs and not stopped:
+        self_critical(run, max(start_epoch, train.epochs))
     barrier(world)  # the other ranks return once rank 0 has written the last checkpoints
     return run.folder.best
+
+
+def self_critical(run: Run, start_epoch: int) -> None:
+    """The self-critical epochs after the cross-entropy ones (captioner.scst), each validated and saved."""
+    from captioner.scst import Trainer
+
+    config = run.config
+    trainer = Trainer(config, run.model, run.vocab, run.data.train_records, run.optimizer)
+    total = config.train.epochs + config.scst.epochs
+    for epoch in range(start_epoch, total):
+        if epoch == config.train.epochs:
+            run.log(f"self-critical training from epoch {epoch + 1}: {config.scst.baseline} baseline, CIDEr-D reward")
+        run.data.for_epoch(epoch)
+        stats = trainer.epoch(run.data.training_images(), epoch, run.device, f"epoch {epoch + 1}/{total} (scst)")
+        run.progress.epoch = epoch
+        run.progress.step += math.ceil(len(run.data.train_records) / config.scst.batch_size)
+        run.progress.elapsed += stats["seconds"]
+        if validate(run, stats):
+            run.log(f"stopping: {run.progress.elapsed / 60:.1f} minutes of training reached train.max_minutes")
+            break
 
 
 def start(config: Config, resume: bool, log, world: World) -> tuple[Run, DataLoader]:
@@ -229,6 +255,12 @@ def start(config: Config, resume: bool, log, world: World) -> tuple[Run, DataLoa
 
     train = config.train
     device = resolve_device(train.device, world)
+    if train.best_metric not in ("bleu4", "cider_d"):
+        raise ConfigError(f"train.best_metric must be bleu4 or cider_d, not {train.best_metric!r}")
+    if train.best_metric == "cider_d" and train.val_metrics != "all":
+        raise ConfigError("train.best_metric cider_d needs train.val_metrics all (CIDEr-D is not among bleu)")
+    if config.scst.epochs and world.distributed:
+        raise ConfigError("self-critical training (scst.epochs) runs in one process; torchrun is not supported yet")
     if train.batch_size % world.size:
         raise ConfigError(f"train.batch_size {train.batch_size} does not split evenly over {world.size} processes")
     folder = RunFolder(train.run_dir, world.main)
@@ -254,9 +286,9 @@ def start(config: Config, resume: bool, log, world: World) -> tuple[Run, DataLoa
     progress = Progress()
     if checkpoint is not None:
         progress = Progress.resume(checkpoint, optimizer, scheduler, scaler, world, device)
-        if start_epoch >= train.epochs:
+        if start_epoch >= train.epochs + config.scst.epochs:
             log(
-                f"{folder.last} has finished all {train.epochs} epochs: "
+                f"{folder.last} has finished all {train.epochs + config.scst.epochs} epochs: "
                 f"nothing to train (delete {folder.path} to retrain)"
             )
         else:
@@ -314,18 +346,27 @@ def record_epoch(run: Run, stats: dict, scores: dict) -> None:
     run.folder.log_metrics(row)
     grounding = f", grounding {scores['grounding']:.1f}" if "grounding" in scores else ""
     cider = f", CIDEr-D {scores['cider_d']:.1f}" if "cider_d" in scores else ""
+    if "reward" in stats:  # a self-critical epoch
+        speed = (
+            f"reward {stats['reward']:.3f} (baseline {stats['baseline']:.3f}), entropy {stats['entropy']:.2f}, "
+            f"{stats['sample_words']:.1f} words, {stats['images_per_s']:.0f} images/s"
+        )
+    else:
+        speed = f"{stats['captions_per_s']:.0f} captions/s"
     run.log(
         f"epoch {progress.epoch + 1}: loss {stats['loss']:.3f}, val BLEU-4 {scores['bleu4']:.1f} "
         f"(NLTK {scores['nltk_bleu4']:.1f}){cider}{grounding} "
-        f"(greedy, 0-100), {stats['captions_per_s']:.0f} captions/s, {progress.elapsed / 60:.1f} min"
+        f"(greedy, 0-100), {speed}, {progress.elapsed / 60:.1f} min"
     )
 
 
 def save_epoch(run: Run, scores: dict, rank_rng: list) -> None:
-    """last.pt after every epoch (all a resume needs), and best.pt when validation BLEU-4 is the best yet."""
+    """last.pt after every epoch (all a resume needs), and best.pt when the validation score named by
+    train.best_metric is the best yet."""
     progress = run.progress
-    best = scores["bleu4"] > progress.best_bleu4
-    progress.best_bleu4 = max(progress.best_bleu4, scores["bleu4"])
+    score = scores[run.config.train.best_metric]
+    best = score > progress.best_score
+    progress.best_score = max(progress.best_score, score)
     payload = {
         "kind": KIND,
         "model": run.model.state_dict(),
@@ -339,7 +380,7 @@ def save_epoch(run: Run, scores: dict, rank_rng: list) -> None:
         **({"rank_rng": [state["cpu"] for state in rank_rng]} if run.world.distributed else {}),
         **({"cuda_rng": [state["cuda"] for state in rank_rng]} if run.device.type == "cuda" else {}),
         **({"scaler": run.scaler.state_dict()} if run.scaler is not None else {}),
-        "best_bleu4": progress.best_bleu4,
+        "best_score": progress.best_score,
         "elapsed": progress.elapsed,
         "metrics": scores,
     }

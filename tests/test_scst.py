@@ -1,0 +1,100 @@
+"""Self-critical training: the reward equals the COCO toolkit's CIDEr-D, the loss's gradient equals one
+worked out by hand, the baselines, and a short run on the shapes that trains, logs and resumes."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from captioner.checkpoint import load_checkpoint
+from captioner.decoding import Rules
+from captioner.rewards import CiderD
+from captioner.scst import baselines, rule_masks, scst_loss, sequence_log_probs
+from captioner.tasks.captioning import fit
+from tests.conftest import tiny_config
+
+
+def test_cider_d_equals_the_coco_toolkit():
+    """With document frequencies from the captions' own references, as the toolkit takes them."""
+    from pycocoevalcap.cider.cider import Cider
+
+    rng = random.Random(0)
+    words = "a red car on the road blue sky big dog cat runs sits green tree".split()
+    references = {
+        i: [" ".join(rng.choices(words, k=rng.randint(2, 9))) for _ in range(rng.randint(1, 4))] for i in range(30)
+    }
+    candidates = {i: [" ".join(rng.choices(words, k=rng.randint(1, 9)))] for i in range(30)}
+    candidates[3] = [references[3][0]]  # one perfect caption
+    _, expected = Cider().compute_score(references, candidates)
+    cider = CiderD([[r.split() for r in references[i]] for i in range(30)])
+    scores = [cider.score(candidates[i][0].split(), [r.split() for r in references[i]]) for i in range(30)]
+    assert scores == pytest.approx(list(expected), abs=1e-12)
+    assert max(scores) == scores[3]
+
+
+def test_the_loss_gradient_equals_the_hand_computed_policy_gradient():
+    """Two sampled sequences of a toy policy, a banned token in one position: the gradient of the loss with
+    respect to the logits is -A (onehot(word) - softmax over the allowed tokens) / words, per position."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, requires_grad=True)  # (N, T, V)
+    targets = torch.tensor([[4, 2, 0], [1, 3, 2]])  # PAD = 0 ends the first; 2 is the ending
+    banned = torch.zeros(2, 3, 5, dtype=torch.bool)
+    banned[1, 1, 4] = True  # the rules had ruled out token 4 before the second word of sequence 2
+    advantages = torch.tensor([0.5, -2.0])
+    word_log_probs, mask, _ = sequence_log_probs(logits, targets, banned)
+    scst_loss(word_log_probs, mask, advantages).backward()
+    expected = torch.zeros(2, 3, 5)
+    words = 5  # real positions: 2 + 3
+    for i in range(2):
+        for t in range(3):
+            if targets[i, t] == 0:
+                continue
+            allowed = logits[i, t].detach().masked_fill(banned[i, t], float("-inf"))
+            expected[i, t] = -advantages[i] * (torch.eye(5)[targets[i, t]] - allowed.softmax(-1)) / words
+    torch.testing.assert_close(logits.grad, expected)
+
+
+def test_baselines_by_hand():
+    rewards = torch.tensor([[1.0, 2.0, 6.0], [0.0, 0.0, 3.0]])
+    torch.testing.assert_close(baselines(rewards, "mean"), torch.tensor([[4.0, 3.5, 1.5], [1.5, 1.5, 0.0]]))
+    greedy = torch.tensor([2.0, 1.0])
+    torch.testing.assert_close(baselines(rewards, "greedy", greedy), torch.tensor([[2.0] * 3, [1.0] * 3]))
+
+
+def test_rule_masks_are_what_sampling_saw():
+    rules = Rules(torch.tensor([False, False, False, True, False, True]), min_len=1, no_repeat_word=True)
+    targets = torch.tensor([[4, 5, 2]])
+    masks = rule_masks(rules, targets, 6, max_len=4)
+    assert masks[0, 0, 2] and masks[0, 1, 4]  # no ending at once; no 4 after 4
+    assert masks[0, 1, 2] and not masks[0, 2, 2]  # no ending after 4, which ends no caption; after 5 it may
+
+
+def test_a_short_scst_run_trains_logs_and_resumes(shapes_root, tmp_path):
+    """Two cross-entropy epochs and two self-critical ones; then the same run stopped after the first
+    self-critical epoch and resumed: the same weights."""
+
+    def config(run):
+        c = tiny_config(shapes_root, run, epochs=2)
+        c.scst.epochs, c.scst.samples, c.scst.batch_size, c.scst.learning_rate = 2, 3, 8, 1e-3
+        c.train.best_metric, c.train.val_metrics = "bleu4", "bleu"
+        return c
+
+    whole = fit(config(tmp_path / "whole"), log=lambda _: None)
+    rows = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4]
+    for row in rows[2:]:
+        assert {"reward", "baseline", "advantage_abs", "entropy", "sample_words", "reward_std"} <= set(row)
+        assert row["reward"] >= 0 and row["entropy"] > 0
+    assert rows[2]["baseline"] == pytest.approx(rows[2]["reward"], rel=1e-6)  # the mean baseline averages out
+    first = config(tmp_path / "parts")
+    first.scst.epochs = 1
+    fit(first, log=lambda _: None)
+    resumed = fit(config(tmp_path / "parts"), resume=True, log=lambda _: None)
+    one, two = load_checkpoint(tmp_path / "whole" / "last.pt"), load_checkpoint(tmp_path / "parts" / "last.pt")
+    assert one["epoch"] == two["epoch"] == 3
+    for name, tensor in one["model"].items():
+        assert torch.equal(tensor, two["model"][name]), name
+    assert whole.is_file() and resumed.is_file()
