@@ -98,3 +98,13 @@ def test_a_short_scst_run_trains_logs_and_resumes(shapes_root, tmp_path):
     for name, tensor in one["model"].items():
         assert torch.equal(tensor, two["model"][name]), name
     assert whole.is_file() and resumed.is_file()
+
+
+def test_a_bad_scst_setting_stops_before_training(shapes_root, tmp_path):
+    from captioner.errors import ConfigError
+
+    config = tiny_config(shapes_root, tmp_path / "run", epochs=1)
+    config.scst.epochs, config.scst.baseline = 1, "median"
+    with pytest.raises(ConfigError, match="scst.baseline must be mean or greedy, not 'median'"):
+        fit(config, log=lambda _: None)
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -31,6 +31,7 @@ from captioner.errors import CheckpointError, ConfigError
 from captioner.files import write_json
 from captioner.models.captioner import Captioner, caption_loss
 from captioner.scoring import Captions, image_sizes, score_captions, sentence_checks
+from captioner.scst import check as check_scst
 from captioner.text import detokenize
 from captioner.training import (
     RunFolder,
@@ -259,6 +260,7 @@ def start(config: Config, resume: bool, log, world: World) -> tuple[Run, DataLoa
         raise ConfigError(f"train.best_metric must be bleu4 or cider_d, not {train.best_metric!r}")
     if train.best_metric == "cider_d" and train.val_metrics != "all":
         raise ConfigError("train.best_metric cider_d needs train.val_metrics all (CIDEr-D is not among bleu)")
+    check_scst(config)  # before anything trains, not when the self-critical epochs come
     if config.scst.epochs and world.distributed:
         raise ConfigError("self-critical training (scst.epochs) runs in one process; torchrun is not supported yet")
     if train.batch_size % world.size:
