@@ -75,6 +75,7 @@ def caption_images(
     device = resolve_device(device)
     model, config, vocab = captioning.restore(checkpoint, device)
     settings = captioning.decode_settings(config, decode)
+    model.decoding(settings, max_len)  # a bad setting is refused before any image is read
     beam_size = max(beam_size, n_best)
     transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
     if attention_dir:

@@ -89,6 +89,20 @@ def test_caption_n_best_prints_ranked_captions_with_scores(checkpoint, shapes_ro
     assert "invalid choice: 'long'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (["--end-share", "2"], "decode.end_share must lie between 0 and 1"),
+        (["--min-len", "-1"], "cannot be negative"),
+        (["--min-len", "31"], "decode.min_len 31 is above the length limit of 30 words"),
+    ],
+)
+def test_a_bad_decode_setting_is_one_line_before_any_image_is_read(checkpoint, setting, message, capsys):
+    assert main(["caption", "no_such_picture.png", "--checkpoint", str(checkpoint), *setting]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]  # not "skipped no_such_picture.png": the setting comes first
+
+
 @pytest.mark.parametrize("kind", ["missing", "corrupt", "foreign"])
 def test_bad_checkpoint_is_one_line(kind, checkpoint, shapes_root, tmp_path, capsys):
     path = tmp_path / f"{kind}.pt"

@@ -79,7 +79,7 @@ class Captioner(nn.Module):
 
         The traces of the result are the attention maps (len_i, P) of each generated word.
         """
-        norm, rules = self.decoding(decode)
+        norm, rules = self.decoding(decode, max_len)
         memory = self.encoder(images)
         return self.decoder.decode(memory, None, Vocab.bos_id, Vocab.eos_id, beam_size, max_len, norm, rules, n_best)
 
@@ -90,10 +90,13 @@ class Captioner(nn.Module):
         shares = self.decoder.end_share
         return (shares > 0) & (shares >= end_share)
 
-    def decoding(self, decode: DecodeConfig | None) -> tuple[Norm, Rules | None]:
-        """The length normalisation and the rules a DecodeConfig asks for, with this model's end words."""
+    def decoding(self, decode: DecodeConfig | None, max_len: int | None = None) -> tuple[Norm, Rules | None]:
+        """The length normalisation and the rules a DecodeConfig asks for, with this model's end words
+        (ConfigError for settings that cannot work, also with a length limit of max_len words)."""
         if decode is None:
             return SUMMED, None
+        if max_len is not None and decode.min_len > max_len:
+            raise ConfigError(f"decode.min_len {decode.min_len} is above the length limit of {max_len} words")
         if decode.min_len < 0 or decode.no_repeat_ngram < 0:
             raise ConfigError("decode.min_len and decode.no_repeat_ngram cannot be negative")
         if decode.end_share is not None and not 0 <= decode.end_share <= 1:

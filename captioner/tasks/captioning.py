@@ -469,6 +469,7 @@ def evaluate(
     dataset = evaluation_set(model, config, manifest, split, records, device)
     sizes = image_sizes(records)
     settings = decode_settings(config, decode)
+    model.decoding(settings, max_len)  # a bad setting is refused before anything is captioned
     runs = []
     for beam_size in beam_sizes:
         captions = generate(
