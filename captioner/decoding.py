@@ -236,14 +236,11 @@ def beam_search(
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one so the first step does not pick K copies
     words = torch.zeros(B, K, 0, dtype=torch.long, device=device)  # the live hypotheses' words
-    done_scores = torch.full((B, N), float("-inf"), device=device)  # the finished, normalised, best first
-    done_words = torch.full((B, N, max_len), eos_id, dtype=torch.long, device=device)
+    done = _Finished.empty(B, N, max_len, eos_id, device)
     # Traces are kept per step and found again at the end through the parent pointers: step t's trace of
-    # each row fed at t, each kept hypothesis's row at t; for a finished one, the step and row it ended from.
+    # each row fed at t, and each kept hypothesis's row at t.
     trace_steps: list[Tensor] = []
     origins: list[Tensor] = []
-    done_step = torch.zeros(B, N, dtype=torch.long, device=device)
-    done_row = torch.zeros(B, N, dtype=torch.long, device=device)
     offsets = torch.arange(B, device=device).unsqueeze(1) * K  # (B, 1)
     best_penalty = torch.maximum(norm.penalty(1), norm.penalty(max_len + 1))  # at the most favourable length
     for t in range(max_len + 1):
@@ -258,15 +255,7 @@ def beam_search(
         if trace is not None:
             trace_steps.append(trace.view(B, K, *trace.shape[1:]))
         if bool(ends.any()):
-            ended = torch.where(ends, top / norm.penalty(t + 1), float("-inf"))  # (B, 2K)
-            pool = torch.cat([done_scores, ended], dim=1)
-            pool_scores, pick = pool.topk(N, dim=1)
-            if bool((pick >= N).any()):  # a new ending is among the n best
-                done_scores = pool_scores
-                padded = F.pad(seq, (0, max_len - t - 1), value=eos_id)[:, :, :max_len]
-                done_words = _gather_beams(torch.cat([done_words, padded], dim=1), pick)
-                done_step = torch.cat([done_step, torch.full_like(parents, t)], dim=1).gather(1, pick)
-                done_row = torch.cat([done_row, parents], dim=1).gather(1, pick)
+            done.offer(torch.where(ends, top / norm.penalty(t + 1), float("-inf")), seq, parents, t)
         going = torch.where(ends, float("-inf"), top)
         scores, keep = going.topk(K, dim=1)  # (B, K)
         words = seq.gather(1, keep.unsqueeze(-1).expand(-1, -1, t + 1))
@@ -275,19 +264,52 @@ def beam_search(
         state = select_rows(state, (offsets + parents).view(-1))
         tokens = words[:, :, -1].reshape(-1)
         bound = scores.max(dim=1).values / best_penalty  # the best any live hypothesis can still end with
-        if bool(((done_scores[:, -1] >= bound) | ~bound.isfinite()).all()):
+        if bool(((done.scores[:, -1] >= bound) | ~bound.isfinite()).all()):
             break
-    rows = done_words[:, 0]  # (B, max_len), EOS-padded
-    traces = _backtrack(trace_steps, origins, done_step[:, :1], done_row[:, :1])[:, 0] if trace_steps else None
-    token_lists, cut_traces = _cut(rows, traces, eos_id)
-    candidates = None
-    if N > 1:
-        candidates = [
-            [(_cut(done_words[b, n : n + 1], None, eos_id)[0][0], float(done_scores[b, n])) for n in range(N)]
-            for b in range(B)
+    traces = _backtrack(trace_steps, origins, done.step[:, :1], done.row[:, :1])[:, 0] if trace_steps else None
+    token_lists, cut_traces = _cut(done.words[:, 0], traces, eos_id)
+    return Generation(token_lists, done.scores[:, 0], cut_traces, done.candidates() if N > 1 else None)
+
+
+@dataclass
+class _Finished:
+    """Each input's n best finished hypotheses, best first: normalised scores (B, N), words (B, N, max_len)
+    EOS-padded, and the step and live row each ended from (to find its traces)."""
+
+    scores: Tensor
+    words: Tensor
+    step: Tensor
+    row: Tensor
+    eos_id: int
+
+    @classmethod
+    def empty(cls, inputs: int, n: int, max_len: int, eos_id: int, device) -> _Finished:
+        zeros = torch.zeros(inputs, n, dtype=torch.long, device=device)
+        words = torch.full((inputs, n, max_len), eos_id, dtype=torch.long, device=device)
+        return cls(torch.full((inputs, n), float("-inf"), device=device), words, zeros, zeros.clone(), eos_id)
+
+    def offer(self, scores: Tensor, sequences: Tensor, parents: Tensor, t: int) -> None:
+        """Candidates (B, J) that ended at step t (-inf: not one), their words (B, J, t + 1) ending with EOS
+        and their parent rows (B, J): keep the n best of them and of those kept so far."""
+        N, max_len = self.words.shape[1:]
+        best, pick = torch.cat([self.scores, scores], dim=1).topk(N, dim=1)
+        if not bool((pick >= N).any()):  # nothing new among the n best
+            return
+        padded = F.pad(sequences, (0, max_len - t - 1), value=self.eos_id)[:, :, :max_len]
+        self.scores = best
+        self.words = _gather_beams(torch.cat([self.words, padded], dim=1), pick)
+        self.step = torch.cat([self.step, torch.full_like(parents, t)], dim=1).gather(1, pick)
+        self.row = torch.cat([self.row, parents], dim=1).gather(1, pick)
+
+    def candidates(self) -> list[list[tuple[list[int], float]]]:
+        """Per input, its finished hypotheses as (words, score), best first."""
+        tokens, _ = _cut(self.words.flatten(0, 1), None, self.eos_id)
+        N = self.scores.size(1)
+        scores = self.scores.tolist()
+        return [
+            [(tokens[b * N + n], scores[b][n]) for n in range(N) if scores[b][n] > float("-inf")]
+            for b in range(len(scores))
         ]
-        candidates = [[c for c in row if c[1] > float("-inf")] for row in candidates]
-    return Generation(token_lists, done_scores[:, 0], cut_traces, candidates)
 
 
 def _backtrack(trace_steps: list[Tensor], origins: list[Tensor], step: Tensor, row: Tensor) -> Tensor:
