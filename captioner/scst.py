@@ -92,6 +92,23 @@ def padded(sequences: list[list[int]], device) -> tuple[Tensor, Tensor]:
     return inputs.to(device), targets.to(device)
 
 
+LOW_ENTROPY = 0.05  # nats per sampled word: below it, an image's samples are nearly all the same caption
+
+
+def warnings(stats: dict) -> list[str]:
+    """What an epoch's statistics say may be going wrong (the known failure modes of self-critical training)."""
+    found = []
+    if stats["entropy"] < LOW_ENTROPY:
+        found.append(
+            f"entropy {stats['entropy']:.3f} nats per word: the samples of an image barely differ, so the "
+            f"advantages are near zero and there is little to learn (a model that reproduces its training "
+            f"captions; start from fewer cross-entropy epochs)"
+        )
+    if stats["advantage_abs"] < 1e-3 * max(stats["reward"], 1e-9):
+        found.append("the advantages are near zero: every sample of an image scores the same reward")
+    return found
+
+
 class Trainer:
     """One SCST epoch at a time over the training images (cached grids or images)."""
 

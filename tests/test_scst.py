@@ -108,3 +108,13 @@ def test_a_bad_scst_setting_stops_before_training(shapes_root, tmp_path):
     with pytest.raises(ConfigError, match="scst.baseline must be mean or greedy, not 'median'"):
         fit(config, log=lambda _: None)
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_warnings_name_the_known_failure_modes():
+    from captioner.scst import warnings
+
+    healthy = {"entropy": 0.6, "advantage_abs": 0.4, "reward": 5.6}
+    assert warnings(healthy) == []
+    collapsed = {"entropy": 0.01, "advantage_abs": 1e-5, "reward": 9.2}
+    found = warnings(collapsed)
+    assert len(found) == 2 and "entropy 0.010 nats per word" in found[0] and "advantages are near zero" in found[1]

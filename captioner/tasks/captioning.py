@@ -232,7 +232,7 @@ def fit(config: Config, resume: bool = False, log=print, world: World = SINGLE) 
 
 def self_critical(run: Run, start_epoch: int) -> None:
     """The self-critical epochs after the cross-entropy ones (captioner.scst), each validated and saved."""
-    from captioner.scst import Trainer
+    from captioner.scst import Trainer, warnings
 
     config = run.config
     trainer = Trainer(config, run.model, run.vocab, run.data.train_records, run.optimizer)
@@ -245,6 +245,8 @@ def self_critical(run: Run, start_epoch: int) -> None:
         run.progress.epoch = epoch
         run.progress.step += math.ceil(len(run.data.train_records) / config.scst.batch_size)
         run.progress.elapsed += stats["seconds"]
+        for warning in warnings(stats):
+            run.log(f"warning: {warning}")
         if validate(run, stats):
             run.log(f"stopping: {run.progress.elapsed / 60:.1f} minutes of training reached train.max_minutes")
             break
