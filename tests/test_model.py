@@ -271,3 +271,28 @@ def test_visual_word_streams_name_each_group_from_its_own_stream():
     config = Config.from_dict({"encoder": dict(TINY_ENCODER), "decoder": {"visual_word_streams": True}})
     with pytest.raises(ConfigError, match="factored_cnn"):
         Captioner.from_config(config, vocab_size=15)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("amp", [False, True])
+def test_the_context_weight_gradient_summed_in_one_product_equals_the_step_by_step_sum(cell, amp):
+    """Teacher forcing sums the context input weight's gradient over the steps in one product after the
+    loop (SummedWeightGrad); every parameter's gradient equals the plain per-step computation's."""
+    import copy
+
+    torch.manual_seed(0)
+    decoder = AttentionDecoder(30, 12, 8, 16, 10, cell=cell, dropout=0.0, num_layers=2 if cell == "gru" else 1)
+    memory, tokens = torch.randn(4, 7, 12), torch.randint(1, 30, (4, 6))
+    grads = []
+    for summed in (True, False):
+        model = copy.deepcopy(decoder)
+        model._compiled = not summed  # the compiled step keeps the plain path
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            logits, alphas = model(memory, tokens)
+            loss = logits.float().logsumexp(-1).mean() + alphas.float().pow(2).mean()
+        loss.backward()
+        grads.append({name: p.grad.float() for name, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=0, atol=2e-5 if amp else 1e-8)
+    assert grads[0]["core.rnn.weight_ih_l0"].abs().sum() > 0

@@ -33,6 +33,50 @@ class AttendedMemory:
     keys: Tensor
     mask: Tensor | None
     context_weight: Tensor
+    summed: SummedWeightGrad | None = None  # teacher forcing: the context weight's gradient in one product
+
+
+class SummedWeightGrad:
+    """The per-step products x_t W^T of a teacher-forced pass, whose gradient with respect to W is summed
+    in one matrix product when backpropagation reaches the first step, rather than step by step: the
+    per-step sums of a (G * H, D) gradient were the largest cost left outside matrix products (in bf16
+    most of all). Backpropagation reaches the first step last, because every later step depends on it."""
+
+    def __init__(self):
+        self.steps = 0
+        self.grads: list[Tensor] = []
+        self.inputs: list[Tensor] = []
+
+    def linear(self, x: Tensor, weight: Tensor) -> Tensor:
+        """x (B, D) @ weight (O, D).T, as F.linear without a bias."""
+        first = self.steps == 0
+        self.steps += 1
+        return _SummedLinear.apply(x, weight, self, first)
+
+
+class _SummedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, summed: SummedWeightGrad, first: bool) -> Tensor:
+        x = x.to(weight.dtype)
+        ctx.save_for_backward(x, weight)
+        ctx.summed, ctx.first = summed, first
+        return x @ weight.t()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        grad = grad.to(weight.dtype)
+        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            summed = ctx.summed
+            summed.grads.append(grad)
+            summed.inputs.append(x)
+            if ctx.first:  # the last backward step: every step's gradient is in
+                grad_weight = torch.cat(summed.grads).t() @ torch.cat(summed.inputs)
+                summed.grads.clear()
+                summed.inputs.clear()
+        return grad_x, grad_weight, None, None
 
 
 class AttentionDecoder(nn.Module):
@@ -98,6 +142,7 @@ class AttentionDecoder(nn.Module):
         # For every word, the share of the training sequences holding it that end with it: what decoding's
         # end rule reads (Rules.can_end). A buffer, so it travels in checkpoints; 1 until set_end_shares.
         self.register_buffer("end_share", torch.ones(vocab_size))
+        self._compiled = False  # compile_step: the compiled step keeps the per-step weight gradients
 
     def set_end_shares(self, shares: Tensor) -> None:
         """(V,): for each word, the share of the training sequences holding it that end with it."""
@@ -133,6 +178,7 @@ class AttentionDecoder(nn.Module):
         """torch.compile the sequential part of a step (attention, gate, core): one fused kernel set per step
         in place of a dozen small ones. The weights and checkpoints are unchanged."""
         self._recur = torch.compile(self._recur)
+        self._compiled = True
 
     def prepare(self, memory: Tensor, mask: Tensor | None = None) -> AttendedMemory:
         """Project the attention keys once per memory. memory (B, P, D), mask (B, P) True where valid."""
@@ -166,7 +212,10 @@ class AttentionDecoder(nn.Module):
         query = state[0][:, -1]  # top layer's h_{t-1}: (B, H)
         context, alpha = self.attention(attended.keys, attended.memory, query, attended.mask)
         gated = torch.sigmoid(self.gate(query)) * context  # (B, D)
-        gates = embed_gates + F.linear(gated, attended.context_weight)
+        if attended.summed is not None:
+            gates = embed_gates + attended.summed.linear(gated, attended.context_weight)
+        else:
+            gates = embed_gates + F.linear(gated, attended.context_weight)
         hidden, state = self.core.step_projected(gates, state)
         return hidden, context, gated, alpha, state
 
@@ -204,6 +253,8 @@ class AttentionDecoder(nn.Module):
         Returns logits (B, T, V) predicting w1 ... w_T, and attention weights alphas (B, T, P).
         """
         attended = self.prepare(memory, mask)
+        if torch.is_grad_enabled() and attended.context_weight.requires_grad and not self._compiled:
+            attended.summed = SummedWeightGrad()
         state = self.init_state(memory, mask)
         if self.training and self.word_dropout > 0:
             # Word dropout (Bowman et al. 2016): hide previous words (never the first, BOS) behind UNK,
