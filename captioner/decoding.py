@@ -31,6 +31,7 @@ class Generation:
     scores: Tensor  # (B,)
     traces: list[Tensor] | None  # per sequence (len_i, ...): the trace of the step that emitted each token
     candidates: list[list[tuple[list[int], float]]] | None = None
+    banned: Tensor | None = None  # sample(keep_banned=True): (B, T, V), what the rules banned at each step
 
 
 @dataclass(frozen=True)
@@ -150,27 +151,34 @@ def sample(
     top_k: int | None = None,
     generator: torch.Generator | None = None,
     rules: Rules | None = None,
+    keep_banned: bool = False,
 ) -> Generation:
     """Sample up to max_len tokens per row, then the ending (with an eos_id); temperature 0 is greedy.
 
     start_tokens (B,) is fed first (BOS, or the last character of a prime). With an eos_id the rules
     apply (Rules(): no empty sequence, and one still running after max_len tokens ends there, its score
     paying for the ending). Scores are the model's log-probabilities of the chosen tokens, before
-    temperature and rules.
+    temperature and rules. keep_banned: also return what the rules banned at each step (self-critical
+    training scores the samples under the same masks).
     """
     B = start_tokens.size(0)
     tokens = start_tokens
     finished = torch.zeros(B, dtype=torch.bool, device=tokens.device)
     scores = torch.zeros(B, device=tokens.device)
-    chosen, traces = [], []
+    steps = max_len + 1 if eos_id is not None else max_len
+    chosen = tokens.new_zeros(B, steps)  # the tokens so far: chosen[:, :t]
+    traces, masks = [], []
     rules = rules or Rules()
-    for _ in range(max_len + 1 if eos_id is not None else max_len):
+    t = -1
+    for t in range(steps):
         logits, state, trace = step_fn(tokens, state)
         logits = logits.float()
         log_probs = F.log_softmax(logits, dim=-1)  # (B, V)
         if eos_id is not None:
-            words = torch.stack(chosen, dim=1) if chosen else tokens.new_zeros(B, 0)
-            logits = logits.masked_fill(rules.banned(words, logits.size(-1), eos_id, max_len), float("-inf"))
+            banned = rules.banned(chosen[:, :t], logits.size(-1), eos_id, max_len)
+            logits = logits.masked_fill(banned, float("-inf"))
+            if keep_banned:
+                masks.append(banned)
         if temperature <= 0:
             next_tokens = logits.argmax(dim=-1)
         else:
@@ -184,7 +192,7 @@ def sample(
             next_tokens = next_tokens.masked_fill(finished, eos_id)
         step_scores = log_probs.gather(1, next_tokens.unsqueeze(1)).squeeze(1)
         scores += step_scores.masked_fill(finished, 0.0)
-        chosen.append(next_tokens)
+        chosen[:, t] = next_tokens
         if trace is not None:
             traces.append(trace)
         if eos_id is not None:
@@ -192,9 +200,9 @@ def sample(
             if bool(finished.all()):
                 break
         tokens = next_tokens
-    rows = torch.stack(chosen, dim=1)  # (B, T)
+    rows = chosen[:, : t + 1]  # (B, T): the steps taken
     token_lists, cut_traces = _cut(rows, torch.stack(traces, dim=1) if traces else None, eos_id)
-    return Generation(token_lists, scores, cut_traces)
+    return Generation(token_lists, scores, cut_traces, banned=torch.stack(masks, dim=1) if masks else None)
 
 
 def greedy(

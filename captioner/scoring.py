@@ -8,6 +8,7 @@ are an entry's "id", else its "file"). `scripts/bleu.py` is the command-line fro
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,13 +41,17 @@ def image_sizes(records: list[ImageRecord]) -> list[tuple[int, int]]:
     return sizes
 
 
-def sentence_checks(captions: list[list[str]], training: list[ImageRecord]) -> dict[str, float]:
-    """How finished the captions are: how many end on a word that ends no training caption (or are empty),
-    how many hold a word twice in a row, and their mean length in words."""
-    endings = {words[-1] for record in training for caption in record.captions if (words := tokenize(caption))}
+def caption_endings(records: list[ImageRecord]) -> set[str]:
+    """The words that end some caption of these records."""
+    return {words[-1] for record in records for caption in record.captions if (words := tokenize(caption))}
+
+
+def sentence_checks(captions: list[list[str]], endings: set[str]) -> dict[str, float]:
+    """How finished the captions are: how many end on a word outside endings (the training captions' last
+    words, caption_endings) or are empty, how many hold a word twice in a row, and their mean length."""
     return {
         "unfinished": sum(not words or words[-1] not in endings for words in captions),
-        "repeats": sum(any(a == b for a, b in zip(words, words[1:], strict=False)) for words in captions),
+        "repeats": sum(any(a == b for a, b in itertools.pairwise(words)) for words in captions),
         "words": sum(map(len, captions)) / max(1, len(captions)),
     }
 

@@ -74,13 +74,6 @@ def baselines(rewards: Tensor, kind: str, greedy: Tensor | None = None) -> Tenso
     return (rewards.sum(1, keepdim=True) - rewards) / (n - 1)
 
 
-def rule_masks(rules: Rules, targets: Tensor, vocab_size: int, max_len: int) -> Tensor:
-    """(N, T, V): what the rules banned before each word of targets (N, T), the words before it given."""
-    return torch.stack(
-        [rules.banned(targets[:, :t], vocab_size, Vocab.eos_id, max_len) for t in range(targets.size(1))], dim=1
-    )
-
-
 def padded(sequences: list[list[int]], device) -> tuple[Tensor, Tensor]:
     """Word lists -> inputs BOS w1 .. wn and targets w1 .. wn EOS, PAD-filled (N, T)."""
     length = max(map(len, sequences)) + 1
@@ -135,7 +128,6 @@ class Trainer:
         loader = DataLoader(dataset, scst.batch_size, sampler=order.tolist(), collate_fn=collate_images)
         generator = torch.Generator(device=device).manual_seed(config.train.seed * 104729 + epoch)
         _, rules = model.decoding(config.decode)
-        rules = rules or Rules()
         totals: dict[str, float] = {}
         steps = images_seen = 0
         start = time.perf_counter()
@@ -157,8 +149,8 @@ class Trainer:
         scst, model, decoder = self.config.scst, self.model, self.model.decoder
         n, B = scst.samples, inputs.size(0)
         memory = model.encoder(inputs)  # with gradients into the backbone only when it is fine-tuned
+        repeated = memory.repeat_interleave(n, 0)
         with torch.no_grad():
-            repeated = memory.detach().repeat_interleave(n, 0)
             attended = decoder.prepare(repeated)
             start = torch.full((B * n,), Vocab.bos_id, dtype=torch.long, device=memory.device)
             drawn = sample(
@@ -169,6 +161,7 @@ class Trainer:
                 Vocab.eos_id,
                 generator=generator,
                 rules=rules,
+                keep_banned=True,  # the masks the words are scored under below
             )
             images = [index for index in indices for _ in range(n)]
             rewards = self.rewards(drawn.tokens, images).view(B, n)
@@ -181,9 +174,8 @@ class Trainer:
             baseline = baselines(rewards, scst.baseline, greedy)
         advantages = (rewards - baseline).view(-1).to(memory.device)
         sequence_inputs, targets = padded(drawn.tokens, memory.device)
-        logits, _ = decoder(memory.repeat_interleave(n, 0), sequence_inputs)
-        banned = rule_masks(rules, targets, logits.size(-1), scst.max_len)
-        word_log_probs, mask, entropy = sequence_log_probs(logits, targets, banned)
+        logits, _ = decoder(repeated, sequence_inputs)
+        word_log_probs, mask, entropy = sequence_log_probs(logits, targets, drawn.banned)
         loss = scst_loss(word_log_probs, mask, advantages)
         backward_and_step(loss, self.optimizer, model.parameters(), self.config.train.grad_clip)
         words = mask.sum(1).float() - 1  # the ending is not a word

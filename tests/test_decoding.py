@@ -273,7 +273,7 @@ def test_end_shares_and_sentence_checks_by_hand():
     from captioner.data.loaders import set_end_words
     from captioner.data.manifest import ImageRecord
     from captioner.models.captioner import Captioner
-    from captioner.scoring import sentence_checks
+    from captioner.scoring import caption_endings, sentence_checks
     from captioner.vocab import Vocab
 
     captions = ["a red truck", "the letter a", "a truck and a red car", "a rare word"]
@@ -287,5 +287,5 @@ def test_end_shares_and_sentence_checks_by_hand():
     assert shares["red"] == 0.0 and shares["<unk>"] == 1.0 and shares["<pad>"] == 0.0
     can_end = model.can_end(0.3)
     assert [vocab.itos[i] for i in can_end.nonzero().flatten().tolist()] == ["<unk>", "truck", "car"]
-    checks = sentence_checks([["a", "red"], ["a", "truck", "truck"], []], records)
+    checks = sentence_checks([["a", "red"], ["a", "truck", "truck"], []], caption_endings(records))
     assert checks == {"unfinished": 2, "repeats": 1, "words": 5 / 3}

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from captioner.checkpoint import load_checkpoint
-from captioner.decoding import Rules
+from captioner.decoding import Rules, sample
 from captioner.rewards import CiderD
-from captioner.scst import baselines, rule_masks, scst_loss, sequence_log_probs
+from captioner.scst import baselines, scst_loss, sequence_log_probs
 from captioner.tasks.captioning import fit
 from tests.conftest import tiny_config
 
@@ -64,10 +64,19 @@ def test_baselines_by_hand():
     torch.testing.assert_close(baselines(rewards, "greedy", greedy), torch.tensor([[2.0] * 3, [1.0] * 3]))
 
 
-def test_rule_masks_are_what_sampling_saw():
+def test_sampling_keeps_the_rule_masks_it_drew_under():
+    """What self-critical training scores its samples under: the masks of each sampling step."""
     rules = Rules(torch.tensor([False, False, False, True, False, True]), min_len=1, no_repeat_word=True)
-    targets = torch.tensor([[4, 5, 2]])
-    masks = rule_masks(rules, targets, 6, max_len=4)
+    script = torch.tensor([4, 5, 2])  # a model sure of 4, then 5, then the ending
+
+    def step(tokens, state):
+        logits = torch.full((1, 6), -30.0)
+        logits[0, script[state]] = 30.0
+        return logits, state + 1, None
+
+    drawn = sample(step, 0, torch.tensor([1]), 4, 2, rules=rules, keep_banned=True)
+    assert drawn.tokens == [[4, 5]]
+    masks = drawn.banned
     assert masks[0, 0, 2] and masks[0, 1, 4]  # no ending at once; no 4 after 4
     assert masks[0, 1, 2] and not masks[0, 2, 2]  # no ending after 4, which ends no caption; after 5 it may
 

@@ -92,9 +92,9 @@ class TrainingData:
 
     def _cached(self) -> tuple[Dataset, Dataset]:
         if self.cached is None:  # a frozen backbone gives every image the same grid every epoch: compute it once
-            self.train_grids = self._grids("train", self.train_records)
+            train_grids = self._grids("train", self.train_records)
             val_grids = self._grids("val", self.val_records)
-            self.cached = CachedCaptionSet(self.images[0], self.train_grids), CachedImageSet(val_grids)
+            self.cached = CachedCaptionSet(self.images[0], train_grids), CachedImageSet(val_grids)
             self.log(f"training from cached {self.config.encoder.backbone} grids in {self.manifest.root / 'cache'}")
         return self.cached
 
@@ -103,7 +103,7 @@ class TrainingData:
         frozen (call for_epoch first), else the images, resized as for evaluation (self-critical training)."""
         if self.current is self.images:
             return ImageSet(self.train_records, self.transform)
-        return CachedImageSet(self.train_grids)
+        return CachedImageSet(self.current[0].grids)
 
     def _grids(self, split: str, records):
         path = cache_file(self.manifest.root, self.config, records, split, self.model.encoder)

@@ -30,8 +30,10 @@ from captioner.distributed import SINGLE, World, barrier, from_main, gather_obje
 from captioner.errors import CheckpointError, ConfigError
 from captioner.files import write_json
 from captioner.models.captioner import Captioner, caption_loss
-from captioner.scoring import Captions, image_sizes, score_captions, sentence_checks
+from captioner.scoring import Captions, caption_endings, image_sizes, score_captions, sentence_checks
+from captioner.scst import Trainer as SelfCritical
 from captioner.scst import check as check_scst
+from captioner.scst import warnings as scst_warnings
 from captioner.text import detokenize
 from captioner.training import (
     RunFolder,
@@ -232,10 +234,8 @@ def fit(config: Config, resume: bool = False, log=print, world: World = SINGLE) 
 
 def self_critical(run: Run, start_epoch: int) -> None:
     """The self-critical epochs after the cross-entropy ones (captioner.scst), each validated and saved."""
-    from captioner.scst import Trainer, warnings
-
     config = run.config
-    trainer = Trainer(config, run.model, run.vocab, run.data.train_records, run.optimizer)
+    trainer = SelfCritical(config, run.model, run.vocab, run.data.train_records, run.optimizer)
     total = config.train.epochs + config.scst.epochs
     for epoch in range(start_epoch, total):
         if epoch == config.train.epochs:
@@ -245,7 +245,7 @@ def self_critical(run: Run, start_epoch: int) -> None:
         run.progress.epoch = epoch
         run.progress.step += math.ceil(len(run.data.train_records) / config.scst.batch_size)
         run.progress.elapsed += stats["seconds"]
-        for warning in warnings(stats):
+        for warning in scst_warnings(stats):
             run.log(f"warning: {warning}")
         if validate(run, stats):
             run.log(f"stopping: {run.progress.elapsed / 60:.1f} minutes of training reached train.max_minutes")
@@ -472,6 +472,7 @@ def evaluate(
     sizes = image_sizes(records)
     settings = decode_settings(config, decode)
     model.decoding(settings, max_len)  # a bad setting is refused before anything is captioned
+    endings = caption_endings(manifest.split("train"))
     runs = []
     for beam_size in beam_sizes:
         captions = generate(
@@ -483,7 +484,7 @@ def evaluate(
             {"image": str(record.path), "generated": detokenize(tokens), "references": record.captions}
             for record, tokens in zip(records, captions.tokens, strict=True)
         ]
-        checks = sentence_checks(captions.tokens, manifest.split("train"))
+        checks = sentence_checks(captions.tokens, endings)
         runs.append({"beam_size": beam_size, "scores": scores, "checks": checks, "captions": generated})
     report = {
         "checkpoint": str(checkpoint),

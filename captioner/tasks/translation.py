@@ -23,7 +23,15 @@ from captioner.files import write_json
 from captioner.metrics import nltk_bleu
 from captioner.models.decoder import AttentionDecoder
 from captioner.models.seq2seq import Seq2Seq, TextEncoder
-from captioner.training import RunFolder, backward_and_step, build_scheduler, check_loss, resolve_device
+from captioner.training import (
+    RunFolder,
+    backward_and_step,
+    build_scheduler,
+    check_loss,
+    random_state,
+    resolve_device,
+    set_random_state,
+)
 from captioner.vocab import Vocab
 
 KIND = "translator"  # the checkpoints' "kind"
@@ -127,12 +135,14 @@ def pair_vocabs(config: TranslateConfig, pairs: list[Pair], checkpoint: dict | N
     return Vocab.build((s for s, _ in pairs), min_freq), Vocab.build((t for _, t in pairs), min_freq)
 
 
-def resume_state(checkpoint: dict, optimizer, schedule, generator: torch.Generator) -> dict:
-    """Restore the optimizer, the schedule, the shuffling and dropout generators; the run's progress."""
+def resume_state(checkpoint: dict, optimizer, schedule, generator: torch.Generator, device: torch.device) -> dict:
+    """Restore the optimizer, the schedule, the shuffling and dropout generators (the GPU's too); the run's
+    progress."""
     optimizer.load_state_dict(checkpoint["optimizer"])
     schedule.load_state_dict(checkpoint["scheduler"])
     generator.set_state(checkpoint["loader_rng"])
-    torch.set_rng_state(checkpoint["rng"])
+    rng = checkpoint["rng"]
+    set_random_state(rng if isinstance(rng, dict) else {"cpu": rng}, device)  # older files: the CPU's alone
     return {key: checkpoint[key] for key in ("epoch", "best_bleu4", "elapsed")}
 
 
@@ -161,7 +171,7 @@ def fit(config: TranslateConfig, resume: bool = False, log=print) -> Path:
     schedule = build_scheduler(optimizer, train, len(loader))
     progress = {"epoch": -1, "best_bleu4": -1.0, "elapsed": 0.0}
     if checkpoint is not None:
-        progress = resume_state(checkpoint, optimizer, schedule, generator)
+        progress = resume_state(checkpoint, optimizer, schedule, generator, device)
         log(f"resuming {folder.last} at epoch {progress['epoch'] + 2}")
     vocabs = {"source_vocab": source_vocab, "vocab": target_vocab}
     folder.start(config, vocabs, progress["epoch"] + 1 if checkpoint is not None else None)
@@ -197,7 +207,7 @@ def fit(config: TranslateConfig, resume: bool = False, log=print) -> Path:
             "metrics": row,
             "optimizer": optimizer.state_dict(),
             "scheduler": schedule.state_dict(),
-            "rng": torch.get_rng_state(),
+            "rng": random_state(device),
             "loader_rng": generator.get_state(),
             **progress,
         }
