@@ -55,6 +55,10 @@ class DecoderConfig:
     output_word: bool = True  # feed the previous word's embedding to the output layer (Xu et al. eq. 7)
     visual_word_groups: int = 0  # groups of words read off the attended context (the data's "visual_words")
     visual_word_streams: bool = False  # group g is read off stream g of the memory alone (backbone factored_cnn)
+    # object words named by the backbone's own ImageNet classifier over the attended context (captioner/
+    # class_words.py): imagenet, null (none), or auto: imagenet for a pretrained ResNet or EfficientNet-Lite0
+    # without visual word groups; a run's config.yaml and checkpoints hold the resolved value
+    class_words: str | None = "auto"
 
 
 @dataclass

@@ -76,6 +76,12 @@ class Rules:
     no_repeat_word: bool = False
     no_repeat_ngram: int = 0
     never: tuple[int, ...] = ()  # tokens never generated (a captioner's PAD and BOS)
+    # (V,) long: the token each token counts as for the repeat rules (a captioner's class word "@cat" and
+    # the ordinary "cat" are one word); None: each its own
+    same: Tensor | None = None
+    # (V,) bool: tokens of which no two may come in a row (a captioner's class words: "a missile projectile"
+    # is two readings of one classifier, not a compound); None: no such rule
+    apart: Tensor | None = None
 
     def banned(self, words: Tensor, vocab_size: int, eos_id: int, max_len: int) -> Tensor:
         """(N, V) bool: the tokens that may not come next after words (N, t), the t words so far."""
@@ -96,6 +102,10 @@ class Rules:
                     hard |= ~can_end
             hard[:, eos_id] = ~may_end
         soft = torch.zeros_like(hard)
+        last = words[:, -1] if t > 0 else None  # the last token itself, before the repeat rules' spelling
+        same = None if self.same is None else self.same.to(device)
+        if same is not None:
+            words = same[words]
         if self.no_repeat_word and t > 0:
             soft.scatter_(1, words[:, -1:], True)
         k = self.no_repeat_ngram
@@ -107,6 +117,11 @@ class Rules:
             following = words[:, k - 1 :]  # (N, t-k+1): the word after each window
             soft.scatter_(1, following.masked_fill(~seen, eos_id), seen.to(torch.bool))
             soft[:, eos_id] = False
+        if same is not None:
+            soft = soft[:, same]  # a token is banned where the word it counts as is
+        if self.apart is not None and t > 0:
+            apart = self.apart.to(device)
+            soft |= apart[last].unsqueeze(1) & apart
         banned = hard | soft
         # Only the last word's restriction, or a vocabulary hardly larger than the words so far, can leave
         # nothing: elsewhere the rules ban a few tokens of many, and the check is skipped.

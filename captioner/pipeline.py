@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from captioner.class_words import class_list, class_word
 from captioner.data.images import ImageTransform, _to_rgb, load_image
 from captioner.errors import ImageLoadError
 from captioner.tasks import captioning
@@ -34,6 +35,9 @@ class ImageCaption:
     attention: Tensor  # (len(words), P): the map over the P grid cells of the step that emitted each word
     attention_png: str | None = None  # the drawn maps, when an attention_dir was given
     candidates: list[tuple[str, float]] | None = None  # with n_best > 1: the n best (caption, score), best first
+    # with class words: the backbone classifier's top class over the whole picture (name, its caption word,
+    # probability), a reference point for the caption
+    top_class: tuple[str, str, float] | None = None
 
     def to_dict(self) -> dict:
         """What `captioner caption --json` prints for the picture."""
@@ -42,6 +46,9 @@ class ImageCaption:
             entry["candidates"] = [{"caption": c, "score": round(s, 4)} for c, s in self.candidates]
         if self.attention_png:
             entry["attention"] = self.attention_png
+        if self.top_class:
+            name, word, probability = self.top_class
+            entry["top_class"] = {"class": name, "word": word, "probability": round(probability, 4)}
         return entry
 
 
@@ -96,11 +103,16 @@ def caption_images(
         batch = torch.stack([transform(image) for _, image in loaded]).to(device)
         with torch.no_grad():
             generation = model.generate(batch, beam_size, max_len, settings, n_best)
+        top = model.classify(batch) if model.classes else None
         for i, ((name, image), ids, trace, score) in enumerate(
             zip(loaded, generation.tokens, generation.traces, generation.scores.tolist(), strict=True)
         ):
             words = vocab.decode(ids)
             result = ImageCaption(name, detokenize(words), words, score, trace.float().cpu())
+            if top is not None:
+                names = class_list(model.classes)
+                index = int(top[1][i])
+                result.top_class = (names[index], class_word(names[index]), float(top[0][i]))
             if generation.candidates is not None:
                 result.candidates = [(detokenize(vocab.decode(c)), s) for c, s in generation.candidates[i]]
             if attention_dir:

@@ -7,6 +7,9 @@ from collections.abc import Iterable
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
+# A captioner's class words (captioner/class_words.py) are tokens of their own, "@cat" beside the ordinary
+# "cat": the backbone's classifier names them. No tokenizer makes a token that starts with it.
+CLASS_PREFIX = "@"
 
 
 class Vocab:
@@ -21,6 +24,7 @@ class Vocab:
         self.stoi: dict[str, int] = {token: i for i, token in enumerate(self.itos)}
         if len(self.stoi) != len(self.itos):
             raise ValueError("vocabulary tokens must be unique")
+        self.class_words = frozenset(t[len(CLASS_PREFIX) :] for t in self.itos if t.startswith(CLASS_PREFIX))
 
     pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
 
@@ -43,7 +47,8 @@ class Vocab:
         return ([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else [])
 
     def decode(self, ids: Iterable[int]) -> list[str]:
-        """Ids -> tokens, stopping at the first EOS and skipping PAD and BOS."""
+        """Ids -> tokens, stopping at the first EOS and skipping PAD and BOS; class words are said as words, and
+        the article before one agrees with it (the model chose "a" before knowing which class word follows)."""
         tokens = []
         for i in ids:
             i = int(i)
@@ -51,7 +56,12 @@ class Vocab:
                 break
             if i in (self.pad_id, self.bos_id):
                 continue
-            tokens.append(self.itos[i])
+            token = self.itos[i]
+            if token.startswith(CLASS_PREFIX):
+                token = token[len(CLASS_PREFIX) :]
+                if tokens and tokens[-1] in ("a", "an"):
+                    tokens[-1] = "an" if token[0] in "aeiou" else "a"
+            tokens.append(token)
         return tokens
 
     def to_dict(self) -> dict:

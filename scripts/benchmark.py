@@ -62,9 +62,10 @@ RECIPES = {
     },
     "cpu": {
         "encoder": {"backbone": "efficientnet_lite0", "weights": None, "grid_size": 7, "fine_tune_stages": 2},
-        "decoder": {"embed_dim": 256, "hidden_dim": 512, "attention_dim": 256},
+        # class words as configs/stamps.yaml has them (auto, pretrained EfficientNet-Lite0): 955 words + 713
+        "decoder": {"embed_dim": 256, "hidden_dim": 512, "attention_dim": 256, "class_words": "imagenet"},
         "image_size": 224,
-        "vocab": 1_000,
+        "vocab": 1_668,
         "batch": 32,
         "fine_tune_batch": {"cpu": 32, "cuda": 32},
         "lengths": STAMPS_LENGTHS,
@@ -110,6 +111,13 @@ def _build(recipe: dict, device, fine_tune: bool):
         }
     )
     model = Captioner.from_config(config, recipe["vocab"], load_pretrained=False).to(device)
+    if model.classes:  # random class weights: the work is what matters, and the class words are the last ids
+        import torch
+
+        classes = model.decoder.num_classes
+        head = torch.randn(classes, model.encoder.out_dim, device=device) * 0.01
+        ids = torch.arange(classes, device=device) % (recipe["vocab"] - 955) + 955
+        model.decoder.set_class_words(head, torch.zeros(classes, device=device), ids)
     model.encoder.set_fine_tuning(fine_tune)
     return model, config
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: fetch the Tux Paint stamps (real pictures with human captions,
 # from a Debian package), train a captioner on the CPU with the offline ImageNet EfficientNet-Lite0,
-# score the held-out test split, and caption the test pictures with their attention maps.
+# score the held-out test split, caption the test pictures with their attention maps, and caption 13 public
+# photographs (scikit-image, scikit-learn) it has never seen.
 # A second run reuses the data, the feature cache and the trained model (delete runs/stamps to retrain).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,4 +24,14 @@ for e in json.load(open("data/stamps/captions.json"))["images"]:
 $captioner caption "${test_images[@]}" --attention-dir runs/stamps/attention > runs/stamps/test_captions.tsv
 head -n 12 runs/stamps/test_captions.tsv
 echo "... all ${#test_images[@]} test captions: runs/stamps/test_captions.tsv; attention maps: runs/stamps/attention/"
+$captioner data photos --out data/photos > /dev/null
+mapfile -t photos < <(ls data/photos/*)
+$captioner caption "${photos[@]}" --attention-dir runs/stamps/photos --json > runs/stamps/photos.json
+.venv/bin/python - <<'EOF'
+import json
+for r in json.load(open("runs/stamps/photos.json")):
+    top = r.get("top_class")
+    print(r["image"], r["caption"], f"(classifier: {top['class']}, {top['probability']:.2f})" if top else "", sep="\t")
+EOF
+echo "photos with their attention maps: runs/stamps/photos/"
 echo "caption your own pictures: .venv/bin/captioner caption my_photo.jpg"

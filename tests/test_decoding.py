@@ -139,6 +139,10 @@ def allowed(words: list[int], rules: Rules, max_len: int) -> bool:
         return False
     if rules.can_end is not None and not rules.can_end[words[-1]]:
         return False
+    if rules.apart is not None and any(rules.apart[a] and rules.apart[b] for a, b in itertools.pairwise(words)):
+        return False
+    if rules.same is not None:  # the repeat rules compare what the tokens count as
+        words = rules.same[torch.tensor(words)].tolist()
     if rules.no_repeat_word and any(a == b for a, b in itertools.pairwise(words)):
         return False
     n = rules.no_repeat_ngram
@@ -241,7 +245,10 @@ def test_no_decoding_ever_breaks_a_rule(seed):
         int(torch.randint(1, 3, (1,), generator=generator)),
         int(torch.randint(2, 4, (1,), generator=generator)),
     )
-    rules = Rules(can_end, min_len, no_repeat_word=True, no_repeat_ngram=n, never=(0, BOS))
+    apart, same = torch.zeros(V, dtype=torch.bool), torch.arange(V)
+    apart[4:8], same[4], same[5] = True, 8, 9  # class words: 4-7 never in a row, 4 and 5 spell words 8 and 9
+    classes = {"apart": apart, "same": same} if seed % 2 else {}
+    rules = Rules(can_end, min_len, no_repeat_word=True, no_repeat_ngram=n, never=(0, BOS), **classes)
     step = step_function(decoder, memory)
     start = torch.full((6,), BOS)
     results = [

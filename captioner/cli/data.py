@@ -1,4 +1,4 @@
-"""`captioner data shapes | stamps | coco`: prepare a captioning data set (captions.json and its images)."""
+"""`captioner data shapes | stamps | coco | photos`: prepare a captioning data set (captions.json and its images)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,15 @@ def coco(args: argparse.Namespace) -> int:
     prepare_coco(
         args.out, args.images, args.karpathy, args.train_json, args.val_json, args.test_json, args.min_word_freq
     )
+    return 0
+
+
+def photos(args: argparse.Namespace) -> int:
+    from captioner.data.photos import PHOTOS, fetch_photos
+
+    files = fetch_photos(args.out, force=args.force)
+    for file, (_, _, what) in zip(files, PHOTOS, strict=True):
+        print(f"{file}\t{what}")
     return 0
 
 
@@ -73,3 +82,14 @@ def add_commands(commands) -> None:
     parser.add_argument("--out", default="data/coco", help="output folder (default: data/coco)")
     parser.add_argument("--min-word-freq", type=int, default=5, help="rarer training words become <unk> (default: 5)")
     parser.set_defaults(func=coco)
+
+    parser = sources.add_parser(
+        "photos",
+        help="13 public photographs (scikit-image, scikit-learn) to caption, with what each shows",
+        description="Fetch the scikit-image and scikit-learn wheels with pip download (nothing installed) and copy "
+        "the photographs of things they ship (astronaut, chelsea, coffee, rocket, china, flower, ...) into OUT; "
+        "prints each file with what it shows. Not a training set: pictures to try a captioner on.",
+    )
+    parser.add_argument("--out", default="data/photos", help="output folder (default: data/photos)")
+    parser.add_argument("--force", action="store_true", help="fetch again even if the photos are there")
+    parser.set_defaults(func=photos)

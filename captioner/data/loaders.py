@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
+from captioner.class_words import caption_tokens, class_list, class_words, mark
 from captioner.config import Config
 from captioner.data.feature_cache import CachedCaptionSet, CachedImageSet, build_feature_cache, cache_file
 from captioner.data.images import ImageTransform
@@ -19,20 +20,33 @@ from captioner.errors import ConfigError, DataError
 from captioner.models.captioner import Captioner
 from captioner.scoring import image_sizes
 from captioner.text import tokenize
-from captioner.vocab import Vocab
+from captioner.vocab import CLASS_PREFIX, SPECIALS, Vocab
 
 
-def training_vocab(config: Config, manifest: Manifest, checkpoint: dict | None) -> Vocab:
-    """The resumed run's vocabulary, data.vocab's file, or one counted over the training captions only."""
+def training_vocab(config: Config, manifest: Manifest, checkpoint: dict | None, classes: str | None = None) -> Vocab:
+    """The resumed run's vocabulary, data.vocab's file, or one counted over the training captions only; with
+    a class list (decoder.class_words), every class word joins it as a token of its own (class_words.py)."""
     if checkpoint is not None:
         return Vocab.from_dict(checkpoint["vocab"])
     if config.data.vocab:
         try:
-            return Vocab.load(config.data.vocab)
+            vocab = Vocab.load(config.data.vocab)
         except ValueError as error:
             raise DataError(f"data.vocab: {error}") from None
-    captions = (tokenize(c)[: config.data.max_caption_len] for r in manifest.split("train") for c in r.captions)
-    return Vocab.build(captions, min_freq=config.data.min_word_freq)
+        return with_class_words(vocab, classes) if classes else vocab
+    words = frozenset(class_words(class_list(classes))) if classes else frozenset()
+    captions = (
+        mark(tokenize(c), words)[: config.data.max_caption_len] for r in manifest.split("train") for c in r.captions
+    )
+    vocab = Vocab.build(captions, min_freq=config.data.min_word_freq)
+    return with_class_words(vocab, classes) if classes else vocab
+
+
+def with_class_words(vocab: Vocab, classes: str) -> Vocab:
+    """vocab and, after its words, every word of a class list as a class word token."""
+    tokens = [CLASS_PREFIX + word for word in dict.fromkeys(class_words(class_list(classes)))]
+    have = set(vocab.itos)
+    return Vocab(vocab.itos[len(SPECIALS) :] + [t for t in tokens if t not in have])
 
 
 def set_visual_words(model: Captioner, config: Config, manifest: Manifest, vocab: Vocab) -> None:
@@ -53,11 +67,17 @@ def set_end_words(model: Captioner, manifest: Manifest, vocab: Vocab) -> None:
     holding, ending = torch.zeros(len(vocab)), torch.zeros(len(vocab))
     for record in manifest.split("train"):
         for caption in record.captions:
-            ids = [vocab.stoi.get(word, Vocab.unk_id) for word in tokenize(caption)]
+            ids = [vocab.stoi.get(word, Vocab.unk_id) for word in caption_tokens(caption, vocab)]
             if ids:
                 holding[sorted(set(ids))] += 1
                 ending[ids[-1]] += 1
-    model.decoder.set_end_shares(ending / holding.clamp(min=1))
+    shares = ending / holding.clamp(min=1)
+    if model.decoder.class_group is not None:
+        # A class word no training caption had may end one as any class word may: their shares taken together
+        group = model.decoder.class_group
+        together = ending[group].sum() / holding[group].sum().clamp(min=1)
+        shares[group & (holding == 0)] = together
+    model.decoder.set_end_shares(shares)
 
 
 class TrainingData:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from captioner.class_words import caption_tokens
 from captioner.data.images import ImageTransform, load_image
 from captioner.errors import DataError
 from captioner.text import tokenize
@@ -100,7 +101,7 @@ class CaptionTrainingSet(Dataset):
     ):
         self.records, self.transform, self.seed = records, transform, seed
         self.items = [
-            (i, torch.tensor(vocab.encode(tokenize(caption)[:max_len], add_bos=True, add_eos=True)))
+            (i, torch.tensor(vocab.encode(caption_tokens(caption, vocab)[:max_len], add_bos=True, add_eos=True)))
             for i, record in enumerate(records)
             for caption in record.captions
         ]

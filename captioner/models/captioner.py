@@ -6,20 +6,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captioner.class_words import CLASS_LISTS, class_list, class_words
 from captioner.config import Config, DecodeConfig
 from captioner.decoding import SUMMED, Generation, Norm, Rules
 from captioner.errors import ConfigError
 from captioner.models.decoder import AttentionDecoder
 from captioner.models.image_encoder import ImageEncoder
-from captioner.vocab import Vocab
+from captioner.vocab import CLASS_PREFIX, Vocab
 
 
 class Captioner(nn.Module):
     """Images -> a grid memory -> words, with the attention map of every word."""
 
-    def __init__(self, encoder: ImageEncoder, decoder: AttentionDecoder):
+    def __init__(self, encoder: ImageEncoder, decoder: AttentionDecoder, classes: str | None = None):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
+        self.classes = classes  # the class list of the decoder's class words (class_words.py), or None
 
     @classmethod
     def from_config(cls, config: Config, vocab_size: int, load_pretrained: bool = True) -> Captioner:
@@ -34,6 +36,12 @@ class Captioner(nn.Module):
             enc.channels_last,
             enc.width,
         )
+        classes = resolve_class_words(config, load_pretrained)
+        if classes is not None and load_pretrained and encoder.classes != classes:
+            raise ConfigError(
+                f"decoder.class_words {classes} needs the backbone's {classes} classifier, and {enc.backbone} with "
+                f"weights {enc.weights} has none: set decoder.class_words to null"
+            )
         if dec.visual_word_streams and encoder.streams is None:
             raise ConfigError(
                 f"decoder.visual_word_streams needs an encoder with separate feature streams "
@@ -52,10 +60,38 @@ class Captioner(nn.Module):
             dec.output_word,
             dec.visual_word_groups,
             encoder.streams if dec.visual_word_streams else None,
+            len(class_list(classes)) if classes else 0,
             pad_id=Vocab.pad_id,
             unk_id=Vocab.unk_id,
         )
-        return cls(encoder, decoder)
+        return cls(encoder, decoder, classes)
+
+    @torch.no_grad()
+    def classify(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """The backbone's own classifier over the whole picture (the grid's mean, as it was trained):
+        images (B, 3, S, S) or grids (B, P, D) -> (probability, class index) of the top class, each (B,)."""
+        if self.classes is None:
+            raise ConfigError("this captioner has no class words, so no classifier to read")
+        logits = F.linear(self.encoder(images).mean(1).float(), self.decoder.class_weight, self.decoder.class_bias)
+        return logits.softmax(-1).max(-1)
+
+    def set_class_words(self, vocab: Vocab) -> None:
+        """Give the decoder the backbone's classifier and each class's word id in vocab (which holds them all)."""
+        classes = self.encoder.classes
+        if self.decoder.class_weight is None or classes is None or self.encoder.class_head is None:
+            raise ConfigError("this captioner has no class words, or its backbone no classifier to read them with")
+        try:
+            ids = [vocab.stoi[CLASS_PREFIX + word] for word in class_words(class_list(classes))]
+        except KeyError as error:
+            raise ConfigError(f"the vocabulary lacks the class word {error.args[0]!r}") from None
+        same = torch.arange(len(vocab))
+        for token, i in vocab.stoi.items():
+            if token.startswith(CLASS_PREFIX) and token[len(CLASS_PREFIX) :] in vocab.stoi:
+                same[i] = vocab.stoi[token[len(CLASS_PREFIX) :]]
+        if "a" in vocab.stoi and "an" in vocab.stoi:  # one article: the class word after it decides which
+            same[vocab.stoi["an"]] = vocab.stoi["a"]
+        weight, bias = self.encoder.class_head
+        self.decoder.set_class_words(weight, bias, torch.tensor(ids), same)
 
     def forward(self, images: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher forcing: images (B, 3, S, S) or cached grids (B, P, D), tokens (B, T).
@@ -111,8 +147,28 @@ class Captioner(nn.Module):
             decode.no_repeat_word,
             decode.no_repeat_ngram,
             never=(Vocab.pad_id, Vocab.bos_id),
+            same=self.decoder.same_word,
+            apart=self.decoder.class_group,
         )
         return norm, rules
+
+
+def resolve_class_words(config: Config, pretrained: bool = True) -> str | None:
+    """The class list decoder.class_words asks for (None: none). auto: imagenet for a ResNet or EfficientNet-Lite0
+    with pretrained weights and no visual word groups; a checkpoint's own config holds the resolved value, so
+    auto there (a checkpoint from before class words) means none."""
+    value = config.decoder.class_words
+    if value is None or value == "none":
+        return None
+    if value == "auto":
+        enc = config.encoder
+        usable = enc.backbone.startswith(("resnet", "efficientnet")) and enc.weights is not None
+        return "imagenet" if pretrained and usable and not config.decoder.visual_word_groups else None
+    if value not in CLASS_LISTS:
+        raise ConfigError(f"decoder.class_words must be auto, null or one of {', '.join(CLASS_LISTS)}, not {value!r}")
+    if config.decoder.visual_word_groups:
+        raise ConfigError("decoder.class_words and decoder.visual_word_groups cannot be used together")
+    return value
 
 
 def caption_loss(

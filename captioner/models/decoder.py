@@ -34,6 +34,7 @@ class AttendedMemory:
     mask: Tensor | None
     context_weight: Tensor
     summed: SummedWeightGrad | None = None  # teacher forcing: the context weight's gradient in one product
+    whole: Tensor | None = None  # (B, D) the memory's mean, for class words: what the classifier was trained on
 
 
 class SummedWeightGrad:
@@ -96,6 +97,7 @@ class AttentionDecoder(nn.Module):
         output_word: bool = True,
         visual_word_groups: int = 0,
         visual_streams: tuple[int, ...] | None = None,
+        num_classes: int = 0,
         pad_id: int = 0,
         unk_id: int = 3,
     ):
@@ -142,6 +144,26 @@ class AttentionDecoder(nn.Module):
         # For every word, the share of the training sequences holding it that end with it: what decoding's
         # end rule reads (Rules.can_end). A buffer, so it travels in checkpoints; 1 until set_end_shares.
         self.register_buffer("end_share", torch.ones(vocab_size))
+        # Class words (captioner/class_words.py): a frozen classifier over the attended context (the backbone's
+        # own ImageNet head, num_classes outputs) names a class; the language model says only *when* a class
+        # word comes (the class words' total probability), as for a visual word group. So the model can say a
+        # class word no training caption had. Each class's word is class_word_ids[c]; several classes may
+        # share one, their probabilities adding up. A learnt scale (a temperature) sharpens or flattens the
+        # classifier. All of it travels in checkpoints.
+        if num_classes and visual_word_groups:
+            raise ValueError("a decoder has either class words or visual word groups, not both")
+        self.num_classes = num_classes
+        classes = (num_classes, memory_dim) if num_classes else None
+        self.register_buffer("class_weight", torch.zeros(classes) if classes else None)
+        self.register_buffer("class_bias", torch.zeros(num_classes) if classes else None)
+        self.register_buffer("class_word_ids", torch.zeros(num_classes, dtype=torch.long) if classes else None)
+        self.register_buffer("class_group", torch.zeros(vocab_size, dtype=torch.bool) if classes else None)
+        # the token each token counts as for the repeat rules: a class word and the ordinary word it spells
+        self.register_buffer("same_word", torch.arange(vocab_size) if classes else None)
+        self.class_scale = nn.Parameter(torch.zeros(())) if classes else None  # log of the temperature's inverse
+        # The class is read from the attended context and from the whole picture (the grid's mean, what the
+        # classifier was trained on), mixed: sigmoid(class_mix) is the attended context's share
+        self.class_mix = nn.Parameter(torch.zeros(())) if classes else None
         self._compiled = False  # compile_step: the compiled step keeps the per-step weight gradients
 
     def set_end_shares(self, shares: Tensor) -> None:
@@ -153,6 +175,8 @@ class AttentionDecoder(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before decoders learnt their end words: any word may end a sequence
         state_dict.setdefault(prefix + "end_share", torch.ones_like(self.end_share))
+        if self.same_word is not None:  # written before class words shared the repeat rules with their spellings
+            state_dict.setdefault(prefix + "same_word", torch.arange(self.vocab_size))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_visual_words(self, groups: list[list[int]]) -> None:
@@ -174,6 +198,47 @@ class AttentionDecoder(nn.Module):
                 self.visual_mask[group] = 0.0
                 self.visual_mask[group, start:stop] = 1.0
 
+    def set_class_words(self, weight: Tensor, bias: Tensor, word_ids: Tensor, same_word: Tensor | None = None) -> None:
+        """The classifier (weight (C, D), bias (C,)) and each class's word id (C,) for the class words; same_word
+        (V,): the token each token counts as for the repeat rules (default: each its own)."""
+        if self.class_weight is None:
+            raise ValueError("this decoder was built without class words")
+        if weight.shape != self.class_weight.shape or bias.shape != self.class_bias.shape:
+            raise ValueError(
+                f"a class head of {tuple(weight.shape)} does not fit this decoder's {tuple(self.class_weight.shape)}"
+            )
+        if word_ids.shape != (self.num_classes,) or not bool(((word_ids > 3) & (word_ids < self.vocab_size)).all()):
+            raise ValueError(f"class word ids must be ({self.num_classes},) ordinary word ids of the vocabulary")
+        self.class_weight.copy_(weight)
+        self.class_bias.copy_(bias)
+        self.class_word_ids.copy_(word_ids)
+        self.class_group.zero_()
+        self.class_group[word_ids] = True
+        self.same_word.copy_(torch.arange(self.vocab_size) if same_word is None else same_word)
+
+    def class_log_probs(self, context: Tensor) -> Tensor:
+        """The classifier's log-probabilities of the classes from attended contexts (..., D) -> (..., C)."""
+        logits = F.linear(context.float(), self.class_weight, self.class_bias)
+        return F.log_softmax(logits * self.class_scale.exp(), dim=-1)
+
+    def _class_scores(self, language: Tensor, context: Tensor, whole: Tensor | None) -> Tensor:
+        """Word log-probabilities (..., V) with the class words' identity from the classifier over the attended
+        context (..., D) and the whole picture, whole (B, D) (None: the context alone)."""
+        classes = self.class_log_probs(context)  # (..., C)
+        if whole is not None:
+            overall = self.class_log_probs(whole)  # (B, C)
+            if context.dim() == 3:  # teacher forcing (B, T, D)
+                overall = overall.unsqueeze(1)
+            elif context.size(0) != overall.size(0):  # beam search: K rows per picture
+                overall = overall.repeat_interleave(context.size(0) // overall.size(0), dim=0)
+            share = self.class_mix
+            classes = torch.logaddexp(F.logsigmoid(share) + classes, F.logsigmoid(-share) + overall)
+        classes = classes.exp()
+        words = torch.zeros_like(language).index_add_(-1, self.class_word_ids, classes)  # (..., V)
+        lowest = torch.finfo(torch.float32).min
+        slot = torch.logsumexp(language.masked_fill(~self.class_group, lowest), dim=-1, keepdim=True)
+        return torch.where(self.class_group, slot + words.clamp_min(1e-30).log(), language)
+
     def compile_step(self) -> None:
         """torch.compile the sequential part of a step (attention, gate, core): one fused kernel set per step
         in place of a dozen small ones. The weights and checkpoints are unchanged."""
@@ -186,7 +251,12 @@ class AttentionDecoder(nn.Module):
         device = weight.device.type
         if torch.is_autocast_enabled(device):
             weight = weight.to(torch.get_autocast_dtype(device))
-        return AttendedMemory(memory, self.attention.project_memory(memory), mask, weight.contiguous())
+        whole = None
+        if self.class_group is not None:
+            weights = torch.ones_like(memory[..., 0]) if mask is None else mask.to(memory.dtype)  # (B, P)
+            whole = (memory * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp_min(1.0)
+        keys = self.attention.project_memory(memory)
+        return AttendedMemory(memory, keys, mask, weight.contiguous(), whole=whole)
 
     def init_state(self, memory: Tensor, mask: Tensor | None = None) -> State:
         """Initial (h, c) (or (h,)) from the mean of the valid memory positions; each (B, L, H)."""
@@ -219,7 +289,9 @@ class AttentionDecoder(nn.Module):
         hidden, state = self.core.step_projected(gates, state)
         return hidden, context, gated, alpha, state
 
-    def _output(self, embedded: Tensor, hidden: Tensor, context: Tensor, gated: Tensor) -> Tensor:
+    def _output(
+        self, embedded: Tensor, hidden: Tensor, context: Tensor, gated: Tensor, whole: Tensor | None = None
+    ) -> Tensor:
         """Output layer over any leading shape: (..., E), (..., H), (..., D), (..., D) -> scores (..., V).
 
         The word distribution is softmax(scores) in both modes: logits of the deep output, or, with
@@ -229,6 +301,8 @@ class AttentionDecoder(nn.Module):
         if self.output_word:
             mixed = mixed + embedded
         logits = self.classifier(self.dropout(mixed))
+        if self.class_group is not None:
+            return self._class_scores(F.log_softmax(logits.float(), dim=-1), context, whole)
         if self.visual_groups is None:
             return logits
         language = F.log_softmax(logits.float(), dim=-1)  # (..., V)
@@ -273,7 +347,7 @@ class AttentionDecoder(nn.Module):
             alphas.append(alpha)
         hidden_all = torch.stack(hiddens, dim=1)  # (B, T, H)
         context_all, gated_all = torch.stack(contexts, dim=1), torch.stack(gateds, dim=1)  # (B, T, D)
-        logits = self._output(embedded, hidden_all, context_all, gated_all)  # (B, T, V), matmuls over all steps
+        logits = self._output(embedded, hidden_all, context_all, gated_all, attended.whole)  # (B, T, V), all steps
         return logits, torch.stack(alphas, dim=1)
 
     @torch.no_grad()
@@ -312,4 +386,4 @@ class AttentionDecoder(nn.Module):
         embedded = self.embedding(tokens)  # (B, E)
         embed_gates = self.core.project_input(embedded, stop=self.embed_dim)
         hidden, context, gated, alpha, state = self._recur(embed_gates, state, attended)
-        return self._output(embedded, hidden, context, gated), state, alpha
+        return self._output(embedded, hidden, context, gated, attended.whole), state, alpha

