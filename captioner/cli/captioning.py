@@ -182,7 +182,12 @@ def add_commands(commands) -> None:
     parser.add_argument("--beam-size", type=positive_int, default=3, help="1 = greedy (default: 3)")
     parser.add_argument("--max-len", type=positive_int, default=30, help="maximum caption length in words")
     parser.add_argument("--batch-size", type=positive_int, default=32)
-    parser.add_argument("--json", action="store_true", help="print a JSON list instead of IMAGE<TAB>CAPTION lines")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list instead of IMAGE<TAB>CAPTION lines (with class words: also the "
+        "backbone classifier's top class of each picture)",
+    )
     parser.add_argument("--attention-dir", help="write IMAGE.attention.png with every word's attention map here")
     parser.add_argument(
         "--n-best",
