@@ -29,7 +29,7 @@ PHOTOS = (
     ("scikit-image", "skimage/data/moon.png", "the surface of the moon (grey)"),
     ("scikit-image", "skimage/data/motorcycle_left.png", "a motorcycle"),
     ("scikit-image", "skimage/data/rocket.jpg", "a rocket on its launch pad"),
-    ("scikit-learn", "sklearn/datasets/images/china.jpg", "a Chinese temple"),
+    ("scikit-learn", "sklearn/datasets/images/china.jpg", "a Chinese temple tower"),
     ("scikit-learn", "sklearn/datasets/images/flower.jpg", "a flower"),
 )
 
