@@ -31,8 +31,9 @@ def test_recipe_builds(path):
         CharLM(50, m.embed_dim, m.hidden_dim, m.num_layers, m.cell, m.dropout)
         assert config.train.max_minutes or config.train.max_steps
         return
-    config = load_config(path, ["encoder.weights=null"])
-    model = Captioner.from_config(config, vocab_size=50)
+    config = load_config(path)
+    model = Captioner.from_config(config, vocab_size=50, load_pretrained=False)  # as a checkpoint's restore
     assert model.encoder.grid_size == config.encoder.grid_size
+    assert (model.classes is not None) == (config.decoder.class_words == "imagenet")
     tuned = sum(p.numel() for p in model.encoder.backbone_parameters())
     assert (tuned > 0) == (config.encoder.fine_tune_stages != 0)
