@@ -8,8 +8,14 @@ from collections.abc import Iterable
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 # A captioner's class words (captioner/class_words.py) are tokens of their own, "@cat" beside the ordinary
-# "cat": the backbone's classifier names them. No tokenizer makes a token that starts with it.
+# "cat": the backbone's classifier names them. No word tokenizer makes a token that starts with it; "@"
+# alone (a character of a char LM, a symbol of a translation) is an ordinary token.
 CLASS_PREFIX = "@"
+
+
+def is_class_word(token: str) -> bool:
+    """Whether a vocabulary token is a class word ("@cat"), not an ordinary token ("@", "cat")."""
+    return token.startswith(CLASS_PREFIX) and len(token) > len(CLASS_PREFIX)
 
 
 class Vocab:
@@ -24,7 +30,7 @@ class Vocab:
         self.stoi: dict[str, int] = {token: i for i, token in enumerate(self.itos)}
         if len(self.stoi) != len(self.itos):
             raise ValueError("vocabulary tokens must be unique")
-        self.class_words = frozenset(t[len(CLASS_PREFIX) :] for t in self.itos if t.startswith(CLASS_PREFIX))
+        self.class_words = frozenset(t[len(CLASS_PREFIX) :] for t in self.itos if is_class_word(t))
 
     pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
 
@@ -57,7 +63,7 @@ class Vocab:
             if i in (self.pad_id, self.bos_id):
                 continue
             token = self.itos[i]
-            if token.startswith(CLASS_PREFIX):
+            if is_class_word(token):
                 token = token[len(CLASS_PREFIX) :]
                 if tokens and tokens[-1] in ("a", "an"):
                     tokens[-1] = "an" if token[0] in "aeiou" else "a"

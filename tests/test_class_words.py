@@ -197,3 +197,9 @@ def test_no_two_class_words_come_in_a_row():
     rules = Rules(same=torch.tensor([0, 1, 2, 3, 4, 5, 4]), apart=apart)
     banned = rules.banned(torch.tensor([[4, 6], [6, 4], [3, 3]]), 7, eos_id=2, max_len=5)
     assert banned[0, [5, 6]].all() and not banned[1:, [5, 6]].any() and not banned[:, [3, 4]].any()
+
+
+def test_an_at_sign_alone_is_an_ordinary_token():
+    chars = Vocab(list("@a b"))  # a char LM's vocabulary: "@" is a character of the text (decorators, e-mail)
+    assert chars.class_words == frozenset()
+    assert "".join(chars.decode(chars.encode(list("a@b")))) == "a@b"

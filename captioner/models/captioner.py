@@ -12,7 +12,7 @@ from captioner.decoding import SUMMED, Generation, Norm, Rules
 from captioner.errors import ConfigError
 from captioner.models.decoder import AttentionDecoder
 from captioner.models.image_encoder import ImageEncoder
-from captioner.vocab import CLASS_PREFIX, Vocab
+from captioner.vocab import CLASS_PREFIX, Vocab, is_class_word
 
 
 class Captioner(nn.Module):
@@ -86,7 +86,7 @@ class Captioner(nn.Module):
             raise ConfigError(f"the vocabulary lacks the class word {error.args[0]!r}") from None
         same = torch.arange(len(vocab))
         for token, i in vocab.stoi.items():
-            if token.startswith(CLASS_PREFIX) and token[len(CLASS_PREFIX) :] in vocab.stoi:
+            if is_class_word(token) and token[len(CLASS_PREFIX) :] in vocab.stoi:
                 same[i] = vocab.stoi[token[len(CLASS_PREFIX) :]]
         if "a" in vocab.stoi and "an" in vocab.stoi:  # one article: the class word after it decides which
             same[vocab.stoi["an"]] = vocab.stoi["a"]
