@@ -84,6 +84,7 @@ def caption_images(
     settings = captioning.decode_settings(config, decode)
     model.decoding(settings, max_len)  # a bad setting is refused before any image is read
     beam_size = max(beam_size, n_best)
+    names = class_list(model.classes) if model.classes else None
     transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
     if attention_dir:
         Path(attention_dir).mkdir(parents=True, exist_ok=True)
@@ -102,15 +103,15 @@ def caption_images(
             continue
         batch = torch.stack([transform(image) for _, image in loaded]).to(device)
         with torch.no_grad():
-            generation = model.generate(batch, beam_size, max_len, settings, n_best)
-        top = model.classify(batch) if model.classes else None
+            grids = model.encoder.grid(batch)  # the backbone once, for the caption and the classifier alike
+            generation = model.generate(grids, beam_size, max_len, settings, n_best)
+        top = model.classify(grids) if model.classes else None
         for i, ((name, image), ids, trace, score) in enumerate(
             zip(loaded, generation.tokens, generation.traces, generation.scores.tolist(), strict=True)
         ):
             words = vocab.decode(ids)
             result = ImageCaption(name, detokenize(words), words, score, trace.float().cpu())
             if top is not None:
-                names = class_list(model.classes)
                 index = int(top[1][i])
                 result.top_class = (names[index], class_word(names[index]), float(top[0][i]))
             if generation.candidates is not None:

@@ -69,11 +69,11 @@ class Captioner(nn.Module):
     @torch.no_grad()
     def classify(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """The backbone's own classifier over the whole picture (the grid's mean, as it was trained):
-        images (B, 3, S, S) or grids (B, P, D) -> (probability, class index) of the top class, each (B,)."""
+        images (B, 3, S, S) or the backbone's grids (B, P, D) -> (probability, class index) of the top class."""
         if self.classes is None:
             raise ConfigError("this captioner has no class words, so no classifier to read")
-        logits = F.linear(self.encoder(images).mean(1).float(), self.decoder.class_weight, self.decoder.class_bias)
-        return logits.softmax(-1).max(-1)
+        grids = self.encoder.grid(images) if images.dim() == 4 else images
+        return self.decoder.class_logits(grids.mean(1)).softmax(-1).max(-1)
 
     def set_class_words(self, vocab: Vocab) -> None:
         """Give the decoder the backbone's classifier and each class's word id in vocab (which holds them all)."""

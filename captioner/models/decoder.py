@@ -34,7 +34,9 @@ class AttendedMemory:
     mask: Tensor | None
     context_weight: Tensor
     summed: SummedWeightGrad | None = None  # teacher forcing: the context weight's gradient in one product
-    whole: Tensor | None = None  # (B, D) the memory's mean, for class words: what the classifier was trained on
+    # class words: the classes' log-probabilities (B, C) over the whole picture (the memory's mean, what the
+    # classifier was trained on), the same at every step
+    whole_classes: Tensor | None = None
 
 
 class SummedWeightGrad:
@@ -175,8 +177,6 @@ class AttentionDecoder(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before decoders learnt their end words: any word may end a sequence
         state_dict.setdefault(prefix + "end_share", torch.ones_like(self.end_share))
-        if self.same_word is not None:  # written before class words shared the repeat rules with their spellings
-            state_dict.setdefault(prefix + "same_word", torch.arange(self.vocab_size))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_visual_words(self, groups: list[list[int]]) -> None:
@@ -216,17 +216,22 @@ class AttentionDecoder(nn.Module):
         self.class_group[word_ids] = True
         self.same_word.copy_(torch.arange(self.vocab_size) if same_word is None else same_word)
 
-    def class_log_probs(self, context: Tensor) -> Tensor:
-        """The classifier's log-probabilities of the classes from attended contexts (..., D) -> (..., C)."""
-        logits = F.linear(context.float(), self.class_weight, self.class_bias)
-        return F.log_softmax(logits * self.class_scale.exp(), dim=-1)
+    def class_logits(self, features: Tensor) -> Tensor:
+        """The frozen classifier as the backbone has it: features (..., D) -> class logits (..., C)."""
+        return F.linear(features.float(), self.class_weight, self.class_bias)
 
-    def _class_scores(self, language: Tensor, context: Tensor, whole: Tensor | None) -> Tensor:
+    def class_log_probs(self, features: Tensor) -> Tensor:
+        """The classes' log-probabilities (..., C) from attended contexts or grid means (..., D), with the learnt
+        temperature."""
+        return F.log_softmax(self.class_logits(features) * self.class_scale.exp(), dim=-1)
+
+    def _class_scores(self, language: Tensor, context: Tensor, whole_classes: Tensor | None) -> Tensor:
         """Word log-probabilities (..., V) with the class words' identity from the classifier over the attended
-        context (..., D) and the whole picture, whole (B, D) (None: the context alone)."""
+        context (..., D), mixed with its reading of the whole picture, whole_classes (B, C) (None: the context
+        alone)."""
         classes = self.class_log_probs(context)  # (..., C)
-        if whole is not None:
-            overall = self.class_log_probs(whole)  # (B, C)
+        if whole_classes is not None:
+            overall = whole_classes
             if context.dim() == 3:  # teacher forcing (B, T, D)
                 overall = overall.unsqueeze(1)
             elif context.size(0) != overall.size(0):  # beam search: K rows per picture
@@ -251,12 +256,13 @@ class AttentionDecoder(nn.Module):
         device = weight.device.type
         if torch.is_autocast_enabled(device):
             weight = weight.to(torch.get_autocast_dtype(device))
-        whole = None
-        if self.class_group is not None:
+        whole_classes = None
+        if self.class_group is not None:  # once per memory, not at every step
             weights = torch.ones_like(memory[..., 0]) if mask is None else mask.to(memory.dtype)  # (B, P)
             whole = (memory * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp_min(1.0)
+            whole_classes = self.class_log_probs(whole)
         keys = self.attention.project_memory(memory)
-        return AttendedMemory(memory, keys, mask, weight.contiguous(), whole=whole)
+        return AttendedMemory(memory, keys, mask, weight.contiguous(), whole_classes=whole_classes)
 
     def init_state(self, memory: Tensor, mask: Tensor | None = None) -> State:
         """Initial (h, c) (or (h,)) from the mean of the valid memory positions; each (B, L, H)."""
@@ -290,7 +296,7 @@ class AttentionDecoder(nn.Module):
         return hidden, context, gated, alpha, state
 
     def _output(
-        self, embedded: Tensor, hidden: Tensor, context: Tensor, gated: Tensor, whole: Tensor | None = None
+        self, embedded: Tensor, hidden: Tensor, context: Tensor, gated: Tensor, whole_classes: Tensor | None = None
     ) -> Tensor:
         """Output layer over any leading shape: (..., E), (..., H), (..., D), (..., D) -> scores (..., V).
 
@@ -302,7 +308,7 @@ class AttentionDecoder(nn.Module):
             mixed = mixed + embedded
         logits = self.classifier(self.dropout(mixed))
         if self.class_group is not None:
-            return self._class_scores(F.log_softmax(logits.float(), dim=-1), context, whole)
+            return self._class_scores(F.log_softmax(logits.float(), dim=-1), context, whole_classes)
         if self.visual_groups is None:
             return logits
         language = F.log_softmax(logits.float(), dim=-1)  # (..., V)
@@ -347,7 +353,7 @@ class AttentionDecoder(nn.Module):
             alphas.append(alpha)
         hidden_all = torch.stack(hiddens, dim=1)  # (B, T, H)
         context_all, gated_all = torch.stack(contexts, dim=1), torch.stack(gateds, dim=1)  # (B, T, D)
-        logits = self._output(embedded, hidden_all, context_all, gated_all, attended.whole)  # (B, T, V), all steps
+        logits = self._output(embedded, hidden_all, context_all, gated_all, attended.whole_classes)  # (B, T, V)
         return logits, torch.stack(alphas, dim=1)
 
     @torch.no_grad()
@@ -386,4 +392,4 @@ class AttentionDecoder(nn.Module):
         embedded = self.embedding(tokens)  # (B, E)
         embed_gates = self.core.project_input(embedded, stop=self.embed_dim)
         hidden, context, gated, alpha, state = self._recur(embed_gates, state, attended)
-        return self._output(embedded, hidden, context, gated, attended.whole), state, alpha
+        return self._output(embedded, hidden, context, gated, attended.whole_classes), state, alpha
