@@ -1,13 +1,13 @@
 """captioner: Show, Attend and Tell image captioning, a char-level LM and a seq2seq translator on one core.
 
 import captioner
-results = captioner.caption_images(["cat.jpg"])               # the default model, or checkpoint=PATH
-model, config, vocab = captioner.load_captioner("runs/stamps/best.pt")
+model = captioner.load()                                      # the default model, or captioner.load(PATH)
+results = model.caption(["cat.jpg", "bus.png"], n_best=3)     # caption, words, attention, score, candidates
 best = captioner.train(captioner.load_config("configs/stamps.yaml"))
 """
 
 from captioner.config import Config, LMConfig, TranslateConfig, load_config
-from captioner.pipeline import ImageCaption, caption_images
+from captioner.pipeline import Candidate, CaptionModel, ImageCaption, caption_images, load
 from captioner.tasks import captioning, char_lm, translation
 from captioner.tasks.captioning import evaluate, fit
 from captioner.tasks.captioning import restore as load_captioner
@@ -16,6 +16,8 @@ from captioner.vocab import Vocab
 train = fit  # train a captioner from a config: captioner.train(captioner.load_config("configs/stamps.yaml"))
 
 __all__ = [
+    "CaptionModel",
+    "Candidate",
     "Config",
     "ImageCaption",
     "LMConfig",
@@ -26,6 +28,7 @@ __all__ = [
     "char_lm",
     "evaluate",
     "fit",
+    "load",
     "load_captioner",
     "load_config",
     "train",

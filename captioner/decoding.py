@@ -31,6 +31,7 @@ class Generation:
     scores: Tensor  # (B,)
     traces: list[Tensor] | None  # per sequence (len_i, ...): the trace of the step that emitted each token
     candidates: list[list[tuple[list[int], float]]] | None = None
+    candidate_traces: list[list[Tensor]] | None = None  # with candidates: the traces of each, as traces
     banned: Tensor | None = None  # sample(keep_banned=True): (B, T, V), what the rules banned at each step
 
 
@@ -289,9 +290,17 @@ def beam_search(
         bound = scores.max(dim=1).values / best_penalty  # the best any live hypothesis can still end with
         if bool(((done.scores[:, -1] >= bound) | ~bound.isfinite()).all()):
             break
-    traces = _backtrack(trace_steps, origins, done.step[:, :1], done.row[:, :1])[:, 0] if trace_steps else None
-    token_lists, cut_traces = _cut(done.words[:, 0], traces, eos_id)
-    return Generation(token_lists, done.scores[:, 0], cut_traces, done.candidates() if N > 1 else None)
+    J = N if N > 1 else 1  # the n best need their traces too (the attention of every candidate)
+    traces = _backtrack(trace_steps, origins, done.step[:, :J], done.row[:, :J]) if trace_steps else None
+    token_lists, cut_traces = _cut(done.words[:, 0], traces[:, 0] if traces is not None else None, eos_id)
+    if N == 1:
+        return Generation(token_lists, done.scores[:, 0], cut_traces)
+    candidates = done.candidates()
+    candidate_traces = None
+    if traces is not None:
+        _, every = _cut(done.words.flatten(0, 1), traces.flatten(0, 1), eos_id)
+        candidate_traces = [[every[b * N + n] for n in range(len(found))] for b, found in enumerate(candidates)]
+    return Generation(token_lists, done.scores[:, 0], cut_traces, candidates, candidate_traces)
 
 
 @dataclass

@@ -54,3 +54,11 @@ def tiny_config(root, run_dir, **train) -> Config:
         }
     )
     return config
+
+
+@pytest.fixture(scope="session")
+def caption_checkpoint(shapes_root, tmp_path_factory):
+    """A tiny captioner trained for one epoch on the shapes, for the tests of what uses a trained model."""
+    from captioner.tasks.captioning import fit
+
+    return fit(tiny_config(shapes_root, tmp_path_factory.mktemp("caption_run"), epochs=1), log=lambda _: None)

@@ -25,6 +25,7 @@ def test_help_of_every_command(capsys):
         ["train"],
         ["caption"],
         ["evaluate"],
+        ["serve"],
         ["data"],
         ["data", "shapes"],
         ["data", "stamps"],

@@ -1,8 +1,8 @@
 """The `captioner` command. One module per command group, each a thin layer over Python functions:
 
 captioner data ...        cli/data.py         captioner.data.shapes, .stamps, .coco
-captioner train | caption | evaluate
-                          cli/captioning.py   captioner.tasks.captioning, captioner.pipeline
+captioner train | caption | evaluate | serve
+                          cli/captioning.py   captioner.tasks.captioning, captioner.pipeline, captioner.serve
 captioner translate ...   cli/translate.py    captioner.tasks.translation
 captioner lm ...          cli/lm.py           captioner.tasks.char_lm, captioner.cells
 """
@@ -10,6 +10,7 @@ captioner lm ...          cli/lm.py           captioner.tasks.char_lm, captioner
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from captioner.cli import captioning, data, lm, translate
@@ -40,3 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("captioner: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`captioner caption ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from captioner.cli.arguments import add_device, add_recipe, positive_int
+from captioner.cli.arguments import add_device, add_recipe, positive_float, positive_int
 
 # Column order and headings of the evaluate table; keys missing from a run (METEOR without Java,
 # grounding without boxes) are left out.
@@ -50,7 +50,7 @@ def train(args: argparse.Namespace) -> int:
 
 
 def caption(args: argparse.Namespace) -> int:
-    from captioner.pipeline import caption_images
+    from captioner.pipeline import load
 
     failures = []
 
@@ -58,30 +58,78 @@ def caption(args: argparse.Namespace) -> int:
         print(f"captioner: skipped {error}", file=sys.stderr)
         failures.append(error)
 
-    results = []
-    for result in caption_images(
+    if args.html:
+        check_writable(args.html)
+    model = load(checkpoint_argument(args), args.device)
+    results, entries = [], []
+    for result in model.iter_captions(
         args.images,
-        checkpoint_argument(args),
         args.beam_size,
+        args.n_best,
         args.max_len,
         args.batch_size,
+        decode_overrides(args),
         args.attention_dir,
-        args.device,
         on_error=skip,
-        decode=decode_overrides(args),
-        n_best=args.n_best,
     ):
         results.append(result.to_dict())
+        if args.html:
+            from captioner.report import viewer_entry
+
+            entries.append(viewer_entry(result))
         if not args.json and result.candidates:
-            for rank, (text, score) in enumerate(result.candidates, 1):
-                print(f"{result.image}\t{rank}\t{score:.3f}\t{text}", flush=True)
+            for rank, candidate in enumerate(result.candidates, 1):
+                print(f"{result.image}\t{rank}\t{candidate.score:.3f}\t{candidate.caption}", flush=True)
         elif not args.json:
             print(f"{result.image}\t{result.caption}", flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
+    if args.html:
+        from captioner.report import write_report
+
+        beam = max(args.beam_size, args.n_best)
+        write_report(
+            args.html,
+            entries,
+            summary=f"{len(entries)} pictures captioned by {model.checkpoint}, beam {beam}",
+        )
+        print(f"report: {args.html}", file=sys.stderr)
     if failures:
         print(f"captioner: {len(failures)} of {len(args.images)} images could not be captioned", file=sys.stderr)
     return 1 if failures else 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from captioner.pipeline import load
+    from captioner.serve import ServeOptions, require_extra, serve
+
+    options = ServeOptions(
+        beam_size=args.beam_size,
+        n_best=args.n_best,
+        max_len=args.max_len,
+        batch_size=args.batch_size,
+        queue_size=args.queue,
+        max_upload=int(args.max_upload_mb * 1024 * 1024),
+    )
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"captioner serve: listening on {args.host}: other machines can reach the model", file=sys.stderr)
+    require_extra()  # a missing web server is one line before the model loads
+    model = load(checkpoint_argument(args), args.device)
+    serve(model, args.host, args.port, options)
+    return 0
+
+
+def check_writable(path: str) -> None:
+    """A report's folder must exist before the pictures are captioned (ConfigError naming it if not)."""
+    from pathlib import Path
+
+    from captioner.errors import ConfigError
+
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise ConfigError(f"--html {path}: the folder {folder} does not exist")
+    if Path(path).is_dir():
+        raise ConfigError(f"--html {path}: is a folder; give a file name such as report.html")
 
 
 def scores_table(report: dict) -> str:
@@ -190,6 +238,12 @@ def add_commands(commands) -> None:
     )
     parser.add_argument("--attention-dir", help="write IMAGE.attention.png with every word's attention map here")
     parser.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write one self-contained page (pictures and script inside, no network) showing every "
+        "picture with its caption: point at or click a word to see its attention; the n best with --n-best",
+    )
+    parser.add_argument(
         "--n-best",
         type=positive_int,
         default=1,
@@ -198,6 +252,29 @@ def add_commands(commands) -> None:
     add_decoding(parser)
     add_device(parser)
     parser.set_defaults(func=caption)
+
+    parser = commands.add_parser(
+        "serve",
+        help="a local web page and JSON endpoint that caption pictures",
+        description="Serve the model on a local web page (choose or drop a picture; point at a word to see its "
+        "attention) and at POST /api/caption (the picture as the body or the form field 'image'; JSON back). "
+        "Needs the serve extra: pip install 'captioner[serve]'.",
+    )
+    parser.add_argument("--checkpoint", help="as for caption (default: the demo's runs/stamps/best.pt)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
+    parser.add_argument("--port", type=positive_int, default=8000, help="(default: 8000)")
+    parser.add_argument("--beam-size", type=positive_int, default=3, help="1 = greedy (default: 3)")
+    parser.add_argument("--n-best", type=positive_int, default=3, help="captions returned per picture (default: 3)")
+    parser.add_argument("--max-len", type=positive_int, default=30, help="maximum caption length in words")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="pictures captioned together at most")
+    parser.add_argument(
+        "--queue", type=positive_int, default=32, help="pictures waiting at most; more are answered 503 (default: 32)"
+    )
+    parser.add_argument(
+        "--max-upload-mb", type=positive_float, default=10.0, help="largest upload accepted (default: 10)"
+    )
+    add_device(parser)
+    parser.set_defaults(func=serve)
 
     parser = commands.add_parser("evaluate", help="score free-running captions on a data split")
     parser.add_argument("--checkpoint", help="as for caption (default: the demo's runs/stamps/best.pt)")

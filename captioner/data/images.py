@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -43,29 +45,53 @@ def load_image(path: str | Path, target_size: int | None = None) -> Image.Image:
         raise ImageLoadError(f"{path}: no such file")
     if path.is_dir():
         raise ImageLoadError(f"{path}: is a directory, not an image")
-    previous_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, after JPEG draft mode has had its say
+    return _decode(path, str(path), target_size, MAX_FULL_DECODE_PIXELS)
+
+
+def image_from_bytes(
+    data: bytes, name: str, target_size: int | None = None, max_pixels: int = MAX_FULL_DECODE_PIXELS
+) -> Image.Image:
+    """An image file's bytes (an upload) as 8-bit RGB, with load_image's checks; errors name it `name`."""
+    if not data:
+        raise ImageLoadError(f"{name}: empty file, not an image")
+    return _decode(io.BytesIO(data), name, target_size, max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, name: str, target_size: int | None, max_pixels: int) -> Image.Image:
     try:
-        with Image.open(path) as image:
+        with _open_unlimited(source) as image:
             if image.format == "JPEG" and target_size is not None:
                 image.draft("RGB", (target_size, target_size))
             width, height = image.size
-            if width * height > MAX_FULL_DECODE_PIXELS:
+            if width * height > max_pixels:
                 raise ImageLoadError(
-                    f"{path}: {width} x {height} pixels is above the {MAX_FULL_DECODE_PIXELS // 1_000_000} megapixel "
+                    f"{name}: {width} x {height} pixels is above the {max_pixels / 1_000_000:g} megapixel "
                     f"limit for {image.format} files; resize it first"
                 )
             image = ImageOps.exif_transpose(image)  # also loads the pixels
             image.load()
             return _to_rgb(image)
     except UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not an image (unrecognised file format)") from None
+        raise ImageLoadError(f"{name}: not an image (unrecognised file format)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         if isinstance(error, ImageLoadError):
             raise
-        raise ImageLoadError(f"{path}: corrupt or truncated image ({error})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous_limit
+        raise ImageLoadError(f"{name}: corrupt or truncated image ({error})") from None
+
+
+_PIL_LIMIT = threading.Lock()  # Image.MAX_IMAGE_PIXELS is global: threads (the web server's) take turns
+
+
+def _open_unlimited(source: Path | io.BytesIO) -> Image.Image:
+    """Image.open without PIL's decompression-bomb refusal: _decode checks the size itself, after JPEG draft
+    mode has had its say."""
+    with _PIL_LIMIT:
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(source)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
 
 
 class ImageTransform:

@@ -1,0 +1,229 @@
+"""`captioner serve`: a local web page and a JSON endpoint that caption pictures (Starlette on uvicorn).
+
+    GET  /              the page: choose or drop a picture, see its caption with the attention viewer
+    POST /api/caption   a picture (the request body, or the form field "image") -> the caption as JSON:
+                        {image, caption, score, words, attention, grid_size, candidates?, top_class?, picture?}
+                        (?picture=1 adds the picture as a JPEG data URL, as the page asks)
+    GET  /api/health    {"status": "ok", "checkpoint", "queued"}
+
+One thread owns the model. Requests wait in a bounded queue and are captioned together, up to batch_size at a
+time; when the queue is full a request is answered 503 at once, so memory stays bounded: an upload is at most
+max_upload bytes, at most `decoders` pictures are decoded at a time, and a queued picture is only its input
+tensor and a small copy. A file that is not a usable image gets 422 with the one-line reason the command line
+gives. The server listens on 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import queue
+import threading
+from dataclasses import dataclass
+
+from captioner.data.images import image_from_bytes
+from captioner.errors import ConfigError, ImageLoadError
+from captioner.pipeline import CaptionModel, ImageCaption, Prepared
+
+try:
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect, Request
+    from starlette.responses import HTMLResponse, JSONResponse
+    from starlette.routing import Route
+except ImportError:  # the optional extra: pip install 'captioner[serve]'
+    Starlette = None
+
+
+@dataclass
+class ServeOptions:
+    beam_size: int = 3
+    n_best: int = 3
+    max_len: int = 30
+    batch_size: int = 8  # pictures captioned together at most
+    queue_size: int = 32  # pictures waiting at most; more are refused with 503
+    max_upload: int = 10 * 1024 * 1024  # bytes
+    max_pixels: int = 40_000_000  # decoded size limit (a JPEG counts after reduced-size decoding)
+    decoders: int = 2  # pictures decoded at the same time at most
+
+
+class QueueFullError(Exception):
+    """The queue is full."""
+
+
+class Batcher:
+    """The model's own thread: takes the waiting pictures, up to batch_size, and captions them together."""
+
+    def __init__(self, model: CaptionModel, options: ServeOptions):
+        self.model, self.options = model, options
+        self.settings = model.settings(None, options.max_len)
+        self.queue: queue.Queue = queue.Queue(maxsize=options.queue_size)
+        self.batches = 0  # captioned so far, for the health endpoint and the tests
+        self.thread = threading.Thread(target=self._run, name="captioner-model", daemon=True)
+        self.thread.start()
+
+    def submit(self, prepared: Prepared) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            self.queue.put_nowait((prepared, future))
+        except queue.Full:
+            raise QueueFullError from None
+        return future
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            job = self.queue.get()
+            if job is None:
+                return
+            jobs = [job]
+            while len(jobs) < self.options.batch_size:
+                try:
+                    job = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self.queue.put(None)  # stop after this batch
+                    break
+                jobs.append(job)
+            try:
+                results = self.model.caption_prepared(
+                    [p for p, _ in jobs],
+                    self.options.beam_size,
+                    self.options.n_best,
+                    self.options.max_len,
+                    self.settings,
+                )
+            except Exception as error:  # noqa: BLE001 - a failed batch fails its requests, never the server
+                for _, future in jobs:
+                    future.set_exception(error)
+                continue
+            self.batches += 1
+            for (_, future), result in zip(jobs, results, strict=True):
+                future.set_result(result)
+
+
+def _error(status: int, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+def require_extra() -> None:
+    """ConfigError saying how to install the web server when it is missing."""
+    if Starlette is None:
+        raise ConfigError("captioner serve needs the web server extra: pip install 'captioner[serve]'")
+
+
+def create_app(model: CaptionModel, options: ServeOptions | None = None) -> Starlette:
+    """The web application around a loaded model."""
+    require_extra()
+    from captioner.report import asset, fill, viewer_entry
+
+    options = options or ServeOptions()
+    batcher = Batcher(model, options)
+    decoding = threading.BoundedSemaphore(options.decoders)
+    page = fill(
+        asset("serve.html"),
+        style=asset("viewer.css"),
+        script=asset("viewer.js"),
+        limit=f"{options.max_upload / 1024 / 1024:g} MB",
+    )
+
+    def decode(data: bytes, name: str) -> Prepared:
+        with decoding:
+            picture = image_from_bytes(data, name, model.config.data.image_size, options.max_pixels)
+            return model.prepare(name, picture)
+
+    async def read_upload(request: Request) -> tuple[bytes, str]:
+        """The picture's bytes and name, from a form's "image" field or the raw body; ValueError(status, why)."""
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > options.max_upload:
+            raise _RefusedError(413, f"upload of {int(length)} bytes is above the limit of {options.max_upload} bytes")
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("multipart/form-data"):
+            if length is None:
+                raise _RefusedError(411, "a form upload needs a Content-Length header")
+            async with request.form(max_files=1, max_fields=4) as form:
+                upload = form.get("image")
+                if upload is None or isinstance(upload, str):
+                    raise _RefusedError(400, 'the form has no file in its "image" field')
+                return await upload.read(), upload.filename or "upload"
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > options.max_upload:
+                raise _RefusedError(413, f"upload is above the limit of {options.max_upload} bytes")
+        return bytes(body), request.query_params.get("name", "upload")
+
+    async def caption(request: Request) -> JSONResponse:
+        try:
+            data, name = await read_upload(request)
+        except _RefusedError as refused:
+            return _error(refused.status, refused.message)
+        except ClientDisconnect:
+            return _error(400, "the client went away before the upload ended")
+        name = name.replace("\n", " ")[:200]
+        try:
+            prepared = await run_in_threadpool(decode, data, name)
+        except ImageLoadError as error:
+            return _error(422, str(error))
+        try:
+            future = batcher.submit(prepared)
+        except QueueFullError:
+            return _error(
+                503, f"busy: {options.queue_size} pictures are waiting; try again shortly", **{"Retry-After": "1"}
+            )
+        try:
+            result: ImageCaption = await asyncio.wrap_future(future)
+        except Exception as error:  # noqa: BLE001
+            return _error(500, f"{name}: captioning failed ({type(error).__name__}: {error})")
+        if request.query_params.get("picture") in ("1", "true"):
+            return JSONResponse(viewer_entry(result))
+        return JSONResponse(result.to_dict(attention=True))
+
+    async def home(request: Request) -> HTMLResponse:
+        return HTMLResponse(page)
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "checkpoint": model.checkpoint,
+                "queued": batcher.queue.qsize(),
+                "batches": batcher.batches,
+            }
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        yield
+        batcher.close()
+
+    app = Starlette(
+        routes=[
+            Route("/", home),
+            Route("/api/caption", caption, methods=["POST"]),
+            Route("/api/health", health),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.batcher = batcher
+    return app
+
+
+class _RefusedError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def serve(model: CaptionModel, host: str = "127.0.0.1", port: int = 8000, options: ServeOptions | None = None) -> None:
+    """Serve until interrupted."""
+    import uvicorn
+
+    app = create_app(model, options)
+    print(f"captioner serve: http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,165 @@
+"""`captioner serve`: the JSON endpoint's answers and refusals, batching, a full queue, a failing batch, and a load
+of concurrent good and broken uploads against a real `captioner serve` process."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+import captioner
+from captioner.cli import main
+from captioner.serve import ServeOptions, create_app
+from tests.servers import ProcessServer, load
+
+
+@pytest.fixture(scope="module")
+def model(caption_checkpoint):
+    return captioner.load(caption_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def picture(shapes_root) -> Path:
+    return sorted((Path(shapes_root) / "images").glob("*.png"))[0]
+
+
+def client(model, **options) -> TestClient:
+    return TestClient(create_app(model, ServeOptions(**options)))
+
+
+def test_a_picture_gets_the_caption_the_api_gives(model, picture):
+    expected = model.caption([picture], beam_size=3, n_best=3)[0]
+    with client(model) as web:
+        raw = web.post("/api/caption?name=shape.png", content=picture.read_bytes())
+        form = web.post("/api/caption?picture=1", files={"image": ("shape.png", picture.read_bytes(), "image/png")})
+        page = web.get("/")
+    for answer in (raw, form):
+        assert answer.status_code == 200
+        body = answer.json()
+        assert body["image"] == "shape.png"
+        assert body["caption"] == expected.caption and body["words"] == expected.words
+        assert [c["caption"] for c in body["candidates"]] == [c.caption for c in expected.candidates]
+        assert len(body["attention"]) == len(body["words"]) and len(body["attention"][0]) == model.grid_size**2
+    assert "picture" not in raw.json() and form.json()["picture"].startswith("data:image/jpeg;base64,")
+    assert page.status_code == 200 and "captioner.card" in page.text
+
+
+def test_what_is_not_a_usable_picture_gets_its_reason(model, picture, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(picture.read_bytes()[:200])
+    with client(model, max_upload=4096) as web:
+        for path in (text, cut):
+            answer = web.post("/api/caption", files={"image": (path.name, path.read_bytes(), "image/png")})
+            assert answer.status_code == 422
+            assert main(["caption", str(path), "--checkpoint", str(model.checkpoint)]) == 1  # the CLI's reason:
+            # `captioner: skipped PATH: REASON`; the server names the upload by its file name instead of its path
+            assert answer.json()["error"].split(": ", 1)[1] == _cli_reason(path)
+        empty = web.post("/api/caption", content=b"")
+        assert empty.status_code == 422 and empty.json()["error"] == "upload: empty file, not an image"
+        big = web.post("/api/caption", content=b"x" * 5000)
+        assert big.status_code == 413 and "above the limit of 4096 bytes" in big.json()["error"]
+        field = web.post("/api/caption", files={"other": ("a.png", picture.read_bytes(), "image/png")})
+        assert field.status_code == 400 and "image" in field.json()["error"]
+        large = Image.new("RGB", (3000, 3000))
+        data = io.BytesIO()
+        large.save(data, format="PNG")
+    with client(model, max_pixels=1_000_000) as web:
+        answer = web.post("/api/caption?name=large.png", content=data.getvalue())
+        assert answer.status_code == 422
+        limit = "above the 1 megapixel limit for PNG files; resize it first"
+        assert answer.json()["error"] == f"large.png: 3000 x 3000 pixels is {limit}"
+
+
+def _cli_reason(path: Path) -> str:
+    from captioner.data.images import load_image
+    from captioner.errors import ImageLoadError
+
+    with pytest.raises(ImageLoadError) as info:
+        load_image(path)
+    return str(info.value).split(": ", 1)[1]
+
+
+def test_waiting_requests_are_captioned_together_and_a_full_queue_answers_503(model, picture, monkeypatch):
+    """The model thread is held on its first batch; the next requests wait, the queue fills, one more is refused;
+    released, the waiting ones are captioned in one batch."""
+    release, entered = threading.Event(), threading.Event()
+    original = model.caption_prepared
+    sizes = []
+
+    def held(prepared, *args):
+        entered.set()
+        release.wait(30)
+        sizes.append(len(prepared))
+        return original(prepared, *args)
+
+    monkeypatch.setattr(model, "caption_prepared", held)
+    answers = {}
+    with client(model, queue_size=3, batch_size=8) as web:
+
+        def post(i):
+            answers[i] = web.post(f"/api/caption?name={i}.png", content=picture.read_bytes())
+
+        first = threading.Thread(target=post, args=(0,))
+        first.start()
+        assert entered.wait(30)
+        waiting = [threading.Thread(target=post, args=(i,)) for i in (1, 2, 3)]
+        for thread in waiting:
+            thread.start()
+        app = web.app
+        while app.state.batcher.queue.qsize() < 3:
+            threading.Event().wait(0.01)
+        refused = web.post("/api/caption?name=4.png", content=picture.read_bytes())
+        release.set()
+        for thread in [first, *waiting]:
+            thread.join(30)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "3 pictures are waiting" in refused.json()["error"]
+    assert [answers[i].status_code for i in range(4)] == [200] * 4
+    assert sizes == [1, 3]
+
+
+def test_a_failing_batch_fails_its_requests_not_the_server(model, picture, monkeypatch):
+    original = model.caption_prepared
+    calls = []
+
+    def flaky(prepared, *args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("out of memory")
+        return original(prepared, *args)
+
+    monkeypatch.setattr(model, "caption_prepared", flaky)
+    with client(model) as web:
+        failed = web.post("/api/caption?name=a.png", content=picture.read_bytes())
+        good = web.post("/api/caption?name=a.png", content=picture.read_bytes())
+    assert failed.status_code == 500
+    assert failed.json()["error"] == "a.png: captioning failed (RuntimeError: out of memory)"
+    assert good.status_code == 200
+
+
+def test_load_of_good_and_broken_uploads_on_a_real_server(caption_checkpoint, shapes_root, capsys):
+    """200 requests, 8 at a time, a third of them broken files: no server error, every broken file answered with
+    its reason, bounded latency and memory (reported)."""
+    pictures = sorted((Path(shapes_root) / "images").glob("*.png"))[:4]
+    files = [(p.name, p.read_bytes(), None) for p in pictures]
+    files += [
+        ("notes.txt", b"plain text", "notes.txt: not an image (unrecognised file format)"),
+        ("empty.png", b"", "empty.png: empty file, not an image"),
+    ]
+    with ProcessServer(caption_checkpoint) as server:
+        result = load(server.port, files, count=200, concurrency=8)
+        peak = server.peak_memory_mb()
+    with capsys.disabled():
+        print(
+            f"\nload test: {result.requests} requests at concurrency 8 in {result.seconds:.1f} s, statuses "
+            f"{result.statuses}, p50 {result.p50_ms:.0f} ms, p95 {result.p95_ms:.0f} ms, server peak {peak:.0f} MiB"
+        )
+    assert result.wrong == []
+    assert not any(status >= 500 for status in result.statuses)
+    assert sum(result.statuses.values()) == 200
