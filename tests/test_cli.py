@@ -30,6 +30,8 @@ def test_help_of_every_command(capsys):
         ["data", "shapes"],
         ["data", "stamps"],
         ["data", "coco"],
+        ["data", "folder"],
+        ["data", "photos"],
         ["lm"],
         ["lm", "data", "shakespeare"],
         ["lm", "train"],

@@ -1,4 +1,4 @@
-"""`captioner data shapes | stamps | coco | photos`: prepare a captioning data set (captions.json and its images)."""
+"""`captioner data shapes | stamps | coco | folder | photos`: prepare a captioning data set (captions.json)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,13 @@ def coco(args: argparse.Namespace) -> int:
     prepare_coco(
         args.out, args.images, args.karpathy, args.train_json, args.val_json, args.test_json, args.min_word_freq
     )
+    return 0
+
+
+def folder(args: argparse.Namespace) -> int:
+    from captioner.data.folder import prepare_folder
+
+    prepare_folder(args.folder, args.out, args.val_percent, args.test_percent)
     return 0
 
 
@@ -82,6 +89,22 @@ def add_commands(commands) -> None:
     parser.add_argument("--out", default="data/coco", help="output folder (default: data/coco)")
     parser.add_argument("--min-word-freq", type=int, default=5, help="rarer training words become <unk> (default: 5)")
     parser.set_defaults(func=coco)
+
+    parser = sources.add_parser(
+        "folder",
+        help="your own pictures: a folder with metadata.jsonl or metadata.csv (file_name, text)",
+        description="Read FOLDER/metadata.jsonl or FOLDER/metadata.csv (the Hugging Face imagefolder convention: "
+        "a file_name and a text column, a row per caption, several rows per picture allowed, an optional split "
+        "column of train / val (validation) / test; or train/, validation/, test/ folders each with its own "
+        "metadata), check every row and picture, and write OUT/captions.json and OUT/vocab.json. Without splits, "
+        "a hash of each file name picks one. Then: captioner train --config configs/stamps.yaml data.root=OUT "
+        "train.run_dir=runs/mine",
+    )
+    parser.add_argument("folder", metavar="FOLDER", help="the folder holding the pictures and their metadata")
+    parser.add_argument("--out", help="where captions.json and vocab.json go (default: FOLDER itself)")
+    parser.add_argument("--val-percent", type=int, default=10, help="without a split column (default: 10)")
+    parser.add_argument("--test-percent", type=int, default=10, help="without a split column (default: 10)")
+    parser.set_defaults(func=folder)
 
     parser = sources.add_parser(
         "photos",

@@ -1,0 +1,131 @@
+"""Your own pictures as a captioning data set: a folder in the Hugging Face imagefolder convention.
+
+    DIR/metadata.jsonl   one JSON object per line: {"file_name": "cat.jpg", "text": "a cat on a mat"}
+    DIR/metadata.csv     the same as columns: file_name,text
+                         (several rows may name the same picture: each is one of its captions)
+
+An optional "split" column (train, val or validation, test) places each picture; without one, a hash of the
+file name does (80 / 10 / 10 by default, stable when pictures are added). Split folders also work:
+DIR/train/metadata.jsonl, DIR/validation/metadata.csv, DIR/test/... . File names are relative to the
+metadata file's folder. `prepare_folder` checks every row and every picture, then writes OUT/captions.json
+and OUT/vocab.json as the other sources do (data/coco.prepare_captions).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from captioner.data.coco import Entry, prepare_captions, summary
+from captioner.data.manifest import SPLITS
+from captioner.data.stamps import stamp_split
+from captioner.errors import DataError
+from captioner.text import tokenize
+
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+METADATA = ("metadata.jsonl", "metadata.csv")
+
+
+def metadata_files(root: Path) -> list[tuple[Path, str | None]]:
+    """The metadata files of root (split None) and of its split folders (split from the folder's name)."""
+    found = [(root / name, None) for name in METADATA if (root / name).is_file()]
+    for folder, split in SPLIT_NAMES.items():
+        found += [(root / folder / name, split) for name in METADATA if (root / folder / name).is_file()]
+    if not found:
+        raise DataError(
+            f"{root} has no metadata.jsonl or metadata.csv (rows of file_name and text: the Hugging Face "
+            f"imagefolder convention), nor train/, validation/ or test/ folders holding one"
+        )
+    return found
+
+
+def read_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, row) of a metadata.jsonl or metadata.csv; DataError naming the file and line if malformed."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text: {error}") from None
+    rows = []
+    if path.suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}, line {number}: not JSON ({error})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}, line {number}: must be a JSON object with file_name and text")
+            rows.append((number, row))
+        return rows
+    reader = csv.DictReader(text.splitlines())
+    columns = reader.fieldnames or []
+    if "file_name" not in columns or "text" not in columns:
+        raise DataError(f"{path}: needs the columns file_name and text, has {', '.join(columns) or 'none'}")
+    return [(number, row) for number, row in enumerate(reader, 2)]
+
+
+def read_folder(root: str | Path, val_percent: int = 10, test_percent: int = 10) -> list[Entry]:
+    """Every picture of the folder with its captions and split, checked."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder")
+    if val_percent < 0 or test_percent < 0 or val_percent + test_percent >= 100:
+        raise DataError(
+            f"val and test percentages must be >= 0 and leave some for train, got {val_percent} and {test_percent}"
+        )
+    entries: dict[Path, Entry] = {}
+    for path, folder_split in metadata_files(root):
+        for number, row in read_rows(path):
+            where = f"{path}, line {number}"
+            name, text = row.get("file_name"), row.get("text")
+            if not isinstance(name, str) or not name.strip():
+                raise DataError(f"{where}: needs a file_name")
+            if not isinstance(text, str) or not tokenize(text):
+                raise DataError(f"{where}: the caption (text) of {name} has no words")
+            given = row.get("split") or folder_split
+            if given is not None and str(given).lower() not in SPLIT_NAMES:
+                raise DataError(f"{where}: split must be train, val (validation) or test, got {given!r}")
+            image = (path.parent / name).resolve()
+            split = SPLIT_NAMES[str(given).lower()] if given else stamp_split(name, val_percent, test_percent)
+            entry = entries.get(image)
+            if entry is None:
+                entries[image] = Entry(image, split, [text.strip()], name)
+            elif entry.split != split:
+                raise DataError(f"{where}: {name} is in the {entry.split} split already, not {split}")
+            else:
+                entry.captions.append(text.strip())
+    for entry in entries.values():
+        check_picture(entry.path)
+    return list(entries.values())
+
+
+def check_picture(path: Path) -> None:
+    """A listed picture must be there and be an image (its header is read, not its pixels)."""
+    if not path.is_file():
+        raise DataError(f"{path} is listed in the metadata but missing")
+    try:
+        with Image.open(path) as image:
+            image.size  # noqa: B018 - the header is parsed on open; reading the size is the check
+    except (UnidentifiedImageError, OSError) as error:
+        raise DataError(f"{path} is listed in the metadata but is not an image ({error})") from None
+
+
+def prepare_folder(
+    root: str | Path, out: str | Path | None = None, val_percent: int = 10, test_percent: int = 10, log=print
+) -> Path:
+    """OUT/captions.json and OUT/vocab.json (default OUT: the folder itself) from the folder's metadata."""
+    root = Path(root)
+    entries = read_folder(root, val_percent, test_percent)
+    missing = [split for split in SPLITS if not any(e.split == split for e in entries)]
+    if missing:
+        raise DataError(
+            f"{root}: no pictures in the {' and '.join(missing)} split of {len(entries)}; give a split column, or "
+            f"more pictures (a hash of the file name puts about {val_percent}% in val and {test_percent}% in test)"
+        )
+    manifest, vocab = prepare_captions(out or root, entries, str(root), min_word_freq=1, name=root.name)
+    log(f"{summary(entries)}\nwrote {manifest} and {vocab}")
+    return manifest
