@@ -26,12 +26,14 @@ head -n 12 runs/stamps/test_captions.tsv
 echo "... all ${#test_images[@]} test captions: runs/stamps/test_captions.tsv; attention maps: runs/stamps/attention/"
 $captioner data photos --out data/photos > /dev/null
 mapfile -t photos < <(ls data/photos/*)
-$captioner caption "${photos[@]}" --attention-dir runs/stamps/photos --json > runs/stamps/photos.json
+$captioner caption "${photos[@]}" --attention-dir runs/stamps/photos --n-best 3 --html runs/stamps/photos.html \
+  --json > runs/stamps/photos.json
 .venv/bin/python - <<'EOF'
 import json
 for r in json.load(open("runs/stamps/photos.json")):
     top = r.get("top_class")
     print(r["image"], r["caption"], f"(classifier: {top['class']}, {top['probability']:.2f})" if top else "", sep="\t")
 EOF
-echo "photos with their attention maps: runs/stamps/photos/"
-echo "caption your own pictures: .venv/bin/captioner caption my_photo.jpg"
+echo "photos with their attention maps: runs/stamps/photos/; open runs/stamps/photos.html to point at the words"
+echo "caption your own pictures: .venv/bin/captioner caption my_photo.jpg --html report.html"
+echo "or in a web page: .venv/bin/captioner serve (then open http://127.0.0.1:8000/)"

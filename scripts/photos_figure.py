@@ -18,9 +18,9 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from captioner import caption_images, load_captioner  # noqa: E402
+import captioner  # noqa: E402
 from captioner.data.photos import PHOTOS, fetch_photos  # noqa: E402
-from captioner.visualize import _font, attention_overlay  # noqa: E402
+from captioner.visualize import _font  # noqa: E402
 
 
 def main() -> None:
@@ -31,8 +31,7 @@ def main() -> None:
     parser.add_argument("--beam-size", type=int, default=3)
     args = parser.parse_args()
     files = fetch_photos(args.photos)
-    _, config, _ = load_captioner(args.checkpoint)
-    results = list(caption_images(files, checkpoint=args.checkpoint, beam_size=args.beam_size))
+    results = captioner.load(args.checkpoint).caption(files, beam_size=args.beam_size)
     panel, label, margin, columns = 150, 34, 8, 4
     rows = (len(results) + columns - 1) // columns
     tile = 2 * panel + margin
@@ -41,13 +40,11 @@ def main() -> None:
     print("| photo | what it shows | caption | classifier top-1 |")
     print("| --- | --- | --- | --- |")
     for i, (result, (_, _, what)) in enumerate(zip(results, PHOTOS, strict=True)):
-        image = Image.open(result.image).convert("RGB")
         x = margin + (i % columns) * (tile + margin)
         y = margin + (i // columns) * (panel + label + margin)
-        figure.paste(image.resize((panel, panel), Image.Resampling.BICUBIC), (x, y))
+        figure.paste(result.picture.resize((panel, panel), Image.Resampling.BICUBIC), (x, y))
         if result.words:
-            overlay = attention_overlay(image, result.attention[-1], config.encoder.grid_size, panel)
-            figure.paste(overlay, (x + panel + margin, y))
+            figure.paste(result.overlay(len(result.words) - 1, panel), (x + panel + margin, y))
         top = result.top_class
         pen.text((x + tile / 2, y + panel + 2), result.caption, fill="black", font=font, anchor="mt")
         if top:

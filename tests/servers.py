@@ -111,12 +111,12 @@ class ProcessServer:
                 raise RuntimeError("captioner serve did not answer within 120 s")
             time.sleep(0.1)
 
-    def peak_memory_mb(self) -> float:
-        """The process's peak resident memory (VmHWM), in MiB."""
+    def peak_memory_mb(self, field: str = "VmHWM") -> float:
+        """The process's peak resident memory (VmHWM; VmRSS: now), in MiB."""
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmHWM in /proc")
+        raise RuntimeError(f"no {field} in /proc")
 
     def __exit__(self, *exc) -> None:
         self.process.terminate()

@@ -42,7 +42,6 @@ const captioner = (() => {
     const sentence = element("p", "cap-caption");
     sentence.setAttribute("aria-live", "polite");
     text.append(sentence);
-    text.append(element("p", "cap-hint", "Point at or focus a word to see where the model looked; click to pin it."));
     if (result.top_class) {
       const top = result.top_class;
       text.append(element("p", "cap-top", `classifier: ${top.class} (${(100 * top.probability).toFixed(1)}%)`));
