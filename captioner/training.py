@@ -181,6 +181,44 @@ def set_random_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def resume_epochs(checkpoint: dict, optimizer, schedule, generator: torch.Generator, device, progress: dict) -> dict:
+    """Restore what an epoch-based run saved with epoch_checkpoint: the optimizer, the schedule, the shuffling
+    and dropout generators (the GPU's too); returns the run's progress (the keys of `progress`)."""
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    schedule.load_state_dict(checkpoint["scheduler"])
+    generator.set_state(checkpoint["loader_rng"])
+    rng = checkpoint["rng"]
+    set_random_state(rng if isinstance(rng, dict) else {"cpu": rng}, device)  # older files: the CPU's alone
+    return {key: checkpoint[key] for key in progress}
+
+
+def epoch_checkpoint(
+    kind: str, model: nn.Module, config, vocabs: dict, row: dict, optimizer, schedule, generator, device, progress
+) -> dict:
+    """What an epoch-based run saves after each epoch: the weights, the config and vocabularies, the epoch's
+    metrics row, and everything resume_epochs needs to go on exactly."""
+    return {
+        "kind": kind,
+        "model": model.state_dict(),
+        "config": config.to_dict(),
+        **{name: vocab.to_dict() for name, vocab in vocabs.items()},
+        "metrics": row,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": schedule.state_dict(),
+        "rng": random_state(device),
+        "loader_rng": generator.get_state(),
+        **progress,
+    }
+
+
+def out_of_time(max_minutes: float | None, elapsed: float, log) -> bool:
+    """Whether train.max_minutes of training time have passed (and say so)."""
+    if max_minutes is not None and elapsed >= 60 * max_minutes:
+        log(f"stopping: {elapsed / 60:.1f} minutes of training reached train.max_minutes")
+        return True
+    return False
+
+
 def silent(*args, **kwargs) -> None:
     """The log of processes other than rank 0, and of callers that want none."""
 

@@ -84,3 +84,51 @@ def save_png(image: Image.Image, path: str | Path) -> None:
     """Write a PNG atomically, so an interrupted run leaves no half-written file."""
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
+
+
+PATH_COLOURS = {
+    "observed": (0, 0, 0),
+    "true": (40, 160, 60),
+    "model": (215, 40, 40),
+    "constant velocity": (150, 150, 150),
+    "constant acceleration": (60, 100, 220),
+}
+
+
+def path_figure(observed: torch.Tensor, future: torch.Tensor, predictions: dict, panel: int = 260) -> Image.Image:
+    """Flights side by side: each panel the observed positions, the true rest and every prediction (x right, y up).
+
+    observed (N, T, 2), future (N, H, 2), predictions {name: (N, H, 2)}, in metres. Each panel is scaled to the
+    true flight (the floor, y = 0, drawn as a line); a prediction that leaves it is cut at the panel's edge."""
+    font = _font(13)
+    count, columns, margin, legend = observed.size(0), 3, 10, 24
+    rows = (count + columns - 1) // columns
+    figure = Image.new("RGB", (columns * (panel + margin) + margin, legend + rows * (panel + margin) + margin), "white")
+    pen = ImageDraw.Draw(figure)
+    x = margin
+    for name, colour in PATH_COLOURS.items():
+        pen.line([(x, 12), (x + 18, 12)], fill=colour, width=3)
+        pen.text((x + 22, 12), name, fill=(0, 0, 0), font=font, anchor="lm")
+        x += 32 + int(pen.textlength(name, font=font))
+    for i in range(count):
+        lines = {"observed": observed[i], "true": torch.cat([observed[i, -1:], future[i]])}
+        lines |= {name: torch.cat([observed[i, -1:], p[i]]) for name, p in predictions.items()}
+        flight = torch.cat([lines["observed"], lines["true"]])
+        low = torch.stack([flight[:, 0].min(), torch.tensor(0.0)])
+        high = flight.max(0).values
+        span = float((high - low).max().clamp_min(1e-3)) * 1.15
+        centre_x = float(low[0] + high[0]) / 2
+        tile = Image.new("RGB", (panel, panel), "white")
+        draw = ImageDraw.Draw(tile)
+
+        def point(p, centre_x=centre_x, span=span):
+            return (panel / 2 + (float(p[0]) - centre_x) / span * panel, panel - 12 - float(p[1]) / span * panel)
+
+        floor = point(torch.tensor([0.0, 0.0]))[1]
+        draw.line([(0, floor), (panel, floor)], fill=(120, 90, 60), width=1)
+        for name in ["constant velocity", "constant acceleration", "true", "model", "observed"]:
+            if name in lines:
+                draw.line([point(p) for p in lines[name]], fill=PATH_COLOURS.get(name, (0, 0, 0)), width=2)
+        draw.rectangle([0, 0, panel - 1, panel - 1], outline=(200, 200, 200))
+        figure.paste(tile, (margin + (i % columns) * (panel + margin), legend + (i // columns) * (panel + margin)))
+    return figure

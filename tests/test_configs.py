@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from captioner.config import LMConfig, TranslateConfig, load_config
+from captioner.config import BallConfig, LMConfig, SentimentConfig, TranslateConfig, load_config
 from captioner.models.captioner import Captioner
 from captioner.models.char_lm import CharLM
+from captioner.tasks import ball, sentiment
 from captioner.tasks.translation import build as build_model
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -30,6 +31,14 @@ def test_recipe_builds(path):
         m = config.model
         CharLM(50, m.embed_dim, m.hidden_dim, m.num_layers, m.cell, m.dropout)
         assert config.train.max_minutes or config.train.max_steps
+        return
+    if path.name == "sentiment.yaml":
+        config = load_config(path, schema=SentimentConfig)
+        assert sentiment.build(config, 50).pooling == config.model.pooling
+        return
+    if path.name == "ball.yaml":
+        config = load_config(path, schema=BallConfig)
+        assert ball.build(config).core.hidden_dim == config.model.hidden_dim
         return
     config = load_config(path)
     model = Captioner.from_config(config, vocab_size=50, load_pretrained=False)  # as a checkpoint's restore

@@ -5,6 +5,8 @@ captioner train | caption | evaluate | serve
                           cli/captioning.py   captioner.tasks.captioning, captioner.pipeline, captioner.serve
 captioner translate ...   cli/translate.py    captioner.tasks.translation
 captioner lm ...          cli/lm.py           captioner.tasks.char_lm, captioner.cells
+captioner sentiment ...   cli/sentiment.py    captioner.tasks.sentiment
+captioner ball ...        cli/ball.py         captioner.tasks.ball
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import argparse
 import os
 import sys
 
-from captioner.cli import captioning, data, lm, translate
+from captioner.cli import ball, captioning, data, lm, sentiment, translate
 from captioner.errors import USER_ERRORS
 
 
@@ -28,6 +30,8 @@ def get_parser() -> argparse.ArgumentParser:
     captioning.add_commands(commands)
     translate.add_commands(commands)
     lm.add_commands(commands)
+    sentiment.add_commands(commands)
+    ball.add_commands(commands)
     return parser
 
 

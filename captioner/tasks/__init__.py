@@ -7,5 +7,6 @@
     restore(checkpoint, device)      the model, its config and its vocabularies, from the checkpoint alone
     generate(model, ...)             captions, translations or text
 
-captioning (images -> captions), char_lm (text -> next character), translation (sentences -> sentences).
+captioning (images -> captions), char_lm (text -> next character), translation (sentences -> sentences),
+ball (the first positions of a flight -> the next ones).
 """

@@ -28,9 +28,10 @@ from captioner.training import (
     backward_and_step,
     build_scheduler,
     check_loss,
-    random_state,
+    epoch_checkpoint,
+    out_of_time,
     resolve_device,
-    set_random_state,
+    resume_epochs,
 )
 from captioner.vocab import Vocab
 
@@ -135,17 +136,6 @@ def pair_vocabs(config: TranslateConfig, pairs: list[Pair], checkpoint: dict | N
     return Vocab.build((s for s, _ in pairs), min_freq), Vocab.build((t for _, t in pairs), min_freq)
 
 
-def resume_state(checkpoint: dict, optimizer, schedule, generator: torch.Generator, device: torch.device) -> dict:
-    """Restore the optimizer, the schedule, the shuffling and dropout generators (the GPU's too); the run's
-    progress."""
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    schedule.load_state_dict(checkpoint["scheduler"])
-    generator.set_state(checkpoint["loader_rng"])
-    rng = checkpoint["rng"]
-    set_random_state(rng if isinstance(rng, dict) else {"cpu": rng}, device)  # older files: the CPU's alone
-    return {key: checkpoint[key] for key in ("epoch", "best_bleu4", "elapsed")}
-
-
 def fit(config: TranslateConfig, resume: bool = False, log=print) -> Path:
     """Train a translator; write the run folder (training.RunFolder) and test_scores.json; return best.pt's path.
 
@@ -171,7 +161,7 @@ def fit(config: TranslateConfig, resume: bool = False, log=print) -> Path:
     schedule = build_scheduler(optimizer, train, len(loader))
     progress = {"epoch": -1, "best_bleu4": -1.0, "elapsed": 0.0}
     if checkpoint is not None:
-        progress = resume_state(checkpoint, optimizer, schedule, generator, device)
+        progress = resume_epochs(checkpoint, optimizer, schedule, generator, device, progress)
         log(f"resuming {folder.last} at epoch {progress['epoch'] + 2}")
     vocabs = {"source_vocab": source_vocab, "vocab": target_vocab}
     folder.start(config, vocabs, progress["epoch"] + 1 if checkpoint is not None else None)
@@ -198,22 +188,11 @@ def fit(config: TranslateConfig, resume: bool = False, log=print) -> Path:
         )
         best = scores["bleu4"] > progress["best_bleu4"]
         progress["best_bleu4"] = max(progress["best_bleu4"], scores["bleu4"])
-        payload = {
-            "kind": KIND,
-            "model": model.state_dict(),
-            "config": config.to_dict(),
-            "source_vocab": source_vocab.to_dict(),
-            "vocab": target_vocab.to_dict(),  # the output vocabulary, under the same key in every checkpoint
-            "metrics": row,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.state_dict(),
-            "rng": random_state(device),
-            "loader_rng": generator.get_state(),
-            **progress,
-        }
+        payload = epoch_checkpoint(
+            KIND, model, config, vocabs, row, optimizer, schedule, generator, device, progress
+        )  # the output vocabulary is "vocab" in every task's checkpoint, the source's "source_vocab"
         folder.save(payload, best=best)
-        if train.max_minutes is not None and progress["elapsed"] >= 60 * train.max_minutes:
-            log(f"stopping: {progress['elapsed'] / 60:.1f} minutes of training reached train.max_minutes")
+        if out_of_time(train.max_minutes, progress["elapsed"], log):
             break
     if "test" in splits:  # the best checkpoint on the held-out test pairs, once
         evaluate(folder.best, "test", device=str(device), output=folder.path / "test_scores.json", log=log)

@@ -1,0 +1,37 @@
+"""`captioner ball data | train | evaluate`: a moving ball's path, over captioner.tasks.ball."""
+
+from __future__ import annotations
+
+import argparse
+
+from captioner.cli.arguments import add_device, add_task_group
+from captioner.config import BallConfig
+from captioner.data.ball import build_flights
+from captioner.tasks import ball
+
+GROUP_HELP = "a moving ball's path: data, train, evaluate"
+SOURCE = (
+    "flights",
+    "synthetic flights of a ball (gravity, drag, bounces off the floor and walls), deterministic from a seed",
+    "data/ball",
+    build_flights,
+)
+RECIPE = "configs/ball.yaml"
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    ball.evaluate(args.checkpoint, args.split, args.device, args.output, args.plot, log=print)
+    return 0
+
+
+def add_commands(commands) -> None:
+    verbs = add_task_group(commands, "ball", GROUP_HELP, SOURCE, BallConfig, ball.fit, RECIPE)
+    parser = verbs.add_parser(
+        "evaluate", help="ADE and FDE against the constant-velocity and constant-acceleration baselines"
+    )
+    parser.add_argument("--checkpoint", required=True, help="RUN/best.pt from `captioner ball train`")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--output", help="write the scores as JSON")
+    parser.add_argument("--plot", metavar="PNG", help="draw six flights: observed, true, predicted, baselines")
+    add_device(parser)
+    parser.set_defaults(func=evaluate)

