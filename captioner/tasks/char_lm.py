@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from captioner.checkpoint import load_weights
 from captioner.checkpoint import restore as restore_checkpoint
 from captioner.config import LMConfig, LMTrainConfig
-from captioner.data.corpus import char_vocab, chunks, load_corpus, split_text, streams
+from captioner.data.corpus import char_vocab, chunks, lm_texts, streams
 from captioner.decoding import sample as sample_tokens
 from captioner.errors import CheckpointError, ConfigError
 from captioner.models.char_lm import CharLM
@@ -150,7 +150,7 @@ def fit(config: LMConfig, resume: bool = False, log=print) -> Path:
     folder = RunFolder(train.run_dir)
     checkpoint = folder.resume_from(KIND) if resume else None
     torch.manual_seed(train.seed)
-    train_text, val_text = split_text(load_corpus(config.data), config.data.val_fraction)
+    train_text, val_text = lm_texts(config.data)
     vocab = char_vocab(train_text) if checkpoint is None else Vocab.from_dict(checkpoint["vocab"])
     val_ids = torch.tensor(vocab.encode(list(val_text)))
     model = build(config, len(vocab)).to(device)
@@ -289,7 +289,7 @@ def evaluate(checkpoint: str | Path, device: str = "auto", log=None) -> dict:
     log = log or (lambda line: print(line, file=sys.stderr))
     device = resolve_device(device)
     model, config, vocab = restore(checkpoint, device)
-    _, val_text = split_text(load_corpus(config.data), config.data.val_fraction)
+    _, val_text = lm_texts(config.data)
     nats, scored = nats_per_char(model, torch.tensor(vocab.encode(list(val_text))), device)
     bits = nats / math.log(2)
     log(f"{checkpoint}: {nats:.3f} nats/char = {bits:.3f} bits/char on {scored:,} of {len(val_text):,} held-out chars")
@@ -312,14 +312,28 @@ def generate(
     carried over, the model has rarely seen a zero state, and reads a prime better after a paragraph
     break ("ROMEO:" is then followed by a newline, as in the plays, rather than by a letter).
     """
+    return generate_many(model, vocab, prime, 1, length, temperature, top_k, seed)[0]
+
+
+def generate_many(
+    model: CharLM,
+    vocab: Vocab,
+    prime: str = "\n",
+    count: int = 1,
+    length: int = 500,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+) -> list[str]:
+    """`count` texts sampled at once (a batch of independent streams), each after the same prime."""
     device = next(model.parameters()).device
-    ids = torch.tensor([vocab.encode(list("\n\n" + prime))], device=device)
+    ids = torch.tensor([vocab.encode(list("\n\n" + prime))] * count, device=device)
     state = None
     if ids.size(1) > 1:
         _, state = model.run(ids[:, :-1])
     if state is None:
-        state = model.core.initial_state(1, device)
+        state = model.core.initial_state(count, device)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else torch.seed())
     result = sample_tokens(model.step, state, ids[:, -1], length, None, temperature, top_k, generator=generator)
-    return "".join(vocab.itos[i] for i in result.tokens[0])
+    return ["".join(vocab.itos[i] for i in row) for row in result.tokens]

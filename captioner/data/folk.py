@@ -1,0 +1,112 @@
+"""Folk tunes in ABC notation for the char LM: the collections that ship inside the PyPI package music21.
+
+`music21/corpus/` holds 1,146 ABC files; the folk collections among them (Ryan's Mammoth Collection, O'Neill's
+1850, the Essen folk songs, Aird's Airs, a few more; not the Josquin masses) hold about 13,000 tunes. Each
+tune is kept as its meter, unit length and key, then its music, as folk-rnn did (Sturm et al. 2016):
+
+    M:6/8
+    L:1/8
+    K:G
+    |:D|G2B d2B|...
+
+Titles, numbers, sources, notes and lyrics are left out, as are tunes of several voices and tunes without a
+meter (the Essen songs marked "M: none"); a missing L: is written out by ABC's rule (1/16 under a 2/4 ... 3/4
+boundary, 1/8 above). Tunes are split by a hash of the tune (a tenth held out), each distinct tune once, and
+written to OUT/train.abc and OUT/val.abc, a blank line after each tune.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+import zipfile
+from fractions import Fraction
+from pathlib import Path
+
+from captioner.errors import DataError
+from captioner.files import write_text
+
+FOLK = ("ryansMammoth", "oneills1850", "essenFolksong", "airdsAirs", "miscFolk", "nottingham-dataset")
+_FIELD = re.compile(r"^([A-Za-z]):\s*(.*)$")
+FOLDERS = [[name] for name in FOLK]  # music21/corpus/NAME/...: path parts [2:3]
+BODY_FIELDS = {"M", "L", "K"}  # field lines kept inside a tune's music: changes of meter, unit length, key
+
+
+def meter_value(meter: str) -> Fraction | None:
+    """The meter as a fraction of a whole note (C = 4/4, C| = 2/2); None for "none" or something unreadable."""
+    meter = meter.strip()
+    if meter in ("C", "C|"):  # common time 4/4, cut time 2/2
+        return Fraction(1)
+    match = re.fullmatch(r"(\d+)\s*/\s*(\d+)", meter)
+    return Fraction(int(match.group(1)), int(match.group(2))) if match and int(match.group(2)) else None
+
+
+def clean_tune(tune: str) -> str | None:
+    """One tune (from its X: line) as M:, L:, K: and its music; None if it has no meter, no key, or voices."""
+    header: dict[str, str] = {}
+    body: list[str] = []
+    for raw in tune.splitlines():
+        line = raw.split("%", 1)[0].rstrip() if not raw.startswith("%%") else ""
+        if not line.strip():
+            continue
+        field = _FIELD.match(line)
+        if "K" not in header:
+            if field:
+                header.setdefault(field.group(1), field.group(2).strip())
+            continue
+        if field and field.group(1) == "V":
+            return None
+        if field and field.group(1) not in BODY_FIELDS:
+            continue
+        body.append(line)
+    if "V" in header or "K" not in header or not header["K"] or not body:
+        return None
+    meter = header.get("M", "")
+    value = meter_value(meter)
+    if value is None:
+        return None
+    unit = header.get("L") or ("1/16" if value < Fraction(3, 4) else "1/8")
+    return f"M:{meter}\nL:{unit}\nK:{header['K']}\n" + "\n".join(body) + "\n"
+
+
+def tunes_of(text: str) -> list[str]:
+    """The cleaned tunes of an ABC file."""
+    tunes = (clean_tune(part) for part in re.split(r"\n(?=X:)", "\n" + text) if part.startswith("X:"))
+    return [tune for tune in tunes if tune]
+
+
+def is_held_out(tune: str) -> bool:
+    return int(hashlib.sha1(tune.encode()).hexdigest()[:8], 16) % 10 == 0
+
+
+def prepare_folk(out: str | Path = "data/folk", log=print) -> Path:
+    """Fetch the music21 wheel and write OUT/train.abc and OUT/val.abc; a second run reuses them."""
+    from captioner.data.wheels import fetch_wheel
+
+    out = Path(out)
+    if (out / "train.abc").is_file() and (out / "val.abc").is_file():
+        log(f"folk tunes already in {out}")
+        return out
+    with tempfile.TemporaryDirectory() as folder:
+        wheel = fetch_wheel("music21", folder)
+        try:
+            with zipfile.ZipFile(wheel) as archive:
+                names = [n for n in archive.namelist() if n.endswith(".abc") and n.split("/")[2:3] in FOLDERS]
+                texts = [archive.read(name).decode("utf-8", errors="replace") for name in sorted(names)]
+        except (zipfile.BadZipFile, IndexError) as error:
+            raise DataError(f"{wheel.name} is not a readable wheel: {error}") from None
+    if not texts:
+        raise DataError(f"{wheel.name} holds none of the folk collections ({', '.join(FOLK)})")
+    tunes = list(dict.fromkeys(tune for text in texts for tune in tunes_of(text)))
+    held_out = [tune for tune in tunes if is_held_out(tune)]
+    training = [tune for tune in tunes if not is_held_out(tune)]
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "train.abc", "\n".join(training) + "\n")
+    write_text(out / "val.abc", "\n".join(held_out) + "\n")
+    characters = sum(len(t) for t in tunes)
+    log(
+        f"{len(tunes)} distinct tunes from {len(texts)} ABC files ({characters} characters): {len(training)} "
+        f"for training, {len(held_out)} held out, in {out}"
+    )
+    return out
