@@ -34,6 +34,8 @@ def test_help_of_every_command(capsys):
         ["data", "photos"],
         ["lm"],
         ["lm", "data", "shakespeare"],
+        ["lm", "data", "folk"],
+        ["lm", "tunes"],
         ["lm", "train"],
         ["lm", "evaluate"],
         ["lm", "sample"],
