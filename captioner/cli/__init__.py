@@ -22,8 +22,9 @@ from captioner.errors import USER_ERRORS
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="captioner",
-        description="Show, Attend and Tell image captioning (train, caption, evaluate), with a translator and a "
-        "character-level language model on the same recurrent core.",
+        description="Show, Attend and Tell image captioning (train, caption, serve, evaluate), with a translator, a "
+        "character-level language model (text, code, folk tunes), a sentiment classifier and a ball's path "
+        "predictor on the same recurrent core.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data.add_commands(commands)

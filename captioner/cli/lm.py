@@ -11,7 +11,7 @@ from captioner.data.folk import prepare_folk
 from captioner.data.shakespeare import prepare_shakespeare
 from captioner.tasks import char_lm
 
-GROUP_HELP = "the character-level language model: data, train, evaluate, sample, cells"
+GROUP_HELP = "the character-level language model: data, train, evaluate, sample, tunes, cells"
 SOURCES = [
     (
         "shakespeare",
