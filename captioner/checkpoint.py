@@ -22,9 +22,6 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
         torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
 
 
-WITHOUT_VOCABULARY = {"ball"}  # kinds of model that read and write numbers, not tokens
-
-
 def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint without unpickling code; check that it is ours and, if given, of this kind."""
     path = Path(path)
@@ -49,7 +46,7 @@ def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str
         raise CheckpointError(f"checkpoint {path} has format version {data.get('version')}, this code reads {VERSION}")
     if kind is not None and data.get("kind") != kind:
         raise CheckpointError(f"checkpoint {path} holds a {data.get('kind')!r} model, not a {kind!r} model")
-    for key in ("model", "config") if data.get("kind") in WITHOUT_VOCABULARY else ("model", "config", "vocab"):
+    for key in ("model", "config"):
         if key not in data:
             raise CheckpointError(f"checkpoint {path} lacks its {key!r} entry")
     return data
@@ -70,16 +67,21 @@ def load_weights(model: nn.Module, state_dict: dict, path: str | Path) -> None:
         )
 
 
-def restore(path: str | Path, kind: str, schema, build, device: torch.device | str = "cpu"):
+def restore(
+    path: str | Path, kind: str, schema, build, device: torch.device | str = "cpu", vocabularies: tuple = ("vocab",)
+):
     """Rebuild a model from its checkpoint alone: (model in eval mode, config, {name: Vocab}).
 
     schema is the task's config class; build(config, vocabs) makes the untrained model. Every entry whose
     name ends in "vocab" is a vocabulary: "vocab" is the output vocabulary of every task, and translation
-    adds "source_vocab".
+    adds "source_vocab"; `vocabularies` names those the task cannot do without (none for a model of numbers).
     """
     from captioner.vocab import Vocab
 
     checkpoint = load_checkpoint(path, kind=kind)
+    for key in vocabularies:
+        if key not in checkpoint:
+            raise CheckpointError(f"checkpoint {path} lacks its {key!r} entry")
     try:
         config = schema.from_dict(checkpoint["config"], source=f"{path} config")
         vocabs = {key: Vocab.from_dict(value) for key, value in checkpoint.items() if key.endswith("vocab")}

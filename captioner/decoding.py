@@ -290,17 +290,17 @@ def beam_search(
         bound = scores.max(dim=1).values / best_penalty  # the best any live hypothesis can still end with
         if bool(((done.scores[:, -1] >= bound) | ~bound.isfinite()).all()):
             break
-    J = N if N > 1 else 1  # the n best need their traces too (the attention of every candidate)
-    traces = _backtrack(trace_steps, origins, done.step[:, :J], done.row[:, :J]) if trace_steps else None
-    token_lists, cut_traces = _cut(done.words[:, 0], traces[:, 0] if traces is not None else None, eos_id)
+    traces = _backtrack(trace_steps, origins, done.step, done.row) if trace_steps else None  # (B, N, T, ...)
+    tokens, cut_traces = _cut(done.words.flatten(0, 1), traces.flatten(0, 1) if traces is not None else None, eos_id)
+    best = Generation(tokens[::N], done.scores[:, 0], cut_traces[::N] if cut_traces is not None else None)
     if N == 1:
-        return Generation(token_lists, done.scores[:, 0], cut_traces)
-    candidates = done.candidates()
-    candidate_traces = None
-    if traces is not None:
-        _, every = _cut(done.words.flatten(0, 1), traces.flatten(0, 1), eos_id)
-        candidate_traces = [[every[b * N + n] for n in range(len(found))] for b, found in enumerate(candidates)]
-    return Generation(token_lists, done.scores[:, 0], cut_traces, candidates, candidate_traces)
+        return best
+    scores = done.scores.tolist()  # an input's n best, best first; fewer where fewer ended (-inf)
+    found = [[n for n in range(N) if scores[b][n] > float("-inf")] for b in range(B)]
+    best.candidates = [[(tokens[b * N + n], scores[b][n]) for n in found[b]] for b in range(B)]
+    if cut_traces is not None:
+        best.candidate_traces = [[cut_traces[b * N + n] for n in found[b]] for b in range(B)]
+    return best
 
 
 @dataclass
@@ -332,16 +332,6 @@ class _Finished:
         self.words = _gather_beams(torch.cat([self.words, padded], dim=1), pick)
         self.step = torch.cat([self.step, torch.full_like(parents, t)], dim=1).gather(1, pick)
         self.row = torch.cat([self.row, parents], dim=1).gather(1, pick)
-
-    def candidates(self) -> list[list[tuple[list[int], float]]]:
-        """Per input, its finished hypotheses as (words, score), best first."""
-        tokens, _ = _cut(self.words.flatten(0, 1), None, self.eos_id)
-        N = self.scores.size(1)
-        scores = self.scores.tolist()
-        return [
-            [(tokens[b * N + n], scores[b][n]) for n in range(N) if scores[b][n] > float("-inf")]
-            for b in range(len(scores))
-        ]
 
 
 def _backtrack(trace_steps: list[Tensor], origins: list[Tensor], step: Tensor, row: Tensor) -> Tensor:

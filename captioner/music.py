@@ -94,7 +94,11 @@ def check_tune(text: str) -> TuneCheck:
     # music21 re-bars a bar longer than the meter by giving its overflow a time signature of its own; only the
     # meters the tune declares (M: fields, inline ones too) count
     declared = {4 * float(v) for v in map(meter_value, re.findall(r"M:\s*([^\]\n|]+)", text)) if v is not None}
-    full, waiting = None, None  # waiting: a short bar that the next one may complete
+    full, waiting = None, None  # waiting: (index, excused, length) of a short bar the next one may complete
+
+    def short(i: int) -> TuneCheck:
+        return TuneCheck(True, False, len(measures), f"bar {i + 1} is short")
+
     for i, measure in enumerate(measures):
         signature = measure.timeSignature or (signatures[0] if full is None else None)
         if signature is not None and signature.barDuration.quarterLength in declared:
@@ -104,19 +108,18 @@ def check_tune(text: str) -> TuneCheck:
         length = measure.duration.quarterLength
         if length > full + 1e-9:
             return TuneCheck(True, False, len(measures), f"bar {i + 1} lasts {length} quarters, the meter {full}")
-        if length >= full - 1e-9:
-            if waiting is not None and not waiting[1]:
-                return TuneCheck(True, False, len(measures), f"bar {waiting[0] + 1} is short")
+        is_short = length < full - 1e-9
+        if waiting is not None:
+            if is_short and abs(waiting[2] + length - full) < 1e-9:
+                waiting = None  # two short bars that make one
+                continue
+            if not waiting[1]:
+                return short(waiting[0])
             waiting = None
-            continue
-        if waiting is not None and abs(waiting[2] + length - full) < 1e-9:
-            waiting = None  # two short bars that make one
-            continue
-        if waiting is not None and not waiting[1]:
-            return TuneCheck(True, False, len(measures), f"bar {waiting[0] + 1} is short")
-        waiting = (i, i in (0, len(measures) - 1) or _at_section_edge(measures, i), length)
+        if is_short:
+            waiting = (i, i in (0, len(measures) - 1) or _at_section_edge(measures, i), length)
     if waiting is not None and not waiting[1]:
-        return TuneCheck(True, False, len(measures), f"bar {waiting[0] + 1} is short")
+        return short(waiting[0])
     return TuneCheck(True, True, len(measures))
 
 
@@ -151,8 +154,8 @@ def split_tunes(text: str) -> list[str]:
 
 
 def sampled_tunes(texts: list[str]) -> list[str]:
-    """Each sampled text's first tune: up to its first blank line (None-free; an unfinished text stays whole,
-    and fails the check if its music is cut)."""
+    """Each sampled text's first tune: up to its first blank line (a text that never ends a tune stays whole,
+    and fails the check if its music is cut off)."""
     return [text.split("\n\n", 1)[0].strip("\n") + "\n" for text in texts]
 
 

@@ -135,7 +135,9 @@ class CaptionModel:
     ) -> list[ImageCaption]:
         """Every picture's ImageCaption, in order (see iter_captions for the options); one picture may be given
         alone."""
-        if isinstance(images, (str, Path, Image.Image)) or (isinstance(images, Tensor) and images.dim() == 3):
+        if isinstance(images, (str, Path, Image.Image)) or (
+            isinstance(images, (Tensor, np.ndarray)) and images.ndim == 3
+        ):
             images = [images]
         return list(self.iter_captions(images, **options))
 
@@ -199,7 +201,8 @@ class CaptionModel:
 
     def prepare(self, name: str, picture: Image.Image) -> Prepared:
         """A named RGB picture as the model reads it (its tensor) and as results show it (at most PICTURE_SIDE)."""
-        small = picture.copy() if max(picture.size) <= PICTURE_SIDE else _shrunk(picture)
+        small = picture.copy()
+        small.thumbnail((PICTURE_SIDE, PICTURE_SIDE), Image.Resampling.BICUBIC)  # never enlarges
         return Prepared(name, self.transform(picture), small)
 
     def caption_prepared(
@@ -217,8 +220,10 @@ class CaptionModel:
             zip(prepared, generation.tokens, generation.traces, generation.scores.tolist(), strict=True)
         ):
             words = self.vocab.decode(ids)
-            result = ImageCaption(item.name, detokenize(words), words, score, trace.float().cpu(), self.grid_size)
-            result.picture = item.picture
+            attention = trace.float().cpu()
+            result = ImageCaption(
+                item.name, detokenize(words), words, score, attention, self.grid_size, picture=item.picture
+            )
             if top is not None:
                 index = int(top[1][i])
                 result.top_class = (self.class_names[index], class_word(self.class_names[index]), float(top[0][i]))
@@ -239,12 +244,6 @@ class Prepared:
     name: str
     tensor: Tensor
     picture: Image.Image
-
-
-def _shrunk(picture: Image.Image) -> Image.Image:
-    picture = picture.copy()
-    picture.thumbnail((PICTURE_SIDE, PICTURE_SIDE), Image.Resampling.BICUBIC)
-    return picture
 
 
 def load(checkpoint: str | Path | None = None, device: str = "auto") -> CaptionModel:

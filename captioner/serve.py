@@ -138,7 +138,7 @@ def create_app(model: CaptionModel, options: ServeOptions | None = None) -> Star
             return model.prepare(name, picture)
 
     async def read_upload(request: Request) -> tuple[bytes, str]:
-        """The picture's bytes and name, from a form's "image" field or the raw body; ValueError(status, why)."""
+        """The picture's bytes and name, from a form's "image" field or the raw body; _RefusedError if not."""
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > options.max_upload:
             raise _RefusedError(413, f"upload of {int(length)} bytes is above the limit of {options.max_upload} bytes")

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -179,6 +180,35 @@ def set_random_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["cpu"])
     if state.get("cuda") is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def train_epoch(
+    model: nn.Module,
+    batch_loss,
+    count: int,
+    batch_size: int,
+    generator: torch.Generator,
+    optimizer,
+    schedule,
+    grad_clip: float,
+    epoch: int,
+) -> tuple[float, float]:
+    """One epoch of `count` examples in an order drawn from `generator`, batch_size at a time (the rest left
+    for the next epoch's order); batch_loss(index) gives a batch's loss. Returns the mean loss and seconds."""
+    steps = count // batch_size
+    if steps == 0:
+        raise ConfigError(f"train.batch_size {batch_size} is more than the {count} training examples")
+    model.train()
+    start, total = time.perf_counter(), 0.0
+    order = torch.randperm(count, generator=generator)
+    for step in range(steps):
+        loss = batch_loss(order[step * batch_size : (step + 1) * batch_size])
+        value = loss.item()
+        check_loss(value, f"epoch {epoch + 1}, step {step + 1}")
+        backward_and_step(loss, optimizer, model.parameters(), grad_clip)
+        schedule.step()
+        total += value
+    return total / steps, time.perf_counter() - start
 
 
 def resume_epochs(checkpoint: dict, optimizer, schedule, generator: torch.Generator, device, progress: dict) -> dict:

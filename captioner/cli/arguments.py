@@ -40,16 +40,16 @@ def add_recipe(parser: argparse.ArgumentParser, example: str) -> None:
     )
 
 
-def add_task_group(commands, name: str, help: str, source: tuple | list, schema, fit, recipe_example: str):
+def add_task_group(commands, name: str, help: str, sources: list[tuple], schema, fit, recipe_example: str):
     """`captioner NAME data SOURCE [--out OUT]` and `captioner NAME train --config ...`, the verbs every task
-    group has. source: (name, help, default --out, prepare(out)), or a list of them; schema and fit: the task's
+    group has. sources: [(name, help, default --out, prepare(out)), ...]; schema and fit: the task's
     config class and fit(config, resume). Returns the group's subparsers for its other verbs."""
     group = commands.add_parser(name, help=help)
     verbs = group.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
     data = verbs.add_parser("data", help="prepare a data set")
-    sources = data.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    for source_name, source_help, default_out, prepare in [source] if isinstance(source, tuple) else source:
-        parser = sources.add_parser(source_name, help=source_help)
+    choices = data.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    for source_name, source_help, default_out, prepare in sources:
+        parser = choices.add_parser(source_name, help=source_help)
         parser.add_argument("--out", default=default_out, help=f"where to write it (default: {default_out})")
         parser.set_defaults(func=lambda args, prepare=prepare: prepare(args.out) and 0)
     parser = verbs.add_parser("train", help="train from a YAML recipe", description="key=value arguments override it.")

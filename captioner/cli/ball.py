@@ -10,12 +10,14 @@ from captioner.data.ball import build_flights
 from captioner.tasks import ball
 
 GROUP_HELP = "a moving ball's path: data, train, evaluate"
-SOURCE = (
-    "flights",
-    "synthetic flights of a ball (gravity, drag, bounces off the floor and walls), deterministic from a seed",
-    "data/ball",
-    build_flights,
-)
+SOURCES = [
+    (
+        "flights",
+        "synthetic flights of a ball (gravity, drag, bounces off the floor and walls), deterministic from a seed",
+        "data/ball",
+        build_flights,
+    )
+]
 RECIPE = "configs/ball.yaml"
 
 
@@ -25,7 +27,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands) -> None:
-    verbs = add_task_group(commands, "ball", GROUP_HELP, SOURCE, BallConfig, ball.fit, RECIPE)
+    verbs = add_task_group(commands, "ball", GROUP_HELP, SOURCES, BallConfig, ball.fit, RECIPE)
     parser = verbs.add_parser(
         "evaluate", help="ADE and FDE against the constant-velocity and constant-acceleration baselines"
     )

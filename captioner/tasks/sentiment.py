@@ -10,7 +10,6 @@ scored once on the test texts (RUN/test_scores.json).
 from __future__ import annotations
 
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -26,13 +25,12 @@ from captioner.files import write_json
 from captioner.models.sentiment import BagOfNgrams, TextClassifier
 from captioner.training import (
     RunFolder,
-    backward_and_step,
     build_scheduler,
-    check_loss,
     epoch_checkpoint,
     out_of_time,
     resolve_device,
     resume_epochs,
+    train_epoch,
 )
 from captioner.vocab import Vocab
 
@@ -117,6 +115,12 @@ def fit(config: SentimentConfig, resume: bool = False, log=print) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
     steps_per_epoch = max(1, len(ids) // train.batch_size)
     schedule = build_scheduler(optimizer, train, steps_per_epoch)
+    labels = labels.to(device)
+
+    def batch_loss(index: Tensor) -> Tensor:
+        tokens, lengths = batch([ids[i] for i in index.tolist()])
+        return F.cross_entropy(model(tokens.to(device), lengths)[0], labels[index.to(device)])
+
     generator = torch.Generator().manual_seed(train.seed)
     progress = {"epoch": -1, "best_f1": -1.0, "elapsed": 0.0}
     if checkpoint is not None:
@@ -130,25 +134,15 @@ def fit(config: SentimentConfig, resume: bool = False, log=print) -> Path:
         f"{config.model.pooling} pooling, device {device}"
     )
     for epoch in range(progress["epoch"] + 1, train.epochs):
-        model.train()
-        start, total = time.perf_counter(), 0.0
-        order = torch.randperm(len(ids), generator=generator).tolist()
-        for step in range(steps_per_epoch):
-            index = order[step * train.batch_size : (step + 1) * train.batch_size]
-            tokens, lengths = batch([ids[i] for i in index])
-            logits, _ = model(tokens.to(device), lengths)
-            loss = F.cross_entropy(logits, labels[index].to(device))
-            check_loss(loss.item(), f"epoch {epoch + 1}, step {step + 1}")
-            backward_and_step(loss, optimizer, model.parameters(), train.grad_clip)
-            schedule.step()
-            total += loss.item()
-        seconds = time.perf_counter() - start
+        loss, seconds = train_epoch(
+            model, batch_loss, len(ids), train.batch_size, generator, optimizer, schedule, train.grad_clip, epoch
+        )
         progress["epoch"], progress["elapsed"] = epoch, progress["elapsed"] + seconds
         probabilities, _ = generate(model, val_ids)
         val = scores(probabilities.argmax(-1).tolist(), val_labels)
         row = {
             "epoch": epoch + 1,
-            "loss": total / steps_per_epoch,
+            "loss": loss,
             "texts_per_s": steps_per_epoch * train.batch_size / seconds,
             "elapsed": progress["elapsed"],
             **{f"val_{k}": v for k, v in val.items()},

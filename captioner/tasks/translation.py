@@ -51,7 +51,12 @@ def build(config: TranslateConfig, source_size: int, target_size: int) -> Seq2Se
 def restore(path: str | Path, device="cpu") -> tuple[Seq2Seq, TranslateConfig, Vocab, Vocab]:
     """Rebuild a translator from its checkpoint alone: (model, config, source vocabulary, target vocabulary)."""
     model, config, vocabs = restore_checkpoint(
-        path, KIND, TranslateConfig, lambda c, v: build(c, len(v["source_vocab"]), len(v["vocab"])), device
+        path,
+        KIND,
+        TranslateConfig,
+        lambda c, v: build(c, len(v["source_vocab"]), len(v["vocab"])),
+        device,
+        vocabularies=("source_vocab", "vocab"),
     )
     return model, config, vocabs["source_vocab"], vocabs["vocab"]
 
