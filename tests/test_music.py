@@ -61,11 +61,15 @@ def test_a_tune_keeps_its_meter_key_and_music_only():
     assert tunes[1] == "M:12/8\nL:1/8\nK:G\nGAB dBG GAB dBG|\nM:6/8\nGAB dBG|\n"  # a change of meter stays
     assert len(tunes) == 2  # no meter, two voices: left out
     assert folk.clean_tune("X:9\nM:2/4\nK:G\nGABc|\n").startswith("M:2/4\nL:1/16\n")  # 2/4 < 3/4: 1/16
+    essen = folk.clean_tune("X:5\nM:3/2\nL:1/4\nK:F\n |  |  | F2F2G2 | A4B2 |  |  |\n |  |\nA2 || B2 :| |: c2 |]\n")
+    assert essen == "M:3/2\nL:1/4\nK:F\n | F2F2G2 | A4B2 |\nA2 || B2 :| |: c2 |]\n"  # empty bars go, repeats stay
 
 
 def test_the_folk_collections_are_read_from_the_wheel_split_by_tune(tmp_path, monkeypatch):
     wheel = tmp_path / "music21-1.0-py3-none-any.whl"
     tunes = "\n".join(f"X:{i}\nM:2/4\nL:1/8\nK:G\n{'GABc|' * (i % 7 + 1)}d4|]\n" for i in range(200))
+    long = (f"X:{i}\nM:2/4\nL:1/8\nK:G\nGABc|{'d' * (2 * i + 5)}|d4|]\n" for i in range(10))  # bars too long
+    tunes += "\n" + "\n".join(long)
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("music21/corpus/ryansMammoth/a.abc", tunes)
         archive.writestr("music21/corpus/ryansMammoth/copy.abc", tunes)  # the same tunes again: kept once
@@ -73,7 +77,12 @@ def test_the_folk_collections_are_read_from_the_wheel_split_by_tune(tmp_path, mo
     monkeypatch.setattr("captioner.data.wheels.fetch_wheel", lambda package, out: wheel)
     out = folk.prepare_folk(tmp_path / "folk", log=lambda _: None)
     train, held_out = (split_tunes((out / name).read_text()) for name in ("train.abc", "val.abc"))
-    assert len(train) + len(held_out) == 7 and not set(train) & set(held_out)  # 7 distinct tunes among 200
+    regular = [t for t in train + held_out if "ddddd" not in t]
+    assert len(regular) == 7 and not set(train) & set(held_out)  # 7 distinct tunes among 200
+    long_bars = [t for t in map(folk.clean_tune, tunes.split("\n\n")[200:]) if not folk.is_held_out(t)]
+    assert len(long_bars) >= 5 and not set(long_bars) & set(train)  # trained on tunes that keep their meter only
+    assert len(held_out) == sum(map(folk.is_held_out, regular)) + 10 - len(long_bars)  # held out: all of them
+    assert (tmp_path / "folk" / "VERSION").read_text() == f"{folk.VERSION}\n"
     assert all("josquin" not in t and "CDEF" not in t for t in train + held_out)
 
 

@@ -11,16 +11,25 @@ tune is kept as its meter, unit length and key, then its music, as folk-rnn did 
 
 Titles, numbers, sources, notes and lyrics are left out, as are tunes of several voices and tunes without a
 meter (the Essen songs marked "M: none"); a missing L: is written out by ABC's rule (1/16 under a 2/4 ... 3/4
-boundary, 1/8 above). Tunes are split by a hash of the tune (a tenth held out), each distinct tune once, and
-written to OUT/train.abc and OUT/val.abc, a blank line after each tune.
+boundary, 1/8 above). Runs of empty bars (" |  |  | F2F2G2 |", left by the Essen collection's conversion to ABC
+where a song's first phrases have no notes) become one bar line: a model that learns them loops on "|  |" when
+sampled. Tunes are split by a hash of the tune (a tenth held out), each distinct tune once, and written to
+OUT/train.abc and OUT/val.abc, a blank line after each tune.
+
+Training tunes are kept only where they parse and every bar keeps the meter by the check sampled tunes get
+(captioner.music.check_tune; about a tenth fails it: Essen songs with undeclared changes of meter,
+transcription slips), so the model learns bars of the meter it names; the held-out tunes stay whole and are
+measured with the same check, for reference. This needs the music extra (music21).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import tempfile
 import zipfile
+from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -31,6 +40,8 @@ FOLK = ("ryansMammoth", "oneills1850", "essenFolksong", "airdsAirs", "miscFolk",
 _FIELD = re.compile(r"^([A-Za-z]):\s*(.*)$")
 FOLDERS = [[name] for name in FOLK]  # music21/corpus/NAME/...: path parts [2:3]
 BODY_FIELDS = {"M", "L", "K"}  # field lines kept inside a tune's music: changes of meter, unit length, key
+_EMPTY_BARS = re.compile(r"(?:(?<=\s)|^)\|(?:\s+\|)+(?=\s|$)")  # standalone bar lines with nothing between
+VERSION = 3  # of the cleaning: data made by another version is made again
 
 
 def meter_value(meter: str) -> Fraction | None:
@@ -59,7 +70,9 @@ def clean_tune(tune: str) -> str | None:
             return None
         if field and field.group(1) not in BODY_FIELDS:
             continue
-        body.append(line)
+        line = _EMPTY_BARS.sub("|", line)
+        if line.strip(" |"):
+            body.append(line)
     if "V" in header or "K" not in header or not header["K"] or not body:
         return None
     meter = header.get("M", "")
@@ -76,6 +89,27 @@ def tunes_of(text: str) -> list[str]:
     return [tune for tune in tunes if tune]
 
 
+def _keeps_meter(tune: str) -> bool:
+    from captioner.music import check_tune
+
+    check = check_tune(tune)
+    return check.parses and check.keeps_meter
+
+
+def regular_tunes(tunes: list[str], log=print) -> list[str]:
+    """The tunes that parse and keep their meter (music21 reads each: about 10 tunes a second a core, so the
+    check runs on every core)."""
+    workers = max(1, min(os.cpu_count() or 1, 16))
+    log(f"checking the meter of {len(tunes)} training tunes on {workers} processes (one tenth fails it)")
+    keep, step = [], max(1, len(tunes) // 10)
+    with ProcessPoolExecutor(workers) as pool:
+        for i, ok in enumerate(pool.map(_keeps_meter, tunes, chunksize=32), 1):
+            keep.append(ok)
+            if i % step == 0 or i == len(tunes):
+                log(f"  {i}/{len(tunes)} checked, {sum(keep)} keep their meter")
+    return [tune for tune, ok in zip(tunes, keep, strict=True) if ok]
+
+
 def is_held_out(tune: str) -> bool:
     return int(hashlib.sha1(tune.encode()).hexdigest()[:8], 16) % 10 == 0
 
@@ -83,9 +117,12 @@ def is_held_out(tune: str) -> bool:
 def prepare_folk(out: str | Path = "data/folk", log=print) -> Path:
     """Fetch the music21 wheel and write OUT/train.abc and OUT/val.abc; a second run reuses them."""
     from captioner.data.wheels import fetch_wheel
+    from captioner.music import music21
 
     out = Path(out)
-    if (out / "train.abc").is_file() and (out / "val.abc").is_file():
+    stamp = out / "VERSION"
+    made = stamp.read_text().strip() if stamp.is_file() else None
+    if (out / "train.abc").is_file() and (out / "val.abc").is_file() and made == str(VERSION):
         log(f"folk tunes already in {out}")
         return out
     with tempfile.TemporaryDirectory() as folder:
@@ -100,13 +137,15 @@ def prepare_folk(out: str | Path = "data/folk", log=print) -> Path:
         raise DataError(f"{wheel.name} holds none of the folk collections ({', '.join(FOLK)})")
     tunes = list(dict.fromkeys(tune for text in texts for tune in tunes_of(text)))
     held_out = [tune for tune in tunes if is_held_out(tune)]
-    training = [tune for tune in tunes if not is_held_out(tune)]
+    music21()  # the check needs it: say so before the checking starts
+    training = regular_tunes([tune for tune in tunes if not is_held_out(tune)], log)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "train.abc", "\n".join(training) + "\n")
     write_text(out / "val.abc", "\n".join(held_out) + "\n")
+    write_text(stamp, f"{VERSION}\n")
     characters = sum(len(t) for t in tunes)
     log(
         f"{len(tunes)} distinct tunes from {len(texts)} ABC files ({characters} characters): {len(training)} "
-        f"for training, {len(held_out)} held out, in {out}"
+        f"for training (those that keep their meter), {len(held_out)} held out, in {out}"
     )
     return out
