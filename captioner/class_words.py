@@ -4,15 +4,22 @@ Every torchvision ResNet and EfficientNet-Lite0 keep the 1,000-way ImageNet clas
 with: a linear layer over the mean of the final feature grid. A convex combination of grid cells (an
 attention step's context) is read by the same layer, so applied to the attended context it names what that
 step looks at. The decoder (models/decoder.py, class words) turns its 1,000 class probabilities into the
-probabilities of caption words with the table made here: a class's word is the last word of its name
-("tiger cat" -> cat, "sports car" -> car), so the five cat classes all say "cat", except where that last
-word names something else ("sea lion" is no lion, "hot dog" no dog): OVERRIDES.
+probabilities of caption words with a table (imagenet_words.tsv, made from WordNet by
+scripts/class_word_table.py): a class's word is the last word of its name ("tiger cat" -> cat, "sports car" ->
+car), so the five cat classes all say "cat"; a name with its kind where the name alone is rare or means
+something else first ("monarch" -> "monarch butterfly"); a rare name's common parent ("basenji" -> "dog"); and
+OVERRIDES where the last word names something else ("sea lion" is no lion, "hot dog" no dog).
 """
 
 from __future__ import annotations
 
+from functools import cache
+from pathlib import Path
+
 from captioner.text import tokenize
 from captioner.vocab import CLASS_PREFIX, Vocab
+
+TABLE = Path(__file__).with_name("imagenet_words.tsv")  # made by scripts/class_word_table.py from WordNet
 
 CLASS_LISTS = ("imagenet",)
 # A class word ends a noun phrase: it is the caption's last word, or one of these follows it. Elsewhere the
@@ -90,6 +97,13 @@ OVERRIDES = {
     "tile roof": "roof",
     "steel arch bridge": "bridge",
     "grey whale": "whale",
+    # read in the WordNet table (scripts/class_word_table.py), before any captioning run with it
+    "television": "television",
+    "church": "church",
+    "barbershop": "barbershop",
+    "confectionery": "sweet shop",
+    "toyshop": "toy shop",
+    "shoji": "screen",
 }
 
 
@@ -100,8 +114,18 @@ def imagenet_classes() -> list[str]:
     return list(_IMAGENET_CATEGORIES)
 
 
+@cache
+def _table() -> dict[str, str]:
+    rows = [line.split("\t") for line in TABLE.read_text(encoding="utf-8").splitlines()[1:]]
+    return {name: word for _, name, word, _ in rows}
+
+
 def class_word(name: str) -> str:
-    """The caption word a class name is said as: OVERRIDES, else the last word of the name."""
+    """The caption word a class name is said as: the WordNet table's (imagenet_words.tsv), else OVERRIDES, else
+    the last word of the name."""
+    table = _table()
+    if name in table:
+        return table[name]
     if name in OVERRIDES:
         return OVERRIDES[name]
     return tokenize(name)[-1]

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from captioner.class_words import caption_tokens, class_word, class_words, imagenet_classes, mark
+from captioner.class_words import OVERRIDES, TABLE, caption_tokens, class_word, class_words, imagenet_classes, mark
 from captioner.config import Config
 from captioner.data.loaders import training_vocab, with_class_words
 from captioner.data.manifest import ImageRecord, Manifest
 from captioner.errors import ConfigError
 from captioner.models.captioner import Captioner, resolve_class_words
 from captioner.models.decoder import AttentionDecoder
+from captioner.text import tokenize
 from captioner.vocab import CLASS_PREFIX, Vocab
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def test_class_names_become_caption_words():
@@ -25,6 +32,64 @@ def test_class_names_become_caption_words():
     assert class_word("jack-o'-lantern") == "pumpkin"
     words = class_words(names)
     assert len(words) == 1000 and words.count("cat") == 5
+    assert class_word("monarch") == "monarch butterfly" and class_word("basenji") == "dog"  # from WordNet
+
+
+def test_the_wordnet_table_names_every_class_in_order_and_keeps_the_exceptions():
+    rows = [line.split("\t") for line in TABLE.read_text(encoding="utf-8").splitlines()]
+    assert rows[0] == ["wnid", "name", "word", "rule"] and [row[1] for row in rows[1:]] == imagenet_classes()
+    wnids = [row[0] for row in rows[1:]]
+    assert len(set(wnids)) == 1000 and wnids == sorted(wnids) and all(re.fullmatch(r"n\d{8}", w) for w in wnids)
+    for _, name, word, rule in rows[1:]:
+        assert word == word.lower() and tokenize(word) == word.split(), word  # says as it is scored
+        assert (word == OVERRIDES[name]) if name in OVERRIDES else rule != "exception", name
+        assert rule in ("exception", "name and kind", "entry level", "last word")
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("class_word_table", SCRIPTS / "class_word_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# data.noun / index.noun lines as WordNet 3.0 writes them: offset, lexicographer file, pos, lemma count (hex),
+# lemma and lex id pairs, pointer count, pointers (symbol, offset, pos, source/target), gloss
+DATA_NOUN = """  1 This software and database is being provided...
+00000010 05 n 01 organism 0 000 | a living thing
+00000020 05 n 01 dog 0 001 @ 00000010 n 0000 | a dog
+00000030 05 n 01 basenji 0 001 @ 00000020 n 0000 | a breed
+00000040 05 n 02 monarch 0 monarch_butterfly 0 001 @ 00000050 n 0000 | a butterfly
+00000050 05 n 01 butterfly 0 001 @ 00000010 n 0000 | an insect
+00000060 05 n 01 monarch 0 000 | a sovereign
+00000070 05 n 01 teapot 0 001 @ 00000080 n 0000 | a pot for tea
+00000080 05 n 01 pot 0 001 @ 00000010 n 0000 | a vessel
+00000090 05 n 02 hunting_dog 0 dog 1 001 @ 00000020 n 0000 | a dog
+"""
+INDEX_NOUN = """  1 This software and database is being provided...
+basenji n 1 1 @ 1 0 00000030
+butterfly n 1 1 @ 1 0 00000050
+dog n 2 1 @ 2 0 00000020 00000090
+monarch n 2 1 @ 2 0 00000060 00000040
+monarch_butterfly n 1 1 @ 1 0 00000040
+pot n 1 1 @ 1 0 00000080
+teapot n 1 1 @ 1 0 00000070
+"""
+
+
+def test_the_table_script_follows_its_rules_on_a_small_wordnet(tmp_path, monkeypatch):
+    (tmp_path / "data.noun").write_text(DATA_NOUN)
+    (tmp_path / "index.noun").write_text(INDEX_NOUN)
+    script = load_script()
+    names, wnids = ["basenji", "monarch", "teapot", "tiger dog", "pot"], ["n00000030", "n00000040", "n00000070"]
+    monkeypatch.setattr(script, "imagenet_classes", lambda: names)
+    monkeypatch.setattr(script, "imagenet_wnids", lambda: wnids + ["n00000090", "n00000080"])
+    frequency = {"basenji": 2.5, "dog": 5.1, "monarch": 3.7, "teapot": 2.9, "pot": 4.5, "tiger dog": 1.0}
+    monkeypatch.setattr(script, "zipf_of", lambda: frequency.get)
+    words = [row[2] for row in script.table(tmp_path)]
+    # a rare name says its common parent; a name meaning something else first says its kind too; a closed
+    # compound already says its kind ("teapot" stays); else the last word
+    assert words == ["dog", "monarch butterfly", "teapot", "dog", "pot"]
 
 
 def test_a_class_word_is_marked_where_it_ends_a_noun_phrase_only():
