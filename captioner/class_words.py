@@ -123,12 +123,7 @@ def _table() -> dict[str, str]:
 def class_word(name: str) -> str:
     """The caption word a class name is said as: the WordNet table's (imagenet_words.tsv), else OVERRIDES, else
     the last word of the name."""
-    table = _table()
-    if name in table:
-        return table[name]
-    if name in OVERRIDES:
-        return OVERRIDES[name]
-    return tokenize(name)[-1]
+    return _table().get(name) or OVERRIDES.get(name) or tokenize(name)[-1]
 
 
 def class_words(names: list[str]) -> list[str]:

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,10 +72,10 @@ def noun_senses(folder: Path) -> dict[str, list[int]]:
 
 def imagenet_wnids() -> list[str]:
     """The 1,000 wnids in class order, from the timm wheel (pip download, not installed)."""
-    from captioner.data.wheels import fetch_wheel
+    from captioner.data.wheels import read_wheel
 
-    with tempfile.TemporaryDirectory() as folder, zipfile.ZipFile(fetch_wheel("timm", folder)) as archive:
-        return archive.read("timm/data/_info/imagenet_synsets.txt").decode().split()
+    member = "timm/data/_info/imagenet_synsets.txt"
+    return read_wheel("timm", lambda name: name == member)[member].decode().split()
 
 
 def zipf_of():

@@ -25,11 +25,7 @@ measured with the same check, for reference. This needs the music extra (music21
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
-import zipfile
-from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -89,35 +85,14 @@ def tunes_of(text: str) -> list[str]:
     return [tune for tune in tunes if tune]
 
 
-def _keeps_meter(tune: str) -> bool:
-    from captioner.music import check_tune
-
-    check = check_tune(tune)
-    return check.parses and check.keeps_meter
-
-
-def regular_tunes(tunes: list[str], log=print) -> list[str]:
-    """The tunes that parse and keep their meter (music21 reads each: about 10 tunes a second a core, so the
-    check runs on every core)."""
-    workers = max(1, min(os.cpu_count() or 1, 16))
-    log(f"checking the meter of {len(tunes)} training tunes on {workers} processes (one tenth fails it)")
-    keep, step = [], max(1, len(tunes) // 10)
-    with ProcessPoolExecutor(workers) as pool:
-        for i, ok in enumerate(pool.map(_keeps_meter, tunes, chunksize=32), 1):
-            keep.append(ok)
-            if i % step == 0 or i == len(tunes):
-                log(f"  {i}/{len(tunes)} checked, {sum(keep)} keep their meter")
-    return [tune for tune, ok in zip(tunes, keep, strict=True) if ok]
-
-
 def is_held_out(tune: str) -> bool:
     return int(hashlib.sha1(tune.encode()).hexdigest()[:8], 16) % 10 == 0
 
 
 def prepare_folk(out: str | Path = "data/folk", log=print) -> Path:
     """Fetch the music21 wheel and write OUT/train.abc and OUT/val.abc; a second run reuses them."""
-    from captioner.data.wheels import fetch_wheel
-    from captioner.music import music21
+    from captioner.data.wheels import read_wheel
+    from captioner.music import check_tunes, music21
 
     out = Path(out)
     stamp = out / "VERSION"
@@ -125,20 +100,17 @@ def prepare_folk(out: str | Path = "data/folk", log=print) -> Path:
     if (out / "train.abc").is_file() and (out / "val.abc").is_file() and made == str(VERSION):
         log(f"folk tunes already in {out}")
         return out
-    with tempfile.TemporaryDirectory() as folder:
-        wheel = fetch_wheel("music21", folder)
-        try:
-            with zipfile.ZipFile(wheel) as archive:
-                names = [n for n in archive.namelist() if n.endswith(".abc") and n.split("/")[2:3] in FOLDERS]
-                texts = [archive.read(name).decode("utf-8", errors="replace") for name in sorted(names)]
-        except (zipfile.BadZipFile, IndexError) as error:
-            raise DataError(f"{wheel.name} is not a readable wheel: {error}") from None
+    files = read_wheel("music21", lambda name: name.endswith(".abc") and name.split("/")[2:3] in FOLDERS)
+    texts = [data.decode("utf-8", errors="replace") for data in files.values()]
     if not texts:
-        raise DataError(f"{wheel.name} holds none of the folk collections ({', '.join(FOLK)})")
+        raise DataError(f"the music21 wheel holds none of the folk collections ({', '.join(FOLK)})")
     tunes = list(dict.fromkeys(tune for text in texts for tune in tunes_of(text)))
     held_out = [tune for tune in tunes if is_held_out(tune)]
     music21()  # the check needs it: say so before the checking starts
-    training = regular_tunes([tune for tune in tunes if not is_held_out(tune)], log)
+    training = [tune for tune in tunes if not is_held_out(tune)]
+    log(f"checking the meter of {len(training)} training tunes (one tenth fails it)")
+    checks = check_tunes(training, log)["each"]
+    training = [tune for tune, check in zip(training, checks, strict=True) if check["keeps_meter"]]
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "train.abc", "\n".join(training) + "\n")
     write_text(out / "val.abc", "\n".join(held_out) + "\n")

