@@ -11,7 +11,8 @@ word when its reference does, a caption names it when it has the word (DCC's mea
     .venv/bin/python scripts/novel_objects.py --score    # score the trained models again
 
 Writes data/stamps_novel/captions.json (the same image files), runs/novel_{class_words,plain}/seedN/, and
-runs/novel_objects_seedN.json with every figure.
+runs/novel_objects_seedN.json with every figure, and beside them a reference point: the F1 if every caption
+were the class word of the backbone's top-1 class over the whole picture.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from captioner import evaluate, load_config, train  # noqa: E402
+from captioner import evaluate, load, load_config, train  # noqa: E402
 from captioner.class_words import class_words, imagenet_classes, mark  # noqa: E402
 from captioner.files import write_json  # noqa: E402
 from captioner.text import tokenize  # noqa: E402
@@ -87,6 +88,17 @@ def f1_table(report: dict, held: list[str]) -> dict:
     return result
 
 
+def classifier_reference(checkpoint: Path, report: dict, held: list[str]) -> dict:
+    """A reference point: the F1 if every test picture's caption (of report, evaluate's) were the class word of
+    the backbone's own top-1 class over the whole picture (what the slot reads, without the language model or
+    attention)."""
+    model = load(str(checkpoint), device="cpu")
+    items = report["runs"][0]["captions"]
+    results = model.caption([item["image"] for item in items])
+    captions = [{**item, "generated": result.top_class[1]} for item, result in zip(items, results, strict=True)]
+    return f1_table({"runs": [{"beam_size": 1, "scores": {}, "captions": captions}]}, held)["beam 1"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default="data/stamps", help="the stamps data set (captioner data stamps)")
@@ -117,6 +129,10 @@ def main() -> None:
                 f"test BLEU-4 {s['bleu4']:.2f} CIDEr-D {s['cider_d']:.2f}",
                 file=sys.stderr,
             )
+        if name == "class_words":
+            reference = classifier_reference(run_dir / "best.pt", report, held)
+            figures["classifier"] = reference
+            print(f"the classifier's top-1 class word alone: mean F1 {reference['mean_f1']:.1f}", file=sys.stderr)
     out_file = ROOT / "runs" / f"novel_objects_seed{args.seed}.json"
     write_json(out_file, figures)
     print(f"figures: {out_file}", file=sys.stderr)
