@@ -239,11 +239,16 @@ def beam_search(
     norm: Norm = SUMMED,
     rules: Rules | None = None,
     n_best: int = 1,
+    narrow: Callable[[Tensor], None] | None = None,
 ) -> Generation:
     """Beam search for B inputs at once, as one batch of B x K live hypotheses.
 
     `state` must already hold K copies of each input's state, input b at rows b*K .. b*K+K-1 (the
     step function's constant inputs may be shared, as AttendedMemory is). start_tokens is (B,).
+    narrow(keep), when given, must make the step function's own per-input constants keep only the inputs
+    at positions keep (a long tensor into the inputs still searched, in order): inputs that are done then
+    leave the batch, so the steps after cost only what the rest needs. Without it every input is stepped
+    until all are done. The result is the same either way.
 
     At every step the 2K best extensions of the live hypotheses are looked at: those that end (EOS)
     join the input's finished list, ranked by norm (score / penalty(length), the ending counted), and
@@ -261,36 +266,48 @@ def beam_search(
     scores[:, 0] = 0.0  # all beams start identical: keep one so the first step does not pick K copies
     words = torch.zeros(B, K, 0, dtype=torch.long, device=device)  # the live hypotheses' words
     done = _Finished.empty(B, N, max_len, eos_id, device)
-    # Traces are kept per step and found again at the end through the parent pointers: step t's trace of
-    # each row fed at t, and each kept hypothesis's row at t.
+    # The inputs still searched (all B at first; `alive` holds their indices, and every live tensor below
+    # has one row, or K rows, per alive input). Traces are kept per step and found again at the end through
+    # the parent pointers: step t's trace of each row fed at t, the positions of the inputs in step t's
+    # batch, and each kept hypothesis's row at t.
+    alive, b = torch.arange(B, device=device), B
     trace_steps: list[Tensor] = []
+    positions: list[Tensor] = []
     origins: list[Tensor] = []
-    offsets = torch.arange(B, device=device).unsqueeze(1) * K  # (B, 1)
     best_penalty = torch.maximum(norm.penalty(1), norm.penalty(max_len + 1))  # at the most favourable length
     for t in range(max_len + 1):
         logits, state, trace = step_fn(tokens, state)
         V = logits.size(-1)
-        banned = rules.banned(words.view(B * K, t), V, eos_id, max_len).view(B, K, V)
-        log_probs = F.log_softmax(logits.float(), dim=-1).view(B, K, V).masked_fill(banned, float("-inf"))
-        top, flat = (scores.unsqueeze(-1) + log_probs).view(B, K * V).topk(min(2 * K, K * V), dim=1)
+        banned = rules.banned(words.view(b * K, t), V, eos_id, max_len).view(b, K, V)
+        log_probs = F.log_softmax(logits.float(), dim=-1).view(b, K, V).masked_fill(banned, float("-inf"))
+        top, flat = (scores.unsqueeze(-1) + log_probs).view(b, K * V).topk(min(2 * K, K * V), dim=1)
         parents, new = torch.div(flat, V, rounding_mode="floor"), flat % V
         ends = (new == eos_id) & top.isfinite()
         seq = torch.cat([words.gather(1, parents.unsqueeze(-1).expand(-1, -1, t)), new.unsqueeze(-1)], dim=2)
         if trace is not None:
-            trace_steps.append(trace.view(B, K, *trace.shape[1:]))
+            trace_steps.append(trace.view(b, K, *trace.shape[1:]))
+            positions.append(torch.zeros(B, dtype=torch.long, device=device).index_copy_(0, alive, _arange(b, device)))
         if bool(ends.any()):
-            done.offer(torch.where(ends, top / norm.penalty(t + 1), float("-inf")), seq, parents, t)
+            done.offer(torch.where(ends, top / norm.penalty(t + 1), float("-inf")), seq, parents, t, alive, b < B)
         going = torch.where(ends, float("-inf"), top)
-        scores, keep = going.topk(K, dim=1)  # (B, K)
+        scores, keep = going.topk(K, dim=1)  # (b, K)
         words = seq.gather(1, keep.unsqueeze(-1).expand(-1, -1, t + 1))
         parents = parents.gather(1, keep)
-        origins.append(parents)
-        state = select_rows(state, (offsets + parents).view(-1))
-        tokens = words[:, :, -1].reshape(-1)
         bound = scores.max(dim=1).values / best_penalty  # the best any live hypothesis can still end with
-        if bool(((done.scores[:, -1] >= bound) | ~bound.isfinite()).all()):
+        finished = (done.scores[alive, -1] >= bound) | ~bound.isfinite()  # (b,)
+        count = int(finished.sum())
+        if count == b:
             break
-    traces = _backtrack(trace_steps, origins, done.step, done.row) if trace_steps else None  # (B, N, T, ...)
+        rows = _arange(b, device).unsqueeze(1) * K + parents  # (b, K): the row each kept hypothesis came from
+        if narrow is not None and count and count * 4 >= b:  # a quarter done: drop them (their copy costs less)
+            stay = (~finished).nonzero().squeeze(1)
+            alive, b = alive[stay], b - count
+            scores, words, parents, rows = scores[stay], words[stay], parents[stay], rows[stay]
+            narrow(stay)
+        origins.append(parents)  # (b, K), the inputs of the next step
+        state = select_rows(state, rows.view(-1))
+        tokens = words[:, :, -1].reshape(-1)
+    traces = _backtrack(trace_steps, positions, origins, done.step, done.row) if trace_steps else None
     tokens, cut_traces = _cut(done.words.flatten(0, 1), traces.flatten(0, 1) if traces is not None else None, eos_id)
     best = Generation(tokens[::N], done.scores[:, 0], cut_traces[::N] if cut_traces is not None else None)
     if N == 1:
@@ -320,31 +337,50 @@ class _Finished:
         words = torch.full((inputs, n, max_len), eos_id, dtype=torch.long, device=device)
         return cls(torch.full((inputs, n), float("-inf"), device=device), words, zeros, zeros.clone(), eos_id)
 
-    def offer(self, scores: Tensor, sequences: Tensor, parents: Tensor, t: int) -> None:
-        """Candidates (B, J) that ended at step t (-inf: not one), their words (B, J, t + 1) ending with EOS
-        and their parent rows (B, J): keep the n best of them and of those kept so far."""
+    def offer(self, scores: Tensor, sequences: Tensor, parents: Tensor, t: int, inputs: Tensor, some: bool) -> None:
+        """Candidates (b, J) of the inputs `inputs` (b,) that ended at step t (-inf: not one), their words
+        (b, J, t + 1) ending with EOS and their parent rows (b, J): keep the n best of them and of those kept
+        so far. some: inputs is not every input (else it is arange(B), and no rows need picking)."""
         N, max_len = self.words.shape[1:]
-        best, pick = torch.cat([self.scores, scores], dim=1).topk(N, dim=1)
+        old = [x[inputs] for x in (self.scores, self.words, self.step, self.row)] if some else None
+        kept_scores, kept_words, kept_step, kept_row = old or (self.scores, self.words, self.step, self.row)
+        best, pick = torch.cat([kept_scores, scores], dim=1).topk(N, dim=1)
         if not bool((pick >= N).any()):  # nothing new among the n best
             return
         padded = F.pad(sequences, (0, max_len - t - 1), value=self.eos_id)[:, :, :max_len]
-        self.scores = best
-        self.words = _gather_beams(torch.cat([self.words, padded], dim=1), pick)
-        self.step = torch.cat([self.step, torch.full_like(parents, t)], dim=1).gather(1, pick)
-        self.row = torch.cat([self.row, parents], dim=1).gather(1, pick)
+        new = (
+            best,
+            _gather_beams(torch.cat([kept_words, padded], dim=1), pick),
+            torch.cat([kept_step, torch.full_like(parents, t)], dim=1).gather(1, pick),
+            torch.cat([kept_row, parents], dim=1).gather(1, pick),
+        )
+        if some:
+            for kept, value in zip((self.scores, self.words, self.step, self.row), new, strict=True):
+                kept[inputs] = value
+        else:
+            self.scores, self.words, self.step, self.row = new
 
 
-def _backtrack(trace_steps: list[Tensor], origins: list[Tensor], step: Tensor, row: Tensor) -> Tensor:
+def _backtrack(
+    trace_steps: list[Tensor], positions: list[Tensor], origins: list[Tensor], step: Tensor, row: Tensor
+) -> Tensor:
     """The traces (B, J, T, ...) of J finished hypotheses per input, each ended at `step` (B, J) from live row
-    `row` (B, J): walk back through origins[t] (B, K), the row at step t each row fed at t + 1 came from."""
+    `row` (B, J): walk back through origins[t - 1] (b_t, K), the row at step t - 1 that each row fed at step t
+    came from. Step t's batch holds b_t inputs; positions[t] (B,) is where each input was in it (an input
+    that had left it ended before t, and is not looked up)."""
     out = []
     for t in reversed(range(len(trace_steps))):
         active = step >= t
-        picked = _gather_beams(trace_steps[t], row)  # (B, J, ...)
+        at = positions[t]
+        picked = _gather_beams(trace_steps[t][at], row)  # (B, J, ...)
         out.append(picked * active.view(*active.shape, *([1] * (picked.dim() - 2))))
         if t > 0:
-            row = torch.where(active, origins[t - 1].gather(1, row), row)
+            row = torch.where(active, origins[t - 1][at].gather(1, row), row)
     return torch.stack(out[::-1], dim=2)
+
+
+def _arange(n: int, device) -> Tensor:
+    return torch.arange(n, device=device)
 
 
 def _gather_beams(values: Tensor, index: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from captioner.decoding import Norm, Rules, beam_search, greedy, sample
-from captioner.models.decoder import AttentionDecoder
+from captioner.models.decoder import AttendedMemory, AttentionDecoder
 
 V, EOS, BOS = 12, 2, 1
 
@@ -52,9 +52,12 @@ def test_beam_one_equals_greedy():
 
 
 @pytest.mark.parametrize(("cell", "visual_words"), [("gru", False), ("lstm", True)])
-def test_batched_beam_equals_one_at_a_time(cell, visual_words):
+def test_batched_beam_equals_one_at_a_time(cell, visual_words, monkeypatch):
     decoder, memory = make_decoder(cell, visual_words), torch.randn(5, 4, 6)
+    narrowed, narrow = [], AttendedMemory.narrow
+    monkeypatch.setattr(AttendedMemory, "narrow", lambda self, keep: narrowed.append(keep) or narrow(self, keep))
     batched = decode(decoder, memory, 4, alpha=0.7)
+    assert narrowed  # pictures that were done left the batch before the others
     for i in range(memory.size(0)):
         single = decode(decoder, memory[i : i + 1], 4, alpha=0.7)
         assert single.tokens[0] == batched.tokens[i]
@@ -296,3 +299,48 @@ def test_end_shares_and_sentence_checks_by_hand():
     assert [vocab.itos[i] for i in can_end.nonzero().flatten().tolist()] == ["<unk>", "truck", "car"]
     checks = sentence_checks([["a", "red"], ["a", "truck", "truck"], []], caption_endings(records))
     assert checks == {"unfinished": 2, "repeats": 1, "words": 5 / 3}
+
+
+class PerInputTables:
+    """Several TableModels searched as one batch: each input's table is a per-input constant of the step
+    function, as a captioner's image memory is, and narrow() keeps the tables of the inputs still searched."""
+
+    def __init__(self, models: list[TableModel], beam_size: int):
+        self.tables, self.beam_size, self.narrowed = torch.stack([m.logits for m in models]), beam_size, []
+
+    def step(self, tokens, state):
+        state = torch.stack([state[:, 1], tokens], dim=1)
+        table = self.tables.repeat_interleave(self.beam_size, dim=0)  # (rows, V, V, V)
+        return table[torch.arange(len(tokens)), state[:, 0], state[:, 1]], state, state.float()
+
+    def narrow(self, keep):
+        self.tables = self.tables[keep]
+        self.narrowed.append(len(keep))
+
+
+@pytest.mark.parametrize("norm", [Norm(), Norm("mean")], ids=lambda n: n.kind)
+def test_inputs_that_are_done_leave_the_batch_and_nothing_changes(norm):
+    """Inputs that end early (every other one, the ending made likely) leave the batch; what each input gets
+    (best, n best, scores, traces) is what it gets searched alone."""
+    K, max_len = 3, 6
+    models = [TableModel(6, seed) for seed in range(6)]
+    for model in models[::2]:  # a sure first word, then the ending
+        model.logits[BOS, BOS, 3] += 8.0
+        model.logits[:, :, EOS] += 8.0
+    for model in models[1::2]:
+        model.logits[:, :, EOS] -= 8.0
+    batch = PerInputTables(models, K)
+    start = torch.full((len(models),), BOS)
+    batched = beam_search(
+        batch.step, torch.full((len(models) * K, 2), BOS), start, K, max_len, EOS, norm, Rules(), 2, batch.narrow
+    )
+    assert batch.narrowed and batch.narrowed[-1] < len(models)  # some inputs left, and the search went on
+    for i, model in enumerate(models):
+        alone = beam_search(model.step, model.start(K), torch.tensor([BOS]), K, max_len, EOS, norm, Rules(), 2)
+        assert batched.tokens[i] == alone.tokens[0]
+        assert [c for c, _ in batched.candidates[i]] == [c for c, _ in alone.candidates[0]]
+        assert [s for _, s in batched.candidates[i]] == pytest.approx([s for _, s in alone.candidates[0]])
+        torch.testing.assert_close(batched.scores[i], alone.scores[0])
+        torch.testing.assert_close(batched.traces[i], alone.traces[0])
+        for a, b in zip(batched.candidate_traces[i], alone.candidate_traces[0], strict=True):
+            torch.testing.assert_close(a, b)

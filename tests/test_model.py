@@ -65,11 +65,13 @@ def test_attention_weights_are_distributions_and_respect_the_mask():
     assert torch.all(alphas[1, :, 3:] == 0)
 
 
-def test_teacher_forcing_equals_stepping():
+@pytest.mark.parametrize("decoding", [False, True])  # True: as decode() steps, the output weight transposed once
+def test_teacher_forcing_equals_stepping(decoding):
     decoder = AttentionDecoder(10, 6, 5, 8, 7, num_layers=2, dropout=0.3).eval()
     memory, tokens = torch.randn(2, 5, 6), torch.randint(4, 10, (2, 6))
     logits, alphas = decoder(memory, tokens)
-    attended, state = decoder.prepare(memory), decoder.init_state(memory)
+    attended, state = decoder.prepare(memory, decoding=decoding), decoder.init_state(memory)
+    assert (attended.classifier_t is not None) == decoding
     for t in range(6):
         step_logits, state, alpha = decoder.step(tokens[:, t], state, attended)
         torch.testing.assert_close(step_logits, logits[:, t], rtol=1e-5, atol=1e-6)

@@ -24,20 +24,22 @@ class AdditiveAttention(nn.Module):
         self.score = nn.Linear(attention_dim, 1, bias=False)  # a bias would cancel in the softmax
 
     def project_memory(self, memory: Tensor) -> Tensor:
-        """Keys for all positions, computed once per memory: (B, P, D) -> (B, P, A)."""
-        return self.memory_proj(memory)
+        """Keys for all positions, computed once per memory: (B, P, D) -> (B, P, A), doubled (see _scores)."""
+        return self.memory_proj(memory).mul(2.0)
 
     def _scores(self, keys: Tensor, queries: Tensor) -> Tensor:
-        """keys (b, 1, P, A) + queries (b, K, 1, A) -> scores (b, K, P), up to a constant per row.
+        """keys (b, 1, P, A) + queries (b, K, 1, A), both doubled -> scores (b, K, P), up to a constant per row.
 
         w^T tanh(x) = 2 w^T sigmoid(2x) - sum(w), and the softmax ignores the constant, so the scores
-        below give exactly the alpha of the tanh form; a sigmoid costs a sixth of a tanh on a CPU.
+        below give exactly the alpha of the tanh form; a sigmoid costs a sixth of a tanh on a CPU. The
+        keys and queries come doubled (the keys once per memory), so the largest tensor of a step, (b, K,
+        P, A), is written once by the sum and once by the sigmoid, and not a third time to double it.
         """
-        hidden = (keys + queries).mul_(2.0).sigmoid_()  # (b, K, P, A), one buffer
+        hidden = (keys + queries).sigmoid_()  # (b, K, P, A), one buffer
         return self.score(hidden).squeeze(-1).mul_(2.0)
 
     def forward(self, keys: Tensor, memory: Tensor, query: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """keys (B, P, A), memory (B, P, D), query (B * K, Q), mask (B, P) True where valid.
+        """keys (B, P, A) from project_memory, memory (B, P, D), query (B * K, Q), mask (B, P) True where valid.
 
         Query rows b*K .. b*K+K-1 read memory row b (K = 1 in training and greedy decoding, the beam
         size in beam search). Returns context (B * K, D) and attention weights alpha (B * K, P).
@@ -46,7 +48,7 @@ class AdditiveAttention(nn.Module):
         if query.size(0) % B:
             raise ValueError(f"{query.size(0)} queries cannot be shared out over {B} memories")
         K = query.size(0) // B
-        queries = self.query_proj(query).view(B, K, 1, A)
+        queries = self.query_proj(query).mul(2.0).view(B, K, 1, A)  # doubled, as the keys
         keys = keys.unsqueeze(1)  # (B, 1, P, A)
         rows = B if keys.device.type != "cpu" else max(1, _CPU_CHUNK // (K * P * A))
         scores = torch.cat(
