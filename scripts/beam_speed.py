@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from captioner import load  # noqa: E402
+from captioner.errors import CheckpointError, EncoderError  # noqa: E402
 from captioner.pipeline import as_picture  # noqa: E402
 
 
@@ -35,8 +36,13 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=20, help="words per caption at most (default: 20)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up; the median counts")
     args = parser.parse_args()
-    model = load(args.checkpoint, device="cpu")
+    try:
+        model = load(args.checkpoint, device="cpu")
+    except (CheckpointError, EncoderError) as error:
+        parser.error(str(error))
     root = Path(model.config.data.root)
+    if not (root / "captions.json").is_file():
+        parser.error(f"the checkpoint's data ({root / 'captions.json'}) is not there: make it first (captioner data)")
     entries = json.loads((root / "captions.json").read_text())["images"]
     files = [root / e["file"] for e in entries if e["split"] in args.splits]
     if not files:
