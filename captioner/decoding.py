@@ -286,9 +286,10 @@ def beam_search(
         seq = torch.cat([words.gather(1, parents.unsqueeze(-1).expand(-1, -1, t)), new.unsqueeze(-1)], dim=2)
         if trace is not None:
             trace_steps.append(trace.view(b, K, *trace.shape[1:]))
-            positions.append(torch.zeros(B, dtype=torch.long, device=device).index_copy_(0, alive, _arange(b, device)))
+            at = torch.zeros(B, dtype=torch.long, device=device)
+            positions.append(at.index_copy_(0, alive, torch.arange(b, device=device)))
         if bool(ends.any()):
-            done.offer(torch.where(ends, top / norm.penalty(t + 1), float("-inf")), seq, parents, t, alive, b < B)
+            done.offer(torch.where(ends, top / norm.penalty(t + 1), float("-inf")), seq, parents, t, alive)
         going = torch.where(ends, float("-inf"), top)
         scores, keep = going.topk(K, dim=1)  # (b, K)
         words = seq.gather(1, keep.unsqueeze(-1).expand(-1, -1, t + 1))
@@ -298,7 +299,7 @@ def beam_search(
         count = int(finished.sum())
         if count == b:
             break
-        rows = _arange(b, device).unsqueeze(1) * K + parents  # (b, K): the row each kept hypothesis came from
+        rows = torch.arange(b, device=device).unsqueeze(1) * K + parents  # (b, K): each kept one's row at t
         if narrow is not None and count and count * 4 >= b:  # a quarter done: drop them (their copy costs less)
             stay = (~finished).nonzero().squeeze(1)
             alive, b = alive[stay], b - count
@@ -337,11 +338,12 @@ class _Finished:
         words = torch.full((inputs, n, max_len), eos_id, dtype=torch.long, device=device)
         return cls(torch.full((inputs, n), float("-inf"), device=device), words, zeros, zeros.clone(), eos_id)
 
-    def offer(self, scores: Tensor, sequences: Tensor, parents: Tensor, t: int, inputs: Tensor, some: bool) -> None:
+    def offer(self, scores: Tensor, sequences: Tensor, parents: Tensor, t: int, inputs: Tensor) -> None:
         """Candidates (b, J) of the inputs `inputs` (b,) that ended at step t (-inf: not one), their words
         (b, J, t + 1) ending with EOS and their parent rows (b, J): keep the n best of them and of those kept
-        so far. some: inputs is not every input (else it is arange(B), and no rows need picking)."""
+        so far. While no input has left the search, inputs is every input in order and no rows are picked."""
         N, max_len = self.words.shape[1:]
+        some = len(inputs) < len(self.scores)
         old = [x[inputs] for x in (self.scores, self.words, self.step, self.row)] if some else None
         kept_scores, kept_words, kept_step, kept_row = old or (self.scores, self.words, self.step, self.row)
         best, pick = torch.cat([kept_scores, scores], dim=1).topk(N, dim=1)
@@ -377,10 +379,6 @@ def _backtrack(
         if t > 0:
             row = torch.where(active, origins[t - 1][at].gather(1, row), row)
     return torch.stack(out[::-1], dim=2)
-
-
-def _arange(n: int, device) -> Tensor:
-    return torch.arange(n, device=device)
 
 
 def _gather_beams(values: Tensor, index: Tensor) -> Tensor:

@@ -11,7 +11,6 @@ batches with the checkpoint's decode settings, several times; the median counts.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from captioner import load  # noqa: E402
-from captioner.errors import CheckpointError, EncoderError  # noqa: E402
+from captioner.data.manifest import load_manifest  # noqa: E402
+from captioner.errors import CheckpointError, DataError, EncoderError  # noqa: E402
 from captioner.pipeline import as_picture  # noqa: E402
 
 
@@ -40,13 +40,14 @@ def main() -> None:
         model = load(args.checkpoint, device="cpu")
     except (CheckpointError, EncoderError) as error:
         parser.error(str(error))
-    root = Path(model.config.data.root)
-    if not (root / "captions.json").is_file():
-        parser.error(f"the checkpoint's data ({root / 'captions.json'}) is not there: make it first (captioner data)")
-    entries = json.loads((root / "captions.json").read_text())["images"]
-    files = [root / e["file"] for e in entries if e["split"] in args.splits]
-    if not files:
-        parser.error(f"no pictures of the splits {args.splits} in {root / 'captions.json'}")
+    try:
+        manifest = load_manifest(model.config.data.root)
+        for split in args.splits:
+            manifest.split(split)  # a split without pictures is refused
+    except DataError as error:
+        parser.error(f"the checkpoint's data: {error}")
+    files = [record.path for record in manifest.records if record.split in args.splits]  # in the file's order
+    root = manifest.root
     size = model.config.data.image_size
     pictures = torch.stack([model.prepare(str(f), as_picture(f, str(f), size)).tensor for f in files])
     settings = model.settings(None, args.max_len)

