@@ -83,7 +83,7 @@ def restore(
         if key not in checkpoint:
             raise CheckpointError(f"checkpoint {path} lacks its {key!r} entry")
     try:
-        config = schema.from_dict(checkpoint["config"], source=f"{path} config")
+        config = schema.from_stored(checkpoint["config"], source=f"{path} config")
         vocabs = {key: Vocab.from_dict(value) for key, value in checkpoint.items() if key.endswith("vocab")}
     except (ValueError, KeyError, TypeError) as error:  # ConfigError is a ValueError
         raise CheckpointError(f"checkpoint {path} has an unusable config or vocabulary: {error}") from None

@@ -60,6 +60,11 @@ class DecoderConfig:
     # class_words.py): imagenet, null (none), or auto: imagenet for a pretrained ResNet or EfficientNet-Lite0
     # without visual word groups; a run's config.yaml and checkpoints hold the resolved value
     class_words: str | None = "auto"
+    # how a class word said is fed back: shared (one learnt embedding for all, so a class word no training
+    # caption had reads as familiar) or own (each its own embedding; checkpoints from before this choice)
+    class_input: str = "shared"
+    # the classifier's confidence moves the odds of a class word (a learnt weight; checkpoints from before: off)
+    class_switch: bool = True
 
 
 @dataclass
@@ -98,6 +103,9 @@ class DecodeConfig:
     end_share: float | None = 0.05
     no_repeat_word: bool = True  # no word twice in a row
     no_repeat_ngram: int = 3  # no n-gram twice in a caption (0: allowed)
+    # a class word only after a word that comes before one in some training caption ("a", "red", "of"; not
+    # "cup": no "a cup espresso"); learnt with the model, so checkpoints from before allow any
+    class_lead: bool = True
 
 
 @dataclass
@@ -118,10 +126,22 @@ class Sections:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    # what a stored config (a checkpoint's) that lacks a key meant by it: the behaviour before the key existed
+    STORED_DEFAULTS: typing.ClassVar[dict] = {}
+
     @classmethod
     def from_dict(cls, data: dict, source: str = "config"):
         """Build a config from nested dicts, rejecting unknown sections and keys."""
         return _build(cls, data, source, "")
+
+    @classmethod
+    def from_stored(cls, data: dict, source: str = "config"):
+        """from_dict for a config written by an earlier version: keys it lacks take STORED_DEFAULTS first."""
+        data = {**data}
+        for section, values in cls.STORED_DEFAULTS.items():
+            if isinstance(data.get(section), dict):
+                data[section] = {**values, **data[section]}
+        return cls.from_dict(data, source)
 
 
 @dataclass
@@ -132,6 +152,8 @@ class Config(Sections):
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     scst: SCSTConfig = field(default_factory=SCSTConfig)
+
+    STORED_DEFAULTS = {"decoder": {"class_input": "own", "class_switch": False}}
 
 
 # ---------------------------------------------------------------- the character-level language model

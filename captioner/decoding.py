@@ -83,6 +83,11 @@ class Rules:
     # (V,) bool: tokens of which no two may come in a row (a captioner's class words: "a missile projectile"
     # is two readings of one classifier, not a compound); None: no such rule
     apart: Tensor | None = None
+    # (V,) bool: the tokens a token of `apart` may follow (a captioner's class words: the words that come
+    # before one in some training caption, so no "a cup espresso" where no caption had a class word after
+    # "cup"); lead_start: whether one may come first. None: any
+    lead: Tensor | None = None
+    lead_start: bool = True
 
     def banned(self, words: Tensor, vocab_size: int, eos_id: int, max_len: int) -> Tensor:
         """(N, V) bool: the tokens that may not come next after words (N, t), the t words so far."""
@@ -123,6 +128,10 @@ class Rules:
         if self.apart is not None and t > 0:
             apart = self.apart.to(device)
             soft |= apart[last].unsqueeze(1) & apart
+        if self.apart is not None and self.lead is not None:
+            apart = self.apart.to(device)
+            may_lead = self.lead.to(device)[last] if t > 0 else torch.full((n,), self.lead_start, device=device)
+            soft |= ~may_lead.unsqueeze(1) & apart
         banned = hard | soft
         # Only the last word's restriction, or a vocabulary hardly larger than the words so far, can leave
         # nothing: elsewhere the rules ban a few tokens of many, and the check is skipped.

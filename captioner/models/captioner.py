@@ -42,6 +42,8 @@ class Captioner(nn.Module):
                 f"decoder.class_words {classes} needs the backbone's {classes} classifier, and {enc.backbone} with "
                 f"weights {enc.weights} has none: set decoder.class_words to null"
             )
+        if dec.class_input not in ("shared", "own"):
+            raise ConfigError(f"decoder.class_input must be shared or own, not {dec.class_input!r}")
         if dec.visual_word_streams and encoder.streams is None:
             raise ConfigError(
                 f"decoder.visual_word_streams needs an encoder with separate feature streams "
@@ -61,6 +63,8 @@ class Captioner(nn.Module):
             dec.visual_word_groups,
             encoder.streams if dec.visual_word_streams else None,
             len(class_list(classes)) if classes else 0,
+            dec.class_input,
+            dec.class_switch,
             pad_id=Vocab.pad_id,
             unk_id=Vocab.unk_id,
         )
@@ -149,6 +153,8 @@ class Captioner(nn.Module):
             never=(Vocab.pad_id, Vocab.bos_id),
             same=self.decoder.same_word,
             apart=self.decoder.class_group,
+            lead=self.decoder.class_lead if decode.class_lead and self.decoder.class_lead is not None else None,
+            lead_start=bool(self.decoder.class_lead_start) if self.decoder.class_lead is not None else True,
         )
         return norm, rules
 

@@ -121,6 +121,8 @@ class AttentionDecoder(nn.Module):
         visual_word_groups: int = 0,
         visual_streams: tuple[int, ...] | None = None,
         num_classes: int = 0,
+        class_input: str = "shared",
+        class_switch: bool = True,
         pad_id: int = 0,
         unk_id: int = 3,
     ):
@@ -187,7 +189,30 @@ class AttentionDecoder(nn.Module):
         # The class is read from the attended context and from the whole picture (the grid's mean, what the
         # classifier was trained on), mixed: sigmoid(class_mix) is the attended context's share
         self.class_mix = nn.Parameter(torch.zeros(())) if classes else None
+        # The words a class word may follow, and whether one may come first: those seen before one in the
+        # training captions (decoding's lead rule reads them). Buffers, so they travel in checkpoints; all
+        # True until set_class_leads, and in checkpoints from before.
+        self.register_buffer("class_lead", torch.ones(vocab_size, dtype=torch.bool) if classes else None)
+        self.register_buffer("class_lead_start", torch.ones((), dtype=torch.bool) if classes else None)
+        # class_input "shared": a class word said is fed back to the next step as one learnt embedding, the
+        # slot's, so after a class word no training caption had the language model goes on as after "koala"
+        # (it knows that an object was named, not which); "own": each class word its own embedding.
+        if class_input not in ("shared", "own"):
+            raise ValueError(f"class_input must be shared or own, not {class_input!r}")
+        self.class_input = class_input if classes else None
+        self.class_embedding = nn.Parameter(torch.randn(embed_dim)) if classes and class_input == "shared" else None
+        # class_switch: the classifier's confidence (the log of its top class probability at this step) moves
+        # the language model's odds of a class word, with a learnt weight (0 at first): a picture the classifier
+        # knows well is named by its class word more readily, also one of a class no training caption had.
+        self.class_switch = nn.Parameter(torch.zeros(())) if classes and class_switch else None
         self._compiled = False  # compile_step: the compiled step keeps the per-step weight gradients
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """The embeddings (..., E) of tokens (...): with class_input shared, every class word's is the slot's."""
+        embedded = self.embedding(tokens)
+        if self.class_embedding is None:
+            return embedded
+        return torch.where(self.class_group[tokens].unsqueeze(-1), self.class_embedding.to(embedded.dtype), embedded)
 
     def set_end_shares(self, shares: Tensor) -> None:
         """(V,): for each word, the share of the training sequences holding it that end with it."""
@@ -198,7 +223,19 @@ class AttentionDecoder(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before decoders learnt their end words: any word may end a sequence
         state_dict.setdefault(prefix + "end_share", torch.ones_like(self.end_share))
+        if self.class_lead is not None:  # and before they learnt which words lead to a class word: any
+            state_dict.setdefault(prefix + "class_lead", torch.ones_like(self.class_lead))
+            state_dict.setdefault(prefix + "class_lead_start", torch.ones_like(self.class_lead_start))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def set_class_leads(self, leads: Tensor, start: bool) -> None:
+        """(V,) bool: the words a class word may follow; start: whether one may come first."""
+        if self.class_lead is None:
+            raise ValueError("this decoder was built without class words")
+        if leads.shape != self.class_lead.shape:
+            raise ValueError(f"class leads must be ({self.vocab_size},), not {tuple(leads.shape)}")
+        self.class_lead.copy_(leads)
+        self.class_lead_start.fill_(start)
 
     def set_visual_words(self, groups: list[list[int]]) -> None:
         """Choose the groups of words whose identity comes from the attended context."""
@@ -259,6 +296,9 @@ class AttentionDecoder(nn.Module):
                 overall = overall.repeat_interleave(context.size(0) // overall.size(0), dim=0)
             share = self.class_mix
             classes = torch.logaddexp(F.logsigmoid(share) + classes, F.logsigmoid(-share) + overall)
+        if self.class_switch is not None:
+            confidence = classes.max(-1, keepdim=True).values  # (..., 1), <= 0
+            language = F.log_softmax(language + self.class_switch * confidence * self.class_group, dim=-1)
         classes = classes.exp()
         words = torch.zeros_like(language).index_add_(-1, self.class_word_ids, classes)  # (..., V)
         lowest = torch.finfo(torch.float32).min
@@ -374,7 +414,7 @@ class AttentionDecoder(nn.Module):
             hide = torch.rand(tokens.shape, device=tokens.device) < self.word_dropout
             hide[:, 0] = False
             tokens = tokens.masked_fill(hide & (tokens != self.pad_id), self.unk_id)
-        embedded = self.embedding(tokens)  # (B, T, E)
+        embedded = self.embed(tokens)  # (B, T, E)
         embed_gates = self.core.project_input(embedded, stop=self.embed_dim)  # (B, T, G * H), one matmul
         hiddens, contexts, gateds, alphas = [], [], [], []
         for t in range(tokens.size(1)):
@@ -425,7 +465,7 @@ class AttentionDecoder(nn.Module):
 
     def step(self, tokens: Tensor, state: State, attended: AttendedMemory) -> tuple[Tensor, State, Tensor]:
         """One free-running step: previous words (B,) -> logits (B, V), new state, alpha (B, P)."""
-        embedded = self.embedding(tokens)  # (B, E)
+        embedded = self.embed(tokens)  # (B, E)
         embed_gates = self.core.project_input(embedded, stop=self.embed_dim)
         hidden, context, gated, alpha, state = self._recur(embed_gates, state, attended)
         scores = self._output(embedded, hidden, context, gated, attended.whole_classes, attended.classifier_t)
