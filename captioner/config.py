@@ -63,8 +63,6 @@ class DecoderConfig:
     # how a class word said is fed back: shared (one learnt embedding for all, so a class word no training
     # caption had reads as familiar) or own (each its own embedding; checkpoints from before this choice)
     class_input: str = "shared"
-    # the classifier's confidence moves the odds of a class word (a learnt weight; checkpoints from before: off)
-    class_switch: bool = True
 
 
 @dataclass
@@ -153,7 +151,7 @@ class Config(Sections):
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     scst: SCSTConfig = field(default_factory=SCSTConfig)
 
-    STORED_DEFAULTS = {"decoder": {"class_input": "own", "class_switch": False}}
+    STORED_DEFAULTS = {"decoder": {"class_input": "own"}}
 
 
 # ---------------------------------------------------------------- the character-level language model

@@ -161,38 +161,14 @@ def test_a_class_word_no_caption_had_is_said_when_the_slot_is_likely():
         assert [tokens[:1] for tokens in generation.tokens] == [[8], [8]]
 
 
-@pytest.mark.parametrize("switch", [0.7, -1.5])
-def test_the_classifier_confidence_moves_the_odds_of_a_class_word_and_nothing_else(switch):
-    decoder, _, _ = _decoder()
-    memory, tokens = torch.randn(3, 4, 6), torch.randint(4, 12, (3, 5))
-    with torch.no_grad():
-        decoder.class_mix.fill_(1.0)
-        plain, alphas = decoder(memory, tokens)  # the switch starts at 0: off
-        decoder.class_switch.fill_(switch)
-        switched, _ = decoder(memory, tokens)
-        attended = decoder.class_log_probs(torch.einsum("btp,bpd->btd", alphas, memory))
-        whole = decoder.class_log_probs(memory.mean(1, keepdim=True))
-    torch.testing.assert_close(switched.logsumexp(-1), torch.zeros(3, 5), atol=1e-5, rtol=0)
-    share = torch.sigmoid(torch.tensor(1.0))
-    top = (share * attended.exp() + (1 - share) * whole.exp()).max(-1).values  # the top class's probability
-    words = torch.zeros(12, dtype=torch.bool)
-    words[5:9] = True
-    slot, slot_after = plain[..., words].exp().sum(-1), switched[..., words].exp().sum(-1)
-    odds = slot / (1 - slot) * top.pow(switch)  # the odds of a class word, times the top class probability ** w
-    torch.testing.assert_close(slot_after / (1 - slot_after), odds, rtol=1e-4, atol=1e-6)
-    # which class word, and the ordinary words among themselves, are as before
-    torch.testing.assert_close(F.log_softmax(switched[..., words], -1), F.log_softmax(plain[..., words], -1))
-    torch.testing.assert_close(F.log_softmax(switched[..., ~words], -1), F.log_softmax(plain[..., ~words], -1))
-
-
 def test_a_class_word_is_fed_back_as_the_slot_whichever_class_it_named():
     decoder, _, _ = _decoder()
     memory, tokens = torch.randn(1, 4, 6), torch.tensor([[1, 4, 5], [1, 4, 8]])  # class words 5 and 8 last
     with torch.no_grad():
         scores, _ = decoder(memory.expand(2, -1, -1), tokens)
     torch.testing.assert_close(scores[0], scores[1])  # what follows does not depend on which class was named
-    own = AttentionDecoder(12, 6, 5, 8, 7, dropout=0.0, num_classes=5, class_input="own", class_switch=False)
-    assert own.class_embedding is None and own.class_switch is None
+    own = AttentionDecoder(12, 6, 5, 8, 7, dropout=0.0, num_classes=5, class_input="own")
+    assert own.class_embedding is None
     own.set_class_words(torch.randn(5, 6), torch.randn(5), torch.tensor([5, 6, 6, 7, 8]))
     with torch.no_grad():
         scores, _ = own.eval()(memory.expand(2, -1, -1), tokens)
@@ -261,18 +237,16 @@ def test_a_checkpoint_from_before_the_shared_class_input_loads_as_it_was_trained
     sections = {"encoder": {"backbone": "resnet18", "weights": None, "grid_size": 1}}
     sections["decoder"] = {"class_words": "imagenet", "embed_dim": 8, "hidden_dim": 8, "attention_dim": 8}
     vocab = with_class_words(Vocab(["a", "cat"]), "imagenet")
-    before = {"class_input": "own", "class_switch": False}
-    old = Config.from_dict({**sections, "decoder": {**sections["decoder"], **before}})
+    old = Config.from_dict({**sections, "decoder": {**sections["decoder"], "class_input": "own"}})
     model = Captioner.from_config(old, len(vocab), load_pretrained=False)
     stored = old.to_dict()
-    del stored["decoder"]["class_input"], stored["decoder"]["class_switch"]  # keys it was written without
+    del stored["decoder"]["class_input"]  # a key it was written without
     payload = {"kind": captioning.KIND, "model": model.state_dict(), "config": stored, "vocab": vocab.to_dict()}
     save_checkpoint(tmp_path / "best.pt", payload)
     restored, config, _ = captioning.restore(tmp_path / "best.pt")
-    assert (config.decoder.class_input, config.decoder.class_switch) == ("own", False)
-    assert restored.decoder.class_embedding is None and restored.decoder.class_switch is None
+    assert config.decoder.class_input == "own" and restored.decoder.class_embedding is None
     new = Config.from_dict(sections)  # a recipe without the keys: today's defaults
-    assert (new.decoder.class_input, new.decoder.class_switch) == ("shared", True)
+    assert new.decoder.class_input == "shared"
     with pytest.raises(ConfigError, match="class_input must be shared or own"):
         Captioner.from_config(Config.from_dict({**sections, "decoder": {"class_input": "mean"}}), len(vocab), False)
 

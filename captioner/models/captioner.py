@@ -64,7 +64,6 @@ class Captioner(nn.Module):
             encoder.streams if dec.visual_word_streams else None,
             len(class_list(classes)) if classes else 0,
             dec.class_input,
-            dec.class_switch,
             pad_id=Vocab.pad_id,
             unk_id=Vocab.unk_id,
         )

@@ -122,7 +122,6 @@ class AttentionDecoder(nn.Module):
         visual_streams: tuple[int, ...] | None = None,
         num_classes: int = 0,
         class_input: str = "shared",
-        class_switch: bool = True,
         pad_id: int = 0,
         unk_id: int = 3,
     ):
@@ -201,10 +200,6 @@ class AttentionDecoder(nn.Module):
             raise ValueError(f"class_input must be shared or own, not {class_input!r}")
         self.class_input = class_input if classes else None
         self.class_embedding = nn.Parameter(torch.randn(embed_dim)) if classes and class_input == "shared" else None
-        # class_switch: the classifier's confidence (the log of its top class probability at this step) moves
-        # the language model's odds of a class word, with a learnt weight (0 at first): a picture the classifier
-        # knows well is named by its class word more readily, also one of a class no training caption had.
-        self.class_switch = nn.Parameter(torch.zeros(())) if classes and class_switch else None
         self._compiled = False  # compile_step: the compiled step keeps the per-step weight gradients
 
     def embed(self, tokens: Tensor) -> Tensor:
@@ -296,9 +291,6 @@ class AttentionDecoder(nn.Module):
                 overall = overall.repeat_interleave(context.size(0) // overall.size(0), dim=0)
             share = self.class_mix
             classes = torch.logaddexp(F.logsigmoid(share) + classes, F.logsigmoid(-share) + overall)
-        if self.class_switch is not None:
-            confidence = classes.max(-1, keepdim=True).values  # (..., 1), <= 0
-            language = F.log_softmax(language + self.class_switch * confidence * self.class_group, dim=-1)
         classes = classes.exp()
         words = torch.zeros_like(language).index_add_(-1, self.class_word_ids, classes)  # (..., V)
         lowest = torch.finfo(torch.float32).min
