@@ -125,13 +125,13 @@ class Rules:
             soft[:, eos_id] = False
         if same is not None:
             soft = soft[:, same]  # a token is banned where the word it counts as is
-        if self.apart is not None and t > 0:
+        if self.apart is not None:
             apart = self.apart.to(device)
-            soft |= apart[last].unsqueeze(1) & apart
-        if self.apart is not None and self.lead is not None:
-            apart = self.apart.to(device)
-            may_lead = self.lead.to(device)[last] if t > 0 else torch.full((n,), self.lead_start, device=device)
-            soft |= ~may_lead.unsqueeze(1) & apart
+            if t > 0:
+                soft |= apart[last].unsqueeze(1) & apart
+            if self.lead is not None:
+                may_lead = self.lead.to(device)[last] if t > 0 else torch.full((n,), self.lead_start, device=device)
+                soft |= ~may_lead.unsqueeze(1) & apart
         banned = hard | soft
         # Only the last word's restriction, or a vocabulary hardly larger than the words so far, can leave
         # nothing: elsewhere the rules ban a few tokens of many, and the check is skipped.

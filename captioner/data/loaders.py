@@ -70,16 +70,16 @@ def set_end_words(model: Captioner, manifest: Manifest, vocab: Vocab) -> None:
     holding, ending = torch.zeros(len(vocab)), torch.zeros(len(vocab))
     group = model.decoder.class_group
     leads, lead_start = torch.zeros(len(vocab), dtype=torch.bool), False
+    is_class = group.tolist() if group is not None else None  # read per token: a list, not tensor indexing
     for record in manifest.split("train"):
         for caption in record.captions:
             ids = [vocab.stoi.get(word, Vocab.unk_id) for word in caption_tokens(caption, vocab)]
             if ids:
                 holding[sorted(set(ids))] += 1
                 ending[ids[-1]] += 1
-            if group is not None and ids:  # the words class words follow
-                lead_start |= bool(group[ids[0]])
-                for before, word in itertools.pairwise(ids):
-                    leads[before] |= bool(group[word])
+            if is_class is not None and ids:  # the words class words follow
+                lead_start |= is_class[ids[0]]
+                leads[[before for before, word in itertools.pairwise(ids) if is_class[word]]] = True
     shares = ending / holding.clamp(min=1)
     if group is not None:
         # A class word no training caption had may end one as any class word may: their shares taken together

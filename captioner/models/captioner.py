@@ -10,7 +10,7 @@ from captioner.class_words import CLASS_LISTS, class_list, class_words
 from captioner.config import Config, DecodeConfig
 from captioner.decoding import SUMMED, Generation, Norm, Rules
 from captioner.errors import ConfigError
-from captioner.models.decoder import AttentionDecoder
+from captioner.models.decoder import CLASS_INPUTS, AttentionDecoder
 from captioner.models.image_encoder import ImageEncoder
 from captioner.vocab import CLASS_PREFIX, Vocab, is_class_word
 
@@ -42,8 +42,8 @@ class Captioner(nn.Module):
                 f"decoder.class_words {classes} needs the backbone's {classes} classifier, and {enc.backbone} with "
                 f"weights {enc.weights} has none: set decoder.class_words to null"
             )
-        if dec.class_input not in ("shared", "own"):
-            raise ConfigError(f"decoder.class_input must be shared or own, not {dec.class_input!r}")
+        if dec.class_input not in CLASS_INPUTS:
+            raise ConfigError(f"decoder.class_input must be {' or '.join(CLASS_INPUTS)}, not {dec.class_input!r}")
         if dec.visual_word_streams and encoder.streams is None:
             raise ConfigError(
                 f"decoder.visual_word_streams needs an encoder with separate feature streams "
@@ -152,8 +152,8 @@ class Captioner(nn.Module):
             never=(Vocab.pad_id, Vocab.bos_id),
             same=self.decoder.same_word,
             apart=self.decoder.class_group,
-            lead=self.decoder.class_lead if decode.class_lead and self.decoder.class_lead is not None else None,
-            lead_start=bool(self.decoder.class_lead_start) if self.decoder.class_lead is not None else True,
+            lead=self.decoder.class_lead if decode.class_lead else None,  # None too without class words
+            lead_start=self.decoder.class_lead_start is None or bool(self.decoder.class_lead_start),
         )
         return norm, rules
 

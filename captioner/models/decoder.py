@@ -19,6 +19,8 @@ from captioner.decoding import SUMMED, Generation, Norm, Rules, beam_search, gre
 from captioner.models.attention import AdditiveAttention
 from captioner.models.core import RecurrentCore, State
 
+CLASS_INPUTS = ("shared", "own")  # how a class word said is fed back (AttentionDecoder, class_input)
+
 
 @dataclass
 class AttendedMemory:
@@ -196,9 +198,8 @@ class AttentionDecoder(nn.Module):
         # class_input "shared": a class word said is fed back to the next step as one learnt embedding, the
         # slot's, so after a class word no training caption had the language model goes on as after "koala"
         # (it knows that an object was named, not which); "own": each class word its own embedding.
-        if class_input not in ("shared", "own"):
-            raise ValueError(f"class_input must be shared or own, not {class_input!r}")
-        self.class_input = class_input if classes else None
+        if class_input not in CLASS_INPUTS:
+            raise ValueError(f"class_input must be {' or '.join(CLASS_INPUTS)}, not {class_input!r}")
         self.class_embedding = nn.Parameter(torch.randn(embed_dim)) if classes and class_input == "shared" else None
         self._compiled = False  # compile_step: the compiled step keeps the per-step weight gradients
 
