@@ -29,7 +29,7 @@ def _ngrams(tokens: list[str], n: int) -> Counter:
     return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
-def _corpus_counts(
+def corpus_counts(
     hypotheses: list[list[str]], references: list[list[list[str]]], max_n: int, at_least_one: bool
 ) -> tuple[list[int], list[int], int, int]:
     """Clipped n-gram matches and n-gram totals per order, hypothesis and closest-reference lengths.
@@ -61,7 +61,7 @@ def nltk_bleu(hypotheses: list[list[str]], references: list[list[list[str]]], ma
     penalty exp(1 - r / c) applies when the corpus is shorter than its references; an order without a
     single match gives 0.
     """
-    matches, totals, hyp_length, ref_length = _corpus_counts(hypotheses, references, max_n, at_least_one=True)
+    matches, totals, hyp_length, ref_length = corpus_counts(hypotheses, references, max_n, at_least_one=True)
     if hyp_length == 0:
         return [0.0] * max_n
     brevity = 1.0 if hyp_length > ref_length else math.exp(1 - ref_length / hyp_length)
@@ -82,7 +82,7 @@ def coco_bleu(hypotheses: list[list[str]], references: list[list[list[str]]], ma
     (matches + 1e-15) / (total + 1e-9).
     """
     tiny, small = 1e-15, 1e-9
-    matches, totals, hyp_length, ref_length = _corpus_counts(hypotheses, references, max_n, at_least_one=False)
+    matches, totals, hyp_length, ref_length = corpus_counts(hypotheses, references, max_n, at_least_one=False)
     ratio = (hyp_length + tiny) / (ref_length + small)
     brevity = math.exp(1 - 1 / ratio) if ratio < 1 else 1.0
     scores, product = [], 1.0
@@ -121,6 +121,28 @@ def _quiet_stderr():
         os.close(saved)
 
 
+def coco_tokens(
+    hypotheses: list[str], references: list[list[str]], java: bool
+) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+    """The COCO toolkit's inputs: (references, hypotheses), each {image index: [space-joined tokens, ...]},
+    split by the PTB tokenizer (java) or captioner's own."""
+    from captioner.text import tokenize
+
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
+    keys = range(len(hypotheses))
+    if not java:
+        gts = {i: [" ".join(tokenize(c)) for c in references[i]] for i in keys}
+        return gts, {i: [" ".join(tokenize(hypotheses[i]))] for i in keys}
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tokenizer = PTBTokenizer()
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_stderr():  # Java prints a line per call
+        gts = tokenizer.tokenize({i: [{"caption": c} for c in references[i]] for i in keys})
+        res = tokenizer.tokenize({i: [{"caption": hypotheses[i]}] for i in keys})
+    return gts, res
+
+
 def caption_metrics(
     hypotheses: list[str], references: list[list[str]], java: bool | None = None, log=print
 ) -> dict[str, float]:
@@ -134,23 +156,12 @@ def caption_metrics(
 
     from captioner.text import tokenize
 
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
     if java is None:
         java = java_available()
         if not java:
             log(JAVA_MISSING)
+    gts, res = coco_tokens(hypotheses, references, java)
     keys = range(len(hypotheses))
-    if java:
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-        tokenizer = PTBTokenizer()
-        with contextlib.redirect_stdout(io.StringIO()), _quiet_stderr():  # Java prints a line per call
-            gts = tokenizer.tokenize({i: [{"caption": c} for c in references[i]] for i in keys})
-            res = tokenizer.tokenize({i: [{"caption": hypotheses[i]}] for i in keys})
-    else:
-        gts = {i: [" ".join(tokenize(c)) for c in references[i]] for i in keys}
-        res = {i: [" ".join(tokenize(hypotheses[i]))] for i in keys}
     scores = {}
     coco = coco_bleu([res[i][0].split() for i in keys], [[r.split() for r in gts[i]] for i in keys])
     scores.update({f"bleu{n}": 100 * b for n, b in enumerate(coco, 1)})

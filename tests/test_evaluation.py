@@ -1,7 +1,9 @@
-"""`captioner evaluate` against what training logged, and scripts/bleu.py on COCO results files."""
+"""`captioner evaluate` against what training logged, scripts/bleu.py on COCO results files, and
+scripts/paired_bootstrap.py on evaluate's output."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import runpy
 import sys
@@ -15,6 +17,7 @@ from captioner.tasks.captioning import fit
 from tests.conftest import tiny_config
 
 BLEU_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bleu.py"
+BOOTSTRAP_SCRIPT = BLEU_SCRIPT.with_name("paired_bootstrap.py")
 
 
 def run_bleu_script(*args: str) -> int:
@@ -94,3 +97,33 @@ def test_bleu_script_names_bad_results(tmp_path, capsys, results, message):
     assert run_bleu_script(str(tmp_path / "results.json"), str(tmp_path / "refs.json")) == 2
     error = capsys.readouterr().err
     assert message in error and error.startswith("bleu.py: error:")
+
+
+def evaluate_output(path: Path, generated: list[str], references: list[list[str]]) -> str:
+    captions = [
+        {"image": f"pictures/{i:02d}.png", "generated": g, "references": r}
+        for i, (g, r) in enumerate(zip(generated, references, strict=True))
+    ]
+    path.write_text(json.dumps({"runs": [{"beam_size": 1, "scores": {}, "captions": captions}]}))
+    return str(path)
+
+
+def test_paired_bootstrap_scores_the_whole_split_as_evaluate_and_brackets_the_difference(tmp_path):
+    spec = importlib.util.spec_from_file_location("paired_bootstrap", BOOTSTRAP_SCRIPT)
+    bootstrap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bootstrap)
+    references = [[f"a red ball number {i} on the grass", f"the ball {i} is red"] for i in range(30)]
+    right = [refs[0] for refs in references]
+    half = [refs[0] if i % 2 else "a blue cube" for i, refs in enumerate(references)]
+    a = evaluate_output(tmp_path / "a.json", half, references)
+    b = evaluate_output(tmp_path / "b.json", right, references)
+    rows = {row["metric"]: row for row in bootstrap.compare([a], [b], draws=500, java=False)}
+    whole_a = caption_metrics(half, references, java=False)
+    whole_b = caption_metrics(right, references, java=False)
+    for metric, key in (("BLEU-4", "bleu4"), ("CIDEr-D", "cider_d")):
+        row = rows[metric]
+        assert row["a"] == pytest.approx(whole_a[key]) and row["b"] == pytest.approx(whole_b[key])
+        low, high = row["interval"]
+        assert 0 < low < row["difference"] < high and row["b_below"] == 0.0
+    same = bootstrap.compare([a], [a], draws=50, java=False)[0]
+    assert same["difference"] == 0.0 and same["interval"] == (0.0, 0.0)
