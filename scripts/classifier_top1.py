@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from captioner.class_words import class_word, class_words, imagenet_classes, mark  # noqa: E402
 from captioner.data.images import ImageTransform, load_image  # noqa: E402
 from captioner.text import tokenize  # noqa: E402
+from captioner.vocab import CLASS_PREFIX, is_class_word  # noqa: E402
 
 HEADS = {"lite0": 224, "lite1": 240, "lite2": 260}  # each net's own input size
 
@@ -62,7 +63,8 @@ def main() -> None:
     held, novel_split = set(novel["held_out_words"]), {Path(e["file"]).name: e["split"] for e in novel["images"]}
     pictures = []  # (picture file, its caption class words, group)
     for entry in stamps:
-        truth = {t[1:] for c in entry["captions"] for t in mark(tokenize(c), vocabulary) if t.startswith("@")}
+        marked = (token for caption in entry["captions"] for token in mark(tokenize(caption), vocabulary))
+        truth = {token[len(CLASS_PREFIX) :] for token in marked if is_class_word(token)}
         if not truth:
             continue
         if truth & held:

@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 from captioner.metrics import JAVA_MISSING, coco_tokens, corpus_counts, java_available  # noqa: E402
 
 
-def per_picture(captions: list[dict], java: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Each picture's BLEU counts (matches 1-4, totals 1-4, hypothesis and reference length) (N, 10) and
-    CIDEr-D (N,), the pictures in the order of their image path, tokenized as evaluate does."""
+def per_picture(captions: list[dict], java: bool) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The image paths in order, each picture's BLEU counts (matches 1-4, totals 1-4, hypothesis and reference
+    length) (N, 10) and CIDEr-D (N,), tokenized as evaluate does."""
     from pycocoevalcap.cider.cider import Cider
 
     captions = sorted(captions, key=lambda c: c["image"])
@@ -43,7 +43,8 @@ def per_picture(captions: list[dict], java: bool) -> tuple[np.ndarray, np.ndarra
         matches, totals, hyp, ref = corpus_counts([res[i][0].split()], [[r.split() for r in gts[i]]], 4, False)
         counts.append([*matches, *totals, hyp, ref])
     _, cider = Cider().compute_score(gts, res)
-    return np.array(counts, dtype=np.float64), 100 * np.asarray(cider, dtype=np.float64)
+    images = [c["image"] for c in captions]
+    return images, np.array(counts, dtype=np.float64), 100 * np.asarray(cider, dtype=np.float64)
 
 
 def bleu4(counts: np.ndarray) -> np.ndarray:
@@ -62,8 +63,7 @@ def read_side(paths: list[str], java: bool) -> dict[int, list[tuple[list[str], n
     for path in paths:
         try:
             for run in json.loads(Path(path).read_text())["runs"]:
-                images = sorted(c["image"] for c in run["captions"])
-                side.setdefault(run["beam_size"], []).append((images, *per_picture(run["captions"], java)))
+                side.setdefault(run["beam_size"], []).append(per_picture(run["captions"], java))
         except (OSError, ValueError, KeyError, TypeError) as error:
             sys.exit(f"{path}: not a file `captioner evaluate --output` wrote ({type(error).__name__}: {error})")
     return side

@@ -11,7 +11,7 @@ from captioner.models.attention import AdditiveAttention
 from captioner.models.captioner import Captioner, caption_loss
 from captioner.models.decoder import AttentionDecoder
 from captioner.models.image_encoder import EncoderError, ImageEncoder
-from tests.conftest import TINY_ENCODER
+from tests.conftest import TINY_ENCODER, tiny_config
 
 
 def small_captioner(cell="lstm", num_layers=1, visual_word_groups=0) -> Captioner:
@@ -298,3 +298,10 @@ def test_the_context_weight_gradient_summed_in_one_product_equals_the_step_by_st
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=0, atol=2e-5 if amp else 1e-8)
     assert grads[0]["core.rnn.weight_ih_l0"].abs().sum() > 0
+
+
+def test_a_decoder_argument_the_decoder_refuses_is_a_config_error(tmp_path):
+    config = tiny_config(tmp_path, tmp_path / "run")
+    config.decoder.cell = "transformer"
+    with pytest.raises(ConfigError, match="decoder: unknown recurrent cell 'transformer'"):
+        Captioner.from_config(config, 20, load_pretrained=False)

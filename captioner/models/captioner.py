@@ -10,7 +10,7 @@ from captioner.class_words import CLASS_LISTS, class_list, class_words
 from captioner.config import Config, DecodeConfig
 from captioner.decoding import SUMMED, Generation, Norm, Rules
 from captioner.errors import ConfigError
-from captioner.models.decoder import CLASS_INPUTS, AttentionDecoder
+from captioner.models.decoder import AttentionDecoder
 from captioner.models.image_encoder import ImageEncoder
 from captioner.vocab import CLASS_PREFIX, Vocab, is_class_word
 
@@ -42,31 +42,32 @@ class Captioner(nn.Module):
                 f"decoder.class_words {classes} needs the backbone's {classes} classifier, and {enc.backbone} with "
                 f"weights {enc.weights} has none: set decoder.class_words to null"
             )
-        if dec.class_input not in CLASS_INPUTS:
-            raise ConfigError(f"decoder.class_input must be {' or '.join(CLASS_INPUTS)}, not {dec.class_input!r}")
         if dec.visual_word_streams and encoder.streams is None:
             raise ConfigError(
                 f"decoder.visual_word_streams needs an encoder with separate feature streams "
                 f"(backbone factored_cnn), not {enc.backbone}"
             )
-        decoder = AttentionDecoder(
-            vocab_size,
-            encoder.out_dim,
-            dec.embed_dim,
-            dec.hidden_dim,
-            dec.attention_dim,
-            dec.num_layers,
-            dec.cell,
-            dec.dropout,
-            dec.word_dropout,
-            dec.output_word,
-            dec.visual_word_groups,
-            encoder.streams if dec.visual_word_streams else None,
-            len(class_list(classes)) if classes else 0,
-            dec.class_input,
-            pad_id=Vocab.pad_id,
-            unk_id=Vocab.unk_id,
-        )
+        try:  # the decoder checks its own arguments (cell, class_input, ...): a bad one is the config's error
+            decoder = AttentionDecoder(
+                vocab_size,
+                encoder.out_dim,
+                dec.embed_dim,
+                dec.hidden_dim,
+                dec.attention_dim,
+                dec.num_layers,
+                dec.cell,
+                dec.dropout,
+                dec.word_dropout,
+                dec.output_word,
+                dec.visual_word_groups,
+                encoder.streams if dec.visual_word_streams else None,
+                len(class_list(classes)) if classes else 0,
+                dec.class_input,
+                pad_id=Vocab.pad_id,
+                unk_id=Vocab.unk_id,
+            )
+        except ValueError as error:
+            raise ConfigError(f"decoder: {error}") from None
         return cls(encoder, decoder, classes)
 
     @torch.no_grad()
