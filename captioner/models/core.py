@@ -11,9 +11,68 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-CELLS = {"lstm": (nn.LSTM, 4), "gru": (nn.GRU, 3), "rnn": (nn.RNN, 1)}
-
 State = tuple[Tensor, ...]  # (h,) or (h, c), each (B, L, H)
+
+
+class Cell:
+    """What RecurrentCore needs of one kind of cell: torch's fused module, its gates, its state and one step.
+
+    The gate layout is torch's, so the step written out here and the fused module share their weights.
+    """
+
+    rnn_class: type[nn.RNNBase]
+    num_gates: int  # G: the input and hidden projections are (B, G * H)
+    num_states: int = 1  # state tensors carried: h, and c for an LSTM
+
+    def update(self, input_gates: Tensor, hidden_gates: Tensor, state: State) -> State:
+        """One step of one layer: projected input (B, G * H), projected h_{t-1} (B, G * H) and the layer's
+        state ((B, H) each) -> its new state, h_t first."""
+        raise NotImplementedError
+
+    def init(self, rnn: nn.RNNBase, hidden_dim: int) -> None:
+        """Adjust torch's uniform initialisation of the fused module's weights; none by default."""
+
+
+class LSTMCell(Cell):
+    rnn_class, num_gates, num_states = nn.LSTM, 4, 2
+
+    def update(self, input_gates: Tensor, hidden_gates: Tensor, state: State) -> State:
+        i, f, g, o = (input_gates + hidden_gates).chunk(4, dim=1)
+        c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def init(self, rnn: nn.RNNBase, hidden_dim: int) -> None:
+        """Forget-gate bias 1, so memory is kept early on."""
+        H = hidden_dim
+        with torch.no_grad():
+            for name, param in rnn.named_parameters():
+                if name.startswith("bias_ih"):
+                    param[H : 2 * H].fill_(1.0)  # gate order i, f, g, o
+                elif name.startswith("bias_hh"):
+                    param[H : 2 * H].fill_(0.0)
+
+
+class GRUCell(Cell):
+    rnn_class, num_gates = nn.GRU, 3
+
+    def update(self, input_gates: Tensor, hidden_gates: Tensor, state: State) -> State:
+        x_r, x_z, x_n = input_gates.chunk(3, dim=1)
+        h_r, h_z, h_n = hidden_gates.chunk(3, dim=1)
+        r = torch.sigmoid(x_r + h_r)
+        z = torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * h_n)  # the reset gate scales the hidden projection, bias included (torch's GRU)
+        return ((1 - z) * n + z * state[0],)
+
+
+class TanhCell(Cell):
+    rnn_class, num_gates = nn.RNN, 1
+
+    def update(self, input_gates: Tensor, hidden_gates: Tensor, state: State) -> State:
+        return (torch.tanh(input_gates + hidden_gates),)
+
+
+# The cells by the name a config gives; a new cell is one more entry here.
+CELLS: dict[str, Cell] = {"lstm": LSTMCell(), "gru": GRUCell(), "rnn": TanhCell()}
 
 
 class RecurrentCore(nn.Module):
@@ -31,10 +90,11 @@ class RecurrentCore(nn.Module):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"unknown recurrent cell {cell!r}; choose one of {', '.join(CELLS)}")
-        rnn_class, self.num_gates = CELLS[cell]
+        self.unit = CELLS[cell]  # the cell's gates, state and step
+        self.num_gates, self.num_states = self.unit.num_gates, self.unit.num_states
         self.cell, self.input_dim, self.hidden_dim = cell, input_dim, hidden_dim
         self.num_layers, self.dropout, self.bidirectional = num_layers, dropout, bidirectional
-        self.rnn = rnn_class(
+        self.rnn = self.unit.rnn_class(
             input_dim,
             hidden_dim,
             num_layers,
@@ -45,16 +105,9 @@ class RecurrentCore(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Uniform init as torch does, with the LSTM forget-gate bias set to 1 so memory is kept early on."""
+        """Uniform init as torch does, then the cell's own adjustment (the LSTM's forget-gate bias 1)."""
         self.rnn.reset_parameters()
-        if self.cell == "lstm":
-            H = self.hidden_dim
-            with torch.no_grad():
-                for name, param in self.rnn.named_parameters():
-                    if name.startswith("bias_ih"):
-                        param[H : 2 * H].fill_(1.0)  # gate order i, f, g, o
-                    elif name.startswith("bias_hh"):
-                        param[H : 2 * H].fill_(0.0)
+        self.unit.init(self.rnn, self.hidden_dim)
 
     @property
     def num_directions(self) -> int:
@@ -63,8 +116,7 @@ class RecurrentCore(nn.Module):
     def initial_state(self, batch_size: int, device=None, dtype=None) -> State:
         """Zero state: (h,) or (h, c), each (B, L * directions, H)."""
         shape = (batch_size, self.num_layers * self.num_directions, self.hidden_dim)
-        h = torch.zeros(shape, device=device, dtype=dtype)
-        return (h, torch.zeros_like(h)) if self.cell == "lstm" else (h,)
+        return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(self.num_states))
 
     def forward(self, x: Tensor, state: State | None = None, lengths: Tensor | None = None) -> tuple[Tensor, State]:
         """Fused call over a whole sequence.
@@ -76,7 +128,7 @@ class RecurrentCore(nn.Module):
         torch_state = None
         if state is not None:
             torch_state = tuple(s.transpose(0, 1).contiguous() for s in state)  # (L, B, H) for torch
-            if self.cell != "lstm":
+            if len(torch_state) == 1:  # torch takes a lone state tensor bare, several as a tuple
                 torch_state = torch_state[0]
         if lengths is not None:
             packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -117,31 +169,12 @@ class RecurrentCore(nn.Module):
         """One time step from the already projected layer-0 input (B, G * H), see project_input."""
         if self.bidirectional:
             raise RuntimeError("a bidirectional core has no single-step call")
-        h_all = state[0]
-        c_all = state[1] if self.cell == "lstm" else None
-        new_h, new_c = [], []
+        layers: list[State] = []  # each layer's new state, (B, H) each
         for layer in range(self.num_layers):
             weight_ih, weight_hh, bias_ih, bias_hh = self._weights(layer)
             if layer > 0:
-                below = F.dropout(new_h[-1], self.dropout, self.training)
+                below = F.dropout(layers[-1][0], self.dropout, self.training)
                 input_gates = F.linear(below, weight_ih, bias_ih)
-            hidden_gates = F.linear(h_all[:, layer], weight_hh, bias_hh)  # (B, G * H)
-            if self.cell == "lstm":
-                i, f, g, o = (input_gates + hidden_gates).chunk(4, dim=1)
-                c = torch.sigmoid(f) * c_all[:, layer] + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
-                new_c.append(c)
-            elif self.cell == "gru":
-                x_r, x_z, x_n = input_gates.chunk(3, dim=1)
-                h_r, h_z, h_n = hidden_gates.chunk(3, dim=1)
-                r = torch.sigmoid(x_r + h_r)
-                z = torch.sigmoid(x_z + h_z)
-                n = torch.tanh(x_n + r * h_n)
-                h = (1 - z) * n + z * h_all[:, layer]
-            else:
-                h = torch.tanh(input_gates + hidden_gates)
-            new_h.append(h)
-        h_state = torch.stack(new_h, dim=1)  # (B, L, H)
-        if self.cell == "lstm":
-            return new_h[-1], (h_state, torch.stack(new_c, dim=1))
-        return new_h[-1], (h_state,)
+            hidden_gates = F.linear(state[0][:, layer], weight_hh, bias_hh)  # (B, G * H)
+            layers.append(self.unit.update(input_gates, hidden_gates, tuple(s[:, layer] for s in state)))
+        return layers[-1][0], tuple(torch.stack(parts, dim=1) for parts in zip(*layers, strict=True))  # (B, L, H)

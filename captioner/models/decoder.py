@@ -134,9 +134,10 @@ class AttentionDecoder(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         self.attention = AdditiveAttention(memory_dim, hidden_dim, attention_dim)
         self.core = RecurrentCore(embed_dim + memory_dim, hidden_dim, num_layers, cell, dropout)
-        # Initial state from the mean of the memory (Xu et al. 2015, section 3.1.2), one per layer.
+        # Initial state from the mean of the memory (Xu et al. 2015, section 3.1.2), one per layer: h, and c
+        # for a cell that carries one (the LSTM)
         self.init_h = nn.Linear(memory_dim, num_layers * hidden_dim)
-        self.init_c = nn.Linear(memory_dim, num_layers * hidden_dim) if cell == "lstm" else None
+        self.init_c = nn.Linear(memory_dim, num_layers * hidden_dim) if self.core.num_states > 1 else None
         # Gating scalar beta = sigmoid(f_beta(h_{t-1})) scales the context (section 4.2.1).
         self.gate = nn.Linear(hidden_dim, 1)
         # Deep output (eq. 7): logits = L_o(E y_{t-1} + L_h h_t + L_z z_t); output_word=False drops E y_{t-1}.
