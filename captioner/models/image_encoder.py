@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -13,7 +15,6 @@ from captioner.errors import EncoderError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-BACKBONES = (*RESNETS, "efficientnet_lite0", "small_cnn", "factored_cnn")
 
 
 @dataclass
@@ -63,7 +64,8 @@ def _is_path(weights: str) -> bool:
     return "/" in weights or "\\" in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
 
-def _resnet(name: str, weights: str | None) -> Backbone:
+def _resnet(name: str, weights: str | None, width: int) -> Backbone:
+    """torchvision's ResNet `name`; width is for the nets trained from scratch, a ResNet has its own."""
     import torchvision
 
     head = None
@@ -113,7 +115,8 @@ class _EfficientNetTrunk(nn.Module):
         return self.net.extract_features(images)  # (B, 1280, H/32, W/32)
 
 
-def _efficientnet_lite0(weights: str | None) -> Backbone:
+def _efficientnet_lite0(weights: str | None, width: int) -> Backbone:
+    """EfficientNet-Lite0 (1280 channels, output stride 32); width is for the nets trained from scratch."""
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
@@ -233,17 +236,21 @@ def _factored_cnn(weights: str | None, width: int, colour_dim: int = 32) -> Back
     return Backbone(trunk, stages, colour_dim + width, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), (colour_dim, width))
 
 
+# The backbones by the name a config gives: (weights, width) -> Backbone, where weights is DEFAULT, a named
+# weight set, a state-dict file or None (random init), and width the channels of the nets trained from scratch.
+BACKBONES: dict[str, Callable[[str | None, int], Backbone]] = {
+    **{name: partial(_resnet, name) for name in RESNETS},
+    "efficientnet_lite0": _efficientnet_lite0,
+    "small_cnn": _small_cnn,
+    "factored_cnn": _factored_cnn,
+}
+
+
 def build_backbone(name: str, weights: str | None = "DEFAULT", width: int = 64) -> Backbone:
     """Build a named backbone trunk with the requested weights."""
-    if name in RESNETS:
-        return _resnet(name, weights)
-    if name == "efficientnet_lite0":
-        return _efficientnet_lite0(weights)
-    if name == "small_cnn":
-        return _small_cnn(weights, width)
-    if name == "factored_cnn":
-        return _factored_cnn(weights, width)
-    raise EncoderError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if name not in BACKBONES:
+        raise EncoderError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    return BACKBONES[name](weights, width)
 
 
 class ImageEncoder(nn.Module):
