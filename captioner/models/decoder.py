@@ -8,7 +8,6 @@ step loop (docs/speed.md, "Where the time went").
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, replace
 
 import torch
@@ -18,8 +17,7 @@ from torch import Tensor, nn
 from captioner.decoding import SUMMED, Generation, Norm, Rules, beam_search, greedy
 from captioner.models.attention import AdditiveAttention
 from captioner.models.core import RecurrentCore, State
-
-CLASS_INPUTS = ("shared", "own")  # how a class word said is fed back (AttentionDecoder, class_input)
+from captioner.models.word_groups import WordGroups
 
 
 @dataclass
@@ -105,8 +103,9 @@ class _SummedLinear(torch.autograd.Function):
         return grad_x, grad_weight, None, None
 
 
-class AttentionDecoder(nn.Module):
-    """Show, Attend and Tell decoder: gated soft attention, LSTM/GRU/RNN core, deep output layer."""
+class AttentionDecoder(WordGroups, nn.Module):
+    """Show, Attend and Tell decoder: gated soft attention, LSTM/GRU/RNN core, deep output layer; optionally
+    visual words or class words (word_groups.py)."""
 
     def __init__(
         self,
@@ -140,69 +139,20 @@ class AttentionDecoder(nn.Module):
         self.init_c = nn.Linear(memory_dim, num_layers * hidden_dim) if self.core.num_states > 1 else None
         # Gating scalar beta = sigmoid(f_beta(h_{t-1})) scales the context (section 4.2.1).
         self.gate = nn.Linear(hidden_dim, 1)
-        # Deep output (eq. 7): logits = L_o(E y_{t-1} + L_h h_t + L_z z_t); output_word=False drops E y_{t-1}.
-        self.out_hidden = nn.Linear(hidden_dim, embed_dim)
-        self.out_context = nn.Linear(memory_dim, embed_dim, bias=False)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(embed_dim, vocab_size)
-        # Visual words (the slot idea of Neural Baby Talk, Lu et al. 2018): the vocabulary may hold groups
-        # of visual words (say, colours and object names). For a group, the language model only says
-        # *when* one of its words comes (the group's total probability), and a classifier reading the
-        # attended context alone says *which*. The language model learns from the training captions
-        # that "red" is never followed by "triangle"; here that prior cannot veto what the image shows.
-        # The groups are a buffer (G, V), so they travel in checkpoints.
-        self.visual_classifier = nn.Linear(memory_dim, vocab_size) if visual_word_groups else None
-        self.register_buffer(
-            "visual_groups",
-            torch.zeros(visual_word_groups, vocab_size, dtype=torch.bool) if visual_word_groups else None,
-        )
-        # With visual_streams (the channel widths of an encoder's separate feature streams, one per group),
-        # group g's words are named from the channels of stream g alone: colours from the colour stream,
-        # shape names from the form stream. The mask (V, D) over the visual classifier's weight is a buffer.
-        if visual_streams is not None and (not visual_word_groups or len(visual_streams) != visual_word_groups):
-            raise ValueError(
-                f"visual word streams need one encoder stream per visual word group: "
-                f"{len(visual_streams)} streams, {visual_word_groups} groups"
-            )
-        if visual_streams is not None and sum(visual_streams) != memory_dim:
-            raise ValueError(f"the streams' widths {visual_streams} do not add up to the memory width {memory_dim}")
-        self.visual_streams = tuple(visual_streams) if visual_streams is not None else None
-        self.register_buffer("visual_mask", torch.ones(vocab_size, memory_dim) if visual_streams is not None else None)
+        self._add_deep_output(dropout)
+        self._add_visual_words(visual_word_groups, visual_streams)
         # For every word, the share of the training sequences holding it that end with it: what decoding's
         # end rule reads (Rules.can_end). A buffer, so it travels in checkpoints; 1 until set_end_shares.
         self.register_buffer("end_share", torch.ones(vocab_size))
-        # Class words (captioner/class_words.py): a frozen classifier over the attended context (the backbone's
-        # own ImageNet head, num_classes outputs) names a class; the language model says only *when* a class
-        # word comes (the class words' total probability), as for a visual word group. So the model can say a
-        # class word no training caption had. Each class's word is class_word_ids[c]; several classes may
-        # share one, their probabilities adding up. A learnt scale (a temperature) sharpens or flattens the
-        # classifier. All of it travels in checkpoints.
-        if num_classes and visual_word_groups:
-            raise ValueError("a decoder has either class words or visual word groups, not both")
-        self.num_classes = num_classes
-        classes = (num_classes, memory_dim) if num_classes else None
-        self.register_buffer("class_weight", torch.zeros(classes) if classes else None)
-        self.register_buffer("class_bias", torch.zeros(num_classes) if classes else None)
-        self.register_buffer("class_word_ids", torch.zeros(num_classes, dtype=torch.long) if classes else None)
-        self.register_buffer("class_group", torch.zeros(vocab_size, dtype=torch.bool) if classes else None)
-        # the token each token counts as for the repeat rules: a class word and the ordinary word it spells
-        self.register_buffer("same_word", torch.arange(vocab_size) if classes else None)
-        self.class_scale = nn.Parameter(torch.zeros(())) if classes else None  # log of the temperature's inverse
-        # The class is read from the attended context and from the whole picture (the grid's mean, what the
-        # classifier was trained on), mixed: sigmoid(class_mix) is the attended context's share
-        self.class_mix = nn.Parameter(torch.zeros(())) if classes else None
-        # The words a class word may follow, and whether one may come first: those seen before one in the
-        # training captions (decoding's lead rule reads them). Buffers, so they travel in checkpoints; all
-        # True until set_class_leads, and in checkpoints from before.
-        self.register_buffer("class_lead", torch.ones(vocab_size, dtype=torch.bool) if classes else None)
-        self.register_buffer("class_lead_start", torch.ones((), dtype=torch.bool) if classes else None)
-        # class_input "shared": a class word said is fed back to the next step as one learnt embedding, the
-        # slot's, so after a class word no training caption had the language model goes on as after "koala"
-        # (it knows that an object was named, not which); "own": each class word its own embedding.
-        if class_input not in CLASS_INPUTS:
-            raise ValueError(f"class_input must be {' or '.join(CLASS_INPUTS)}, not {class_input!r}")
-        self.class_embedding = nn.Parameter(torch.randn(embed_dim)) if classes and class_input == "shared" else None
+        self._add_class_words(num_classes, class_input, visual_word_groups)
         self._compiled = False  # compile_step: the compiled step keeps the per-step weight gradients
+
+    def _add_deep_output(self, dropout: float) -> None:
+        """Deep output (eq. 7): logits = L_o(E y_{t-1} + L_h h_t + L_z z_t); output_word=False drops E y_{t-1}."""
+        self.out_hidden = nn.Linear(self.hidden_dim, self.embed_dim)
+        self.out_context = nn.Linear(self.memory_dim, self.embed_dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(self.embed_dim, self.vocab_size)
 
     def embed(self, tokens: Tensor) -> Tensor:
         """The embeddings (..., E) of tokens (...): with class_input shared, every class word's is the slot's."""
@@ -225,80 +175,6 @@ class AttentionDecoder(nn.Module):
             state_dict.setdefault(prefix + "class_lead_start", torch.ones_like(self.class_lead_start))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def set_class_leads(self, leads: Tensor, start: bool) -> None:
-        """(V,) bool: the words a class word may follow; start: whether one may come first."""
-        if self.class_lead is None:
-            raise ValueError("this decoder was built without class words")
-        if leads.shape != self.class_lead.shape:
-            raise ValueError(f"class leads must be ({self.vocab_size},), not {tuple(leads.shape)}")
-        self.class_lead.copy_(leads)
-        self.class_lead_start.fill_(start)
-
-    def set_visual_words(self, groups: list[list[int]]) -> None:
-        """Choose the groups of words whose identity comes from the attended context."""
-        if self.visual_groups is None or len(groups) != self.visual_groups.size(0):
-            have = 0 if self.visual_groups is None else self.visual_groups.size(0)
-            raise ValueError(f"this decoder was built for {have} visual word groups, not {len(groups)}")
-        if not all(groups):
-            raise ValueError("every visual word group needs at least one word")
-        self.visual_groups.zero_()
-        for group, word_ids in enumerate(groups):
-            self.visual_groups[group, torch.as_tensor(word_ids, dtype=torch.long)] = True
-        if bool((self.visual_groups.sum(0) > 1).any()):
-            raise ValueError("a word may belong to one visual word group only")
-        if self.visual_mask is not None:
-            self.visual_mask.fill_(1.0)
-            bounds = [0, *itertools.accumulate(self.visual_streams)]
-            for group, (start, stop) in zip(self.visual_groups, itertools.pairwise(bounds), strict=True):
-                self.visual_mask[group] = 0.0
-                self.visual_mask[group, start:stop] = 1.0
-
-    def set_class_words(self, weight: Tensor, bias: Tensor, word_ids: Tensor, same_word: Tensor | None = None) -> None:
-        """The classifier (weight (C, D), bias (C,)) and each class's word id (C,) for the class words; same_word
-        (V,): the token each token counts as for the repeat rules (default: each its own)."""
-        if self.class_weight is None:
-            raise ValueError("this decoder was built without class words")
-        if weight.shape != self.class_weight.shape or bias.shape != self.class_bias.shape:
-            raise ValueError(
-                f"a class head of {tuple(weight.shape)} does not fit this decoder's {tuple(self.class_weight.shape)}"
-            )
-        if word_ids.shape != (self.num_classes,) or not bool(((word_ids > 3) & (word_ids < self.vocab_size)).all()):
-            raise ValueError(f"class word ids must be ({self.num_classes},) ordinary word ids of the vocabulary")
-        self.class_weight.copy_(weight)
-        self.class_bias.copy_(bias)
-        self.class_word_ids.copy_(word_ids)
-        self.class_group.zero_()
-        self.class_group[word_ids] = True
-        self.same_word.copy_(torch.arange(self.vocab_size) if same_word is None else same_word)
-
-    def class_logits(self, features: Tensor) -> Tensor:
-        """The frozen classifier as the backbone has it: features (..., D) -> class logits (..., C)."""
-        return F.linear(features.float(), self.class_weight, self.class_bias)
-
-    def class_log_probs(self, features: Tensor) -> Tensor:
-        """The classes' log-probabilities (..., C) from attended contexts or grid means (..., D), with the learnt
-        temperature."""
-        return F.log_softmax(self.class_logits(features) * self.class_scale.exp(), dim=-1)
-
-    def _class_scores(self, language: Tensor, context: Tensor, whole_classes: Tensor | None) -> Tensor:
-        """Word log-probabilities (..., V) with the class words' identity from the classifier over the attended
-        context (..., D), mixed with its reading of the whole picture, whole_classes (B, C) (None: the context
-        alone)."""
-        classes = self.class_log_probs(context)  # (..., C)
-        if whole_classes is not None:
-            overall = whole_classes
-            if context.dim() == 3:  # teacher forcing (B, T, D)
-                overall = overall.unsqueeze(1)
-            elif context.size(0) != overall.size(0):  # beam search: K rows per picture
-                overall = overall.repeat_interleave(context.size(0) // overall.size(0), dim=0)
-            share = self.class_mix
-            classes = torch.logaddexp(F.logsigmoid(share) + classes, F.logsigmoid(-share) + overall)
-        classes = classes.exp()
-        words = torch.zeros_like(language).index_add_(-1, self.class_word_ids, classes)  # (..., V)
-        lowest = torch.finfo(torch.float32).min
-        slot = torch.logsumexp(language.masked_fill(~self.class_group, lowest), dim=-1, keepdim=True)
-        return torch.where(self.class_group, slot + words.clamp_min(1e-30).log(), language)
-
     def compile_step(self) -> None:
         """torch.compile the sequential part of a step (attention, gate, core): one fused kernel set per step
         in place of a dozen small ones. The weights and checkpoints are unchanged."""
@@ -309,11 +185,8 @@ class AttentionDecoder(nn.Module):
         """Project the attention keys once per memory. memory (B, P, D), mask (B, P) True where valid.
         decoding: for free-running steps without gradients (the output layer's weight transposed once)."""
         weight = _cast_once(self.core.input_weight(start=self.embed_dim))
-        whole_classes = None
-        if self.class_group is not None:  # once per memory, not at every step
-            weights = torch.ones_like(memory[..., 0]) if mask is None else mask.to(memory.dtype)  # (B, P)
-            whole = (memory * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp_min(1.0)
-            whole_classes = self.class_log_probs(whole)
+        # class words: the whole picture's classes, once per memory rather than at every step
+        whole_classes = None if self.class_group is None else self._whole_classes(memory, mask)
         keys = self.attention.project_memory(memory)
         attended = AttendedMemory(memory, keys, mask, weight.contiguous(), whole_classes=whole_classes)
         if decoding:
@@ -377,20 +250,7 @@ class AttentionDecoder(nn.Module):
             return self._class_scores(F.log_softmax(logits.float(), dim=-1), context, whole_classes)
         if self.visual_groups is None:
             return logits
-        language = F.log_softmax(logits.float(), dim=-1)  # (..., V)
-        weight = self.visual_classifier.weight
-        if self.visual_mask is not None:
-            weight = weight * self.visual_mask.to(weight.dtype)
-        visual = F.linear(self.dropout(context), weight, self.visual_classifier.bias).float()  # (..., V)
-        # A finite "minus infinity": a group that selects no word (not yet set) yields finite values
-        # that torch.where never picks, instead of NaNs whose gradient would poison the classifier.
-        lowest = torch.finfo(torch.float32).min
-        scores = language
-        for group in self.visual_groups:  # (V,) each; G is small, and no host sync happens here
-            slot = torch.logsumexp(language.masked_fill(~group, lowest), dim=-1, keepdim=True)
-            pick = F.log_softmax(visual.masked_fill(~group, lowest), dim=-1)
-            scores = torch.where(group, slot + pick, scores)
-        return scores
+        return self._visual_scores(F.log_softmax(logits.float(), dim=-1), context)
 
     def forward(self, memory: Tensor, tokens: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Teacher-forced decoding.
