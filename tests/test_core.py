@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
-from captioner.models.core import RecurrentCore
+from captioner.models.core import CELLS, Cell, RecurrentCore
+from captioner.models.decoder import AttentionDecoder
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -50,4 +52,34 @@ def test_lengths_take_last_real_state():
 
 def test_unknown_cell_is_named():
     with pytest.raises(ValueError, match="'transformer'"):
+        RecurrentCore(3, 4, cell="transformer")
+
+
+class ReLURNN(nn.RNN):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, nonlinearity="relu", **kwargs)
+
+
+class ReLUCell(Cell):
+    rnn_class, num_gates = ReLURNN, 1
+
+    def update(self, input_gates, hidden_gates, state):
+        return (torch.relu(input_gates + hidden_gates),)
+
+
+def test_a_new_cell_is_one_registry_entry(monkeypatch):
+    monkeypatch.setitem(CELLS, "relu", ReLUCell())
+    core = RecurrentCore(5, 7, 2, "relu").eval()
+    x = torch.randn(3, 4, 5)
+    fused_out, fused_state = core(x)
+    state, outputs = core.initial_state(3), []
+    for t in range(x.size(1)):
+        out, state = core.step(x[:, t], state)
+        outputs.append(out)
+    torch.testing.assert_close(torch.stack(outputs, 1), fused_out)
+    torch.testing.assert_close(state[0], fused_state[0])
+    decoder = AttentionDecoder(20, 6, 4, 7, 5, cell="relu")
+    logits, _ = decoder(torch.randn(2, 3, 6), torch.randint(1, 20, (2, 4)))
+    assert logits.shape == (2, 4, 20) and decoder.init_c is None
+    with pytest.raises(ValueError, match="lstm, gru, rnn, relu"):
         RecurrentCore(3, 4, cell="transformer")
