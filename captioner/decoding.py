@@ -8,7 +8,7 @@ tensors) whose first dimension is the row. Captioning, translation and the char 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -259,75 +259,100 @@ def beam_search(
     leave the batch, so the steps after cost only what the rest needs. Without it every input is stepped
     until all are done. The result is the same either way.
 
-    At every step the 2K best extensions of the live hypotheses are looked at: those that end (EOS)
-    join the input's finished list, ranked by norm (score / penalty(length), the ending counted), and
-    the K best that go on are the new live beam, so an ended hypothesis never holds a slot. A
-    hypothesis still running after max_len words must end (Rules), paying for the ending. An input is
-    done when it has n_best finished hypotheses and no live one can still beat the worst of them: log-
-    probabilities only add up below zero, so a live score s can at best end as s / penalty at the most
-    favourable length. The result is each input's best (and with n_best > 1 its n best, as candidates).
+    At every step the 2K best extensions of the live hypotheses are looked at (_Beam.extend): those that
+    end (EOS) join the input's finished list, ranked by norm (score / penalty(length), the ending counted),
+    and the K best that go on are the new live beam (_Beam.follow). A hypothesis still running after
+    max_len words must end (Rules), paying for the ending. An input is done when no live hypothesis can
+    still beat its n_best finished ones (_Finished.settled). The result is each input's best (and with
+    n_best > 1 its n best, as candidates).
     """
-    B, K, N = start_tokens.size(0), beam_size, n_best
-    device = start_tokens.device
+    B, K = start_tokens.size(0), beam_size
     rules = rules or Rules()
     tokens = start_tokens.repeat_interleave(K)  # (B*K,)
-    scores = torch.full((B, K), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # all beams start identical: keep one so the first step does not pick K copies
-    words = torch.zeros(B, K, 0, dtype=torch.long, device=device)  # the live hypotheses' words
-    done = _Finished.empty(B, N, max_len, eos_id, device)
-    # The inputs still searched (all B at first; `alive` holds their indices, and every live tensor below
-    # has one row, or K rows, per alive input). Traces are kept per step and found again at the end through
-    # the parent pointers: step t's trace of each row fed at t, the positions of the inputs in step t's
-    # batch, and each kept hypothesis's row at t.
-    alive, b = torch.arange(B, device=device), B
-    trace_steps: list[Tensor] = []
-    positions: list[Tensor] = []
-    origins: list[Tensor] = []
+    beam = _Beam.start(B, K, start_tokens.device)
+    done = _Finished.empty(B, n_best, max_len, eos_id, start_tokens.device)
+    history = _History(B)
     best_penalty = torch.maximum(norm.penalty(1), norm.penalty(max_len + 1))  # at the most favourable length
     for t in range(max_len + 1):
         logits, state, trace = step_fn(tokens, state)
-        V = logits.size(-1)
-        banned = rules.banned(words.view(b * K, t), V, eos_id, max_len).view(b, K, V)
-        log_probs = F.log_softmax(logits.float(), dim=-1).view(b, K, V).masked_fill(banned, float("-inf"))
-        top, flat = (scores.unsqueeze(-1) + log_probs).view(b, K * V).topk(min(2 * K, K * V), dim=1)
-        parents, new = torch.div(flat, V, rounding_mode="floor"), flat % V
-        ends = (new == eos_id) & top.isfinite()
-        seq = torch.cat([words.gather(1, parents.unsqueeze(-1).expand(-1, -1, t)), new.unsqueeze(-1)], dim=2)
         if trace is not None:
-            trace_steps.append(trace.view(b, K, *trace.shape[1:]))
-            at = torch.zeros(B, dtype=torch.long, device=device)
-            positions.append(at.index_copy_(0, alive, torch.arange(b, device=device)))
-        if bool(ends.any()):
-            done.offer(torch.where(ends, top / norm.penalty(t + 1), float("-inf")), seq, parents, t, alive)
-        going = torch.where(ends, float("-inf"), top)
-        scores, keep = going.topk(K, dim=1)  # (b, K)
-        words = seq.gather(1, keep.unsqueeze(-1).expand(-1, -1, t + 1))
-        parents = parents.gather(1, keep)
-        bound = scores.max(dim=1).values / best_penalty  # the best any live hypothesis can still end with
-        finished = (done.scores[alive, -1] >= bound) | ~bound.isfinite()  # (b,)
-        count = int(finished.sum())
+            history.record(trace, beam.alive, K)
+        candidates = beam.extend(logits, rules, eos_id, max_len)
+        if bool(candidates.ends.any()):
+            ended = torch.where(candidates.ends, candidates.scores / norm.penalty(t + 1), float("-inf"))
+            done.offer(ended, candidates.words, candidates.parents, t, beam.alive)
+        beam = beam.follow(candidates)
+        finished = done.settled(beam.alive, beam.scores.max(dim=1).values / best_penalty)  # (b,)
+        count, b = int(finished.sum()), len(finished)
         if count == b:
             break
-        rows = torch.arange(b, device=device).unsqueeze(1) * K + parents  # (b, K): each kept one's row at t
+        rows = beam.rows()  # (b, K): each kept hypothesis's row in this step's batch
         if narrow is not None and count and count * 4 >= b:  # a quarter done: drop them (their copy costs less)
             stay = (~finished).nonzero().squeeze(1)
-            alive, b = alive[stay], b - count
-            scores, words, parents, rows = scores[stay], words[stay], parents[stay], rows[stay]
+            beam, rows = beam.select(stay), rows[stay]
             narrow(stay)
-        origins.append(parents)  # (b, K), the inputs of the next step
+        history.origins.append(beam.parents)  # (b, K), the inputs of the next step
         state = select_rows(state, rows.view(-1))
-        tokens = words[:, :, -1].reshape(-1)
-    traces = _backtrack(trace_steps, positions, origins, done.step, done.row) if trace_steps else None
-    tokens, cut_traces = _cut(done.words.flatten(0, 1), traces.flatten(0, 1) if traces is not None else None, eos_id)
-    best = Generation(tokens[::N], done.scores[:, 0], cut_traces[::N] if cut_traces is not None else None)
-    if N == 1:
-        return best
-    scores = done.scores.tolist()  # an input's n best, best first; fewer where fewer ended (-inf)
-    found = [[n for n in range(N) if scores[b][n] > float("-inf")] for b in range(B)]
-    best.candidates = [[(tokens[b * N + n], scores[b][n]) for n in found[b]] for b in range(B)]
-    if cut_traces is not None:
-        best.candidate_traces = [[cut_traces[b * N + n] for n in found[b]] for b in range(B)]
-    return best
+        tokens = beam.words[:, :, -1].reshape(-1)
+    return _results(done, history, eos_id)
+
+
+@dataclass
+class _Beam:
+    """The live hypotheses of the inputs still searched: alive (b,), the indices of those inputs among all B,
+    and K hypotheses per input: summed log-probabilities (b, K), words (b, K, t) and parents (b, K), the slot
+    of the hypothesis each extends at the step before. Every tensor has one row per alive input."""
+
+    alive: Tensor
+    scores: Tensor
+    words: Tensor
+    parents: Tensor
+
+    @classmethod
+    def start(cls, inputs: int, beam_size: int, device) -> _Beam:
+        scores = torch.full((inputs, beam_size), float("-inf"), device=device)
+        scores[:, 0] = 0.0  # all beams start identical: keep one so the first step does not pick K copies
+        words = torch.zeros(inputs, beam_size, 0, dtype=torch.long, device=device)
+        parents = torch.zeros(inputs, beam_size, dtype=torch.long, device=device)
+        return cls(torch.arange(inputs, device=device), scores, words, parents)
+
+    def extend(self, logits: Tensor, rules: Rules, eos_id: int, max_len: int) -> _Candidates:
+        """The 2K best one-word extensions that the rules allow, per input, from the step's logits (b*K, V):
+        2K, so that K still go on when K of them end."""
+        b, K, t = self.words.shape
+        V = logits.size(-1)
+        banned = rules.banned(self.words.view(b * K, t), V, eos_id, max_len).view(b, K, V)
+        log_probs = F.log_softmax(logits.float(), dim=-1).view(b, K, V).masked_fill(banned, float("-inf"))
+        top, flat = (self.scores.unsqueeze(-1) + log_probs).view(b, K * V).topk(min(2 * K, K * V), dim=1)
+        parents, new = torch.div(flat, V, rounding_mode="floor"), flat % V
+        words = torch.cat([_gather_beams(self.words, parents), new.unsqueeze(-1)], dim=2)
+        return _Candidates(top, words, parents, (new == eos_id) & top.isfinite())
+
+    def follow(self, candidates: _Candidates) -> _Beam:
+        """The new live beam: the K best candidates that go on, so an ended hypothesis never holds a slot."""
+        going = torch.where(candidates.ends, float("-inf"), candidates.scores)
+        scores, keep = going.topk(self.scores.size(1), dim=1)  # (b, K)
+        return _Beam(self.alive, scores, _gather_beams(candidates.words, keep), candidates.parents.gather(1, keep))
+
+    def rows(self) -> Tensor:
+        """(b, K): the row of the step's batch (b*K rows) that each hypothesis extends."""
+        b, K = self.parents.shape
+        return torch.arange(b, device=self.parents.device).unsqueeze(1) * K + self.parents
+
+    def select(self, keep: Tensor) -> _Beam:
+        """The inputs at positions keep (b',) only."""
+        return _Beam(self.alive[keep], self.scores[keep], self.words[keep], self.parents[keep])
+
+
+@dataclass
+class _Candidates:
+    """One step's extensions of a beam, J per input: summed log-probabilities (b, J), words (b, J, t + 1),
+    the slot of the live hypothesis each extends (b, J), and whether each ends (EOS, finite score) (b, J)."""
+
+    scores: Tensor
+    words: Tensor
+    parents: Tensor
+    ends: Tensor
 
 
 @dataclass
@@ -371,23 +396,62 @@ class _Finished:
         else:
             self.scores, self.words, self.step, self.row = new
 
+    def settled(self, inputs: Tensor, bound: Tensor) -> Tensor:
+        """(b,): whether each of the inputs `inputs` (b,) is done: it has n_best finished hypotheses and no
+        live one can still beat the worst of them, bound (b,) being the best a live one can still end with
+        (log-probabilities only add up below zero, so a live score s can at best end as s / penalty at the
+        most favourable length), or it has no live hypothesis left (bound -inf)."""
+        return (self.scores[inputs, -1] >= bound) | ~bound.isfinite()
 
-def _backtrack(
-    trace_steps: list[Tensor], positions: list[Tensor], origins: list[Tensor], step: Tensor, row: Tensor
-) -> Tensor:
-    """The traces (B, J, T, ...) of J finished hypotheses per input, each ended at `step` (B, J) from live row
-    `row` (B, J): walk back through origins[t - 1] (b_t, K), the row at step t - 1 that each row fed at step t
-    came from. Step t's batch holds b_t inputs; positions[t] (B,) is where each input was in it (an input
-    that had left it ended before t, and is not looked up)."""
-    out = []
-    for t in reversed(range(len(trace_steps))):
-        active = step >= t
-        at = positions[t]
-        picked = _gather_beams(trace_steps[t][at], row)  # (B, J, ...)
-        out.append(picked * active.view(*active.shape, *([1] * (picked.dim() - 2))))
-        if t > 0:
-            row = torch.where(active, origins[t - 1][at].gather(1, row), row)
-    return torch.stack(out[::-1], dim=2)
+
+@dataclass
+class _History:
+    """What finds the finished hypotheses' traces again at the end, through the parent pointers: step t's
+    trace of each row fed at t (b_t, K, ...), the positions of the B inputs in step t's batch (B,), and
+    origins[t] (b_{t+1}, K), the row at step t that each row fed at step t + 1 came from."""
+
+    inputs: int
+    traces: list[Tensor] = field(default_factory=list)
+    positions: list[Tensor] = field(default_factory=list)
+    origins: list[Tensor] = field(default_factory=list)
+
+    def record(self, trace: Tensor, alive: Tensor, beam_size: int) -> None:
+        """Step t's trace (b*K, ...) of the inputs alive (b,)."""
+        b = len(alive)
+        self.traces.append(trace.view(b, beam_size, *trace.shape[1:]))
+        at = torch.zeros(self.inputs, dtype=torch.long, device=alive.device)
+        self.positions.append(at.index_copy_(0, alive, torch.arange(b, device=alive.device)))
+
+    def backtrack(self, step: Tensor, row: Tensor) -> Tensor:
+        """The traces (B, J, T, ...) of J finished hypotheses per input, each ended at `step` (B, J) from live
+        row `row` (B, J): walk back through origins[t - 1]. An input that had left step t's batch ended
+        before t, and is not looked up in it."""
+        out = []
+        for t in reversed(range(len(self.traces))):
+            active = step >= t
+            at = self.positions[t]
+            picked = _gather_beams(self.traces[t][at], row)  # (B, J, ...)
+            out.append(picked * active.view(*active.shape, *([1] * (picked.dim() - 2))))
+            if t > 0:
+                row = torch.where(active, self.origins[t - 1][at].gather(1, row), row)
+        return torch.stack(out[::-1], dim=2)
+
+
+def _results(done: _Finished, history: _History, eos_id: int) -> Generation:
+    """Each input's best finished hypothesis, with its traces; with n_best > 1 also its n best, best first,
+    as candidates (fewer where fewer ended)."""
+    B, N = done.scores.shape
+    traces = history.backtrack(done.step, done.row) if history.traces else None
+    tokens, cut_traces = _cut(done.words.flatten(0, 1), traces.flatten(0, 1) if traces is not None else None, eos_id)
+    best = Generation(tokens[::N], done.scores[:, 0], cut_traces[::N] if cut_traces is not None else None)
+    if N == 1:
+        return best
+    scores = done.scores.tolist()  # -inf where fewer ended
+    found = [[n for n in range(N) if scores[b][n] > float("-inf")] for b in range(B)]
+    best.candidates = [[(tokens[b * N + n], scores[b][n]) for n in found[b]] for b in range(B)]
+    if cut_traces is not None:
+        best.candidate_traces = [[cut_traces[b * N + n] for n in found[b]] for b in range(B)]
+    return best
 
 
 def _gather_beams(values: Tensor, index: Tensor) -> Tensor:

@@ -120,62 +120,75 @@ def require_extra() -> None:
 def create_app(model: CaptionModel, options: ServeOptions | None = None) -> Starlette:
     """The web application around a loaded model."""
     require_extra()
-    from captioner.report import asset, fill, viewer_entry
+    handlers = _Handlers(model, options or ServeOptions())
 
-    options = options or ServeOptions()
-    batcher = Batcher(model, options)
-    decoding = threading.BoundedSemaphore(options.decoders)
-    page = fill(
-        asset("serve.html"),
-        style=asset("viewer.css"),
-        script=asset("viewer.js"),
-        limit=f"{options.max_upload / 1024 / 1024:g} MB",
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        yield
+        handlers.batcher.close()
+
+    app = Starlette(
+        routes=[
+            Route("/", handlers.home),
+            Route("/api/caption", handlers.caption, methods=["POST"]),
+            Route("/api/health", handlers.health),
+        ],
+        lifespan=lifespan,
     )
+    app.state.batcher = handlers.batcher
+    return app
 
-    def decode(data: bytes, name: str) -> Prepared:
-        with decoding:
-            picture = image_from_bytes(data, name, model.config.data.image_size, options.max_pixels)
-            return model.prepare(name, picture)
 
-    async def read_upload(request: Request) -> tuple[bytes, str]:
-        """The picture's bytes and name, from a form's "image" field or the raw body; _RefusedError if not."""
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > options.max_upload:
-            raise _RefusedError(413, f"upload of {int(length)} bytes is above the limit of {options.max_upload} bytes")
-        kind = request.headers.get("content-type", "")
-        if kind.startswith("multipart/form-data"):
-            if length is None:
-                raise _RefusedError(411, "a form upload needs a Content-Length header")
-            async with request.form(max_files=1, max_fields=4) as form:
-                upload = form.get("image")
-                if upload is None or isinstance(upload, str):
-                    raise _RefusedError(400, 'the form has no file in its "image" field')
-                return await upload.read(), upload.filename or "upload"
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > options.max_upload:
-                raise _RefusedError(413, f"upload is above the limit of {options.max_upload} bytes")
-        return bytes(body), request.query_params.get("name", "upload")
+class _Handlers:
+    """The routes of one model: the page, the health check, and captioning, which decodes an upload (at most
+    options.decoders at a time) and waits for the Batcher to caption it."""
 
-    async def caption(request: Request) -> JSONResponse:
+    def __init__(self, model: CaptionModel, options: ServeOptions):
+        from captioner.report import asset, fill
+
+        self.model, self.options = model, options
+        self.batcher = Batcher(model, options)
+        self.decoding = threading.BoundedSemaphore(options.decoders)
+        self.page = fill(
+            asset("serve.html"),
+            style=asset("viewer.css"),
+            script=asset("viewer.js"),
+            limit=f"{options.max_upload / 1024 / 1024:g} MB",
+        )
+
+    async def home(self, request: Request) -> HTMLResponse:
+        return HTMLResponse(self.page)
+
+    async def health(self, request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "checkpoint": self.model.checkpoint,
+                "queued": self.batcher.queue.qsize(),
+                "batches": self.batcher.batches,
+            }
+        )
+
+    async def caption(self, request: Request) -> JSONResponse:
+        """POST /api/caption: the upload's caption, or the status and one-line reason it has none."""
+        from captioner.report import viewer_entry
+
         try:
-            data, name = await read_upload(request)
+            data, name = await _read_upload(request, self.options.max_upload)
         except _RefusedError as refused:
             return _error(refused.status, refused.message)
         except ClientDisconnect:
             return _error(400, "the client went away before the upload ended")
         name = name.replace("\n", " ")[:200]
         try:
-            prepared = await run_in_threadpool(decode, data, name)
+            prepared = await run_in_threadpool(self.decode, data, name)
         except ImageLoadError as error:
             return _error(422, str(error))
         try:
-            future = batcher.submit(prepared)
+            future = self.batcher.submit(prepared)
         except QueueFullError:
-            return _error(
-                503, f"busy: {options.queue_size} pictures are waiting; try again shortly", **{"Retry-After": "1"}
-            )
+            busy = f"busy: {self.options.queue_size} pictures are waiting; try again shortly"
+            return _error(503, busy, **{"Retry-After": "1"})
         try:
             result: ImageCaption = await asyncio.wrap_future(future)
         except Exception as error:  # noqa: BLE001
@@ -184,34 +197,33 @@ def create_app(model: CaptionModel, options: ServeOptions | None = None) -> Star
             return JSONResponse(viewer_entry(result))
         return JSONResponse(result.to_dict(attention=True))
 
-    async def home(request: Request) -> HTMLResponse:
-        return HTMLResponse(page)
+    def decode(self, data: bytes, name: str) -> Prepared:
+        """The picture ready for the model (in a worker thread)."""
+        with self.decoding:
+            picture = image_from_bytes(data, name, self.model.config.data.image_size, self.options.max_pixels)
+            return self.model.prepare(name, picture)
 
-    async def health(request: Request) -> JSONResponse:
-        return JSONResponse(
-            {
-                "status": "ok",
-                "checkpoint": model.checkpoint,
-                "queued": batcher.queue.qsize(),
-                "batches": batcher.batches,
-            }
-        )
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
-        yield
-        batcher.close()
-
-    app = Starlette(
-        routes=[
-            Route("/", home),
-            Route("/api/caption", caption, methods=["POST"]),
-            Route("/api/health", health),
-        ],
-        lifespan=lifespan,
-    )
-    app.state.batcher = batcher
-    return app
+async def _read_upload(request: Request, max_upload: int) -> tuple[bytes, str]:
+    """The picture's bytes and name, from a form's "image" field or the raw body; _RefusedError if not."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_upload:
+        raise _RefusedError(413, f"upload of {int(length)} bytes is above the limit of {max_upload} bytes")
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("multipart/form-data"):
+        if length is None:
+            raise _RefusedError(411, "a form upload needs a Content-Length header")
+        async with request.form(max_files=1, max_fields=4) as form:
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise _RefusedError(400, 'the form has no file in its "image" field')
+            return await upload.read(), upload.filename or "upload"
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_upload:
+            raise _RefusedError(413, f"upload is above the limit of {max_upload} bytes")
+    return bytes(body), request.query_params.get("name", "upload")
 
 
 class _RefusedError(Exception):
