@@ -1,5 +1,6 @@
-"""Looking inside a trained char LM: which hidden cells track simple properties of a text (inside quotes,
-inside brackets, position in line, indentation), and an HTML page colouring a text by one cell.
+"""Looking inside a trained char LM, neuron by neuron: which hidden units ("cells", as Karpathy et al. 2015
+call them) track simple properties of a text (inside quotes, inside brackets, position in line,
+indentation), and an HTML page colouring a text by one of them. `captioner lm cells` runs it.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from captioner.device import resolve_device
 from captioner.errors import DataError
 from captioner.files import write_text
 from captioner.models.char_lm import CharLM
+from captioner.models.registry import restore
 from captioner.vocab import Vocab
 
 PROPERTIES = ("inside quotes", "inside brackets", "position in line", "indentation depth")
@@ -101,10 +104,8 @@ def inspect_cells(
     Returns {"chars", "correlations": {property: (H,) array}, "ranked": {property: cells, strongest first}};
     with html_path, also writes the text coloured by `cell` (default: the strongest for `prop`).
     """
-    from captioner.tasks.char_lm import restore
-    from captioner.training import resolve_device
-
-    model, _, vocab = restore(checkpoint, resolve_device(device))
+    model, _, vocabularies = restore(checkpoint, resolve_device(device), kind="char_lm")
+    vocab = vocabularies["vocab"]
     path = Path(text_file)
     try:
         text = path.read_text(encoding="utf-8")[:max_chars]

@@ -18,14 +18,15 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from captioner.checkpoint import default_checkpoint
 from captioner.class_words import class_list, class_word
 from captioner.config import Config
 from captioner.data.images import ImageTransform, _to_rgb, load_image
+from captioner.device import resolve_device
 from captioner.errors import ImageLoadError
 from captioner.models.captioner import Captioner
-from captioner.tasks import captioning
+from captioner.models.registry import restore
 from captioner.text import detokenize
-from captioner.training import resolve_device
 from captioner.visualize import attention_figure, attention_overlay, save_png
 from captioner.vocab import Vocab
 
@@ -127,8 +128,9 @@ class CaptionModel:
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str = "auto") -> CaptionModel:
         """The captioner of a checkpoint (None: the default model, the README's demo)."""
-        device, path = resolve_device(device), captioning.default_checkpoint(checkpoint)
-        return cls(*captioning.restore(path, device), device, str(path))
+        device, path = resolve_device(device), default_checkpoint(checkpoint)
+        model, config, vocabularies = restore(path, device, kind=Config.KIND)
+        return cls(model, config, vocabularies["vocab"], device, str(path))
 
     def caption(
         self, images: Iterable[str | Path | Image.Image | Tensor | np.ndarray] | str | Path | Image.Image, **options
@@ -195,7 +197,7 @@ class CaptionModel:
 
     def settings(self, decode: dict | None = None, max_len: int = 30):
         """The checkpoint's decode settings with decode's keys replaced, checked (ConfigError if unusable)."""
-        settings = captioning.decode_settings(self.config, decode)
+        settings = self.config.decode.with_overrides(decode)
         self.model.decoding(settings, max_len)
         return settings
 

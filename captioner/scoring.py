@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from captioner.data.manifest import ImageRecord
+from captioner.data.manifest import ImageRecord, image_sizes
 from captioner.errors import ConfigError, DataError
 from captioner.metrics import caption_metrics, coco_bleu, grounding_score, nltk_bleu
 from captioner.text import detokenize, tokenize
@@ -28,17 +28,6 @@ class Captions:
     tokens: list[list[str]]
     attention: list[Tensor]
     scores: list[float]
-
-
-def image_sizes(records: list[ImageRecord]) -> list[tuple[int, int]]:
-    """(width, height) of every record's file, read from the headers; boxes are in these pixels."""
-    from PIL import Image
-
-    sizes = []
-    for record in records:
-        with Image.open(record.path) as image:
-            sizes.append(image.size)
-    return sizes
 
 
 def caption_endings(records: list[ImageRecord]) -> set[str]:

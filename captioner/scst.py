@@ -14,34 +14,18 @@ gradient is that of the policy that drew them. Every statistic of the rewards go
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from captioner.config import Config
 from captioner.data.manifest import ImageRecord, collate_images
 from captioner.decoding import Rules, sample
-from captioner.errors import ConfigError
 from captioner.models.captioner import Captioner
 from captioner.rewards import CiderD
 from captioner.text import tokenize
-from captioner.training import backward_and_step, check_loss
 from captioner.vocab import Vocab
-
-
-def check(config: Config) -> None:
-    """Settings that cannot work, refused before training starts."""
-    scst = config.scst
-    if scst.epochs < 0 or scst.samples < 1 or scst.batch_size < 1 or scst.max_len < 1:
-        raise ConfigError("scst.epochs must be >= 0 and scst.samples, batch_size and max_len >= 1")
-    if scst.baseline not in ("mean", "greedy"):
-        raise ConfigError(f"scst.baseline must be mean or greedy, not {scst.baseline!r}")
-    if scst.baseline == "mean" and scst.samples < 2:
-        raise ConfigError("scst.baseline mean compares each sample with the others: set scst.samples >= 2")
 
 
 def sequence_log_probs(logits: Tensor, targets: Tensor, banned: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -102,14 +86,16 @@ def warnings(stats: dict) -> list[str]:
     return found
 
 
-class Trainer:
-    """One SCST epoch at a time over the training images (cached grids or images)."""
+class SelfCritical:
+    """The self-critical stage's batches and loss over the training images (cached grids or images); the one
+    training loop (captioner.training) takes the steps."""
 
-    def __init__(self, config: Config, model: Captioner, vocab: Vocab, records: list[ImageRecord], optimizer):
-        check(config)
-        self.config, self.model, self.vocab, self.optimizer = config, model, vocab, optimizer
+    def __init__(self, config: Config, model: Captioner, vocab: Vocab, records: list[ImageRecord]):
+        self.config, self.model, self.vocab = config, model, vocab
         self.references = [[tokenize(caption) for caption in record.captions] for record in records]
         self.cider = CiderD(self.references)
+        self.rules: Rules | None = None
+        self.generator: torch.Generator | None = None
 
     def rewards(self, sequences: list[list[int]], images: list[int]) -> Tensor:
         """CIDEr-D (0-10) of each caption (word ids) against its image's training references."""
@@ -119,34 +105,19 @@ class Trainer:
         ]
         return torch.tensor(scores)
 
-    def epoch(self, dataset: Dataset, epoch: int, device: torch.device, description: str = "scst") -> dict:
-        """Train one epoch; returns its statistics (means over the epoch's steps)."""
-        config, scst, model = self.config, self.config.scst, self.model
-        for group in self.optimizer.param_groups:
-            group["lr"] = scst.learning_rate
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.train.seed * 7919 + epoch))
-        loader = DataLoader(dataset, scst.batch_size, sampler=order.tolist(), collate_fn=collate_images)
-        generator = torch.Generator(device=device).manual_seed(config.train.seed * 104729 + epoch)
-        _, rules = model.decoding(config.decode)
-        totals: dict[str, float] = {}
-        steps = images_seen = 0
-        start = time.perf_counter()
-        model.eval()  # no dropout: the samples and their log-probabilities come from one policy
-        for inputs, indices in tqdm(loader, desc=description, unit="batch", leave=False, disable=None):
-            stats = self.step(inputs.to(device), indices, rules, generator)
-            for key, value in stats.items():
-                totals[key] = totals.get(key, 0.0) + value
-            steps += 1
-            images_seen += len(indices)
-            check_loss(stats["loss"], f"{description}, batch {steps}")
-        seconds = time.perf_counter() - start
-        row = {key: value / max(steps, 1) for key, value in totals.items()}
-        row.update(seconds=seconds, images_per_s=images_seen / seconds if seconds > 0 else 0.0)
-        return row
+    def batches(self, dataset: Dataset, epoch: int, device: torch.device) -> DataLoader:
+        """An epoch's batches of (inputs, image indices), in an order of its own; the sampling generator and the
+        sentence rules of the epoch's steps are set here."""
+        seed = self.config.train.seed
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        self.generator = torch.Generator(device=device).manual_seed(seed * 104729 + epoch)
+        _, self.rules = self.model.decoding(self.config.decode)
+        return DataLoader(dataset, self.config.scst.batch_size, sampler=order.tolist(), collate_fn=collate_images)
 
-    def step(self, inputs: Tensor, indices: list[int], rules: Rules, generator: torch.Generator) -> dict:
-        """Sample, score, and take one policy-gradient step for a batch of images."""
-        scst, model, decoder = self.config.scst, self.model, self.model.decoder
+    def loss(self, inputs: Tensor, indices: list[int]) -> tuple[Tensor, dict]:
+        """Sample, score and weigh a batch of images' captions: the policy-gradient loss and its statistics. The
+        model is in eval mode (no dropout): the samples and their log-probabilities come from one policy."""
+        scst, model, decoder, rules = self.config.scst, self.model, self.model.decoder, self.rules
         n, B = scst.samples, inputs.size(0)
         memory = model.encoder(inputs)  # with gradients into the backbone only when it is fine-tuned
         repeated = memory.repeat_interleave(n, 0)
@@ -159,7 +130,7 @@ class Trainer:
                 start,
                 scst.max_len,
                 Vocab.eos_id,
-                generator=generator,
+                generator=self.generator,
                 rules=rules,
                 keep_banned=True,  # the masks the words are scored under below
             )
@@ -177,10 +148,8 @@ class Trainer:
         logits, _ = decoder(repeated, sequence_inputs)
         word_log_probs, mask, entropy = sequence_log_probs(logits, targets, drawn.banned)
         loss = scst_loss(word_log_probs, mask, advantages)
-        backward_and_step(loss, self.optimizer, model.parameters(), self.config.train.grad_clip)
         words = mask.sum(1).float() - 1  # the ending is not a word
-        return {
-            "loss": loss.item(),
+        return loss, {
             "reward": rewards.mean().item(),
             "reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
             "baseline": baseline.mean().item(),

@@ -15,10 +15,11 @@ Rows (random weights and random inputs: speed does not depend on what the weight
   caption, cached grids beam search (beam 1 = greedy) of up to 20 words from cached grids, with the default
                         decode settings (mean log-probability ranking, the sentence rules)
   caption, images       the same with the CNN run on the images first
-through the package's own code (tasks.captioning.train_one_epoch, Captioner.generate). Each row runs in a fresh
-process, so its peak memory is its own: the process's peak resident memory on a CPU (torch itself
-included), torch.cuda.max_memory_allocated on a GPU. Throughput is the median of --repeats timed runs
-after a warm-up. A training sample is one image with one caption, so for training images/s = captions/s.
+through the package's own code (the one training loop's step, training.Trainer.step, with the captioning
+task's batches and loss; Captioner.generate). Each row runs in a fresh process, so its peak memory is its own:
+the process's peak resident memory on a CPU (torch itself included), torch.cuda.max_memory_allocated on a GPU.
+Throughput is the median of --repeats timed runs after a warm-up. A training sample is one image with one
+caption, so for training images/s = captions/s.
 
 Recipes: coco is the COCO recipe's shapes (configs/coco_resnet101.yaml: ResNet-101 at 256 px, a 14 x 14
 grid of 2048 features, widths 512, a 10,000-word vocabulary, batch 32 (8 when fine-tuning on a CPU);
@@ -191,6 +192,31 @@ def _image_loader(recipe: dict, config, model, device, work: Path):
     return training_loader(dataset, config, device, SINGLE)
 
 
+def _trainer(model, config, loader, device, work: Path):
+    """The one training loop (captioner.training.Trainer) set to train the model on this loader with the
+    captioning task's loss, as `captioner train` does; the run folder it starts is written under work."""
+    from captioner import training
+    from captioner.distributed import SINGLE
+    from captioner.tasks.captioning import CaptioningTask
+
+    class LoaderTask(CaptioningTask):
+        """CaptioningTask's batches and loss over a given model and loader (no manifest, no validation)."""
+
+        def __init__(self, run: training.Run):
+            training.Task.__init__(self, run)
+            self.model, self.loader, self.vocabularies, self.world = model, loader, {}, SINGLE
+
+        def stages(self) -> list[training.Stage]:
+            def captions(batch) -> int:
+                return batch[1].size(0)
+
+            return [training.Stage("cross-entropy", self.batches, self.loss, captions, len(loader), None, "captions")]
+
+    config.train.run_dir = str(work / "run")
+    run = training.Run(config, device, training.RunFolder(config.train.run_dir), None, training.silent)
+    return training.Trainer(LoaderTask(run), run)
+
+
 def _measure(task: str, recipe_name: str, beam: int | None, device_name: str, dtype: str, repeats: int) -> Row:
     """One row, in this (fresh) process."""
     import tempfile
@@ -204,8 +230,7 @@ def _measure_in(
 ) -> Row:
     import torch
 
-    from captioner.tasks.captioning import build_optimizer, train_one_epoch
-    from captioner.training import build_scheduler
+    from captioner.device import autocast
 
     torch.manual_seed(0)
     device = torch.device(device_name)
@@ -232,20 +257,19 @@ def _measure_in(
             loader = _cached_loader(recipe, config, grid, device, work)
         else:
             loader = _image_loader(recipe, config, model, device, work)
-        optimizer = build_optimizer(model, config)
-        scheduler = build_scheduler(optimizer, config.train, 100)
+        trainer = _trainer(model, config, loader, device, work)
+        stage = trainer.stages[0]
         epochs = iter(range(10_000))
 
         def run():
-            loader.sampler.set_epoch(next(epochs))
-            train_one_epoch(model, loader, optimizer, scheduler, config.train, device)
+            model.train()
+            for batch in stage.batches(next(epochs), 0):
+                trainer.step(stage, batch)
             return len(loader)
 
         run()  # warm-up
         unit = "captions/s"
     else:
-        from captioner.training import autocast
-
         model.eval()
         images = inputs()
         with autocast(device, amp):

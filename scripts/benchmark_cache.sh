@@ -15,7 +15,7 @@ $captioner train --config configs/stamps.yaml data.root="$root" train.epochs=1 t
 .venv/bin/python - "$out" <<'PY'
 import json, sys
 rows = {name: json.loads(open(f"{sys.argv[1]}/{name}/metrics.jsonl").readline()) for name in ("cnn", "cached")}
-for name, row in rows.items():
-    print(f"{name:>6}: {row['seconds']:.1f} s per epoch, {row['captions_per_s']:.1f} captions/s")
-print(f"speed-up from the cache: {rows['cnn']['seconds'] / rows['cached']['seconds']:.1f}x")
+for name, row in rows.items():  # elapsed: seconds of training so far, here the one epoch's
+    print(f"{name:>6}: {row['elapsed']:.1f} s per epoch, {row['captions_per_s']:.1f} captions/s")
+print(f"speed-up from the cache: {rows['cnn']['elapsed'] / rows['cached']['elapsed']:.1f}x")
 PY

@@ -11,25 +11,43 @@ within one call, not across calls.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import torch
 
-from captioner.config import LMTrainConfig
+from captioner import training
+from captioner.config import LMConfig
+from captioner.config.base import CoreSection
 from captioner.models.char_lm import CharLM
-from captioner.tasks.char_lm import train_step
+from captioner.tasks.char_lm import CharLMTask
+
+
+class RandomChars(CharLMTask):
+    """The char LM task's training step (its loss, the state carried over) on a given model, reading one batch
+    of random characters again and again: no corpus, no validation."""
+
+    def __init__(self, run: training.Run, model: CharLM):
+        training.Task.__init__(self, run)
+        self.model, self.vocabularies, self.ema, self.carried = model, {}, None, None
+
+    def stages(self) -> list[training.Stage]:  # no batches of its own: chars_per_second hands step the batch
+        return [training.Stage("training", None, self.loss, lambda batch: batch[1].numel(), 1, None, unit="chars")]
 
 
 def chars_per_second(model: CharLM, batch_size: int, seq_len: int, amp: str, steps: int) -> float:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ids = torch.randint(0, model.out.out_features, (batch_size, seq_len + 1))
-    train, device, state = LMTrainConfig(amp=amp), torch.device("cpu"), None
-    for step in range(steps + 5):
-        if step == 5:
-            start = time.perf_counter()
-        loss, state = train_step(model, ids[:, :-1], ids[:, 1:], state, optimizer, train, device)
-        loss.item()
-    return steps * batch_size * seq_len / (time.perf_counter() - start)
+    with tempfile.TemporaryDirectory(prefix="benchmark-lm-") as work:
+        train = {"run_dir": work, "batch_size": batch_size, "seq_len": seq_len, "learning_rate": 1e-3, "amp": amp}
+        config = LMConfig.from_dict({"train": train})
+        run = training.Run(config, torch.device("cpu"), training.RunFolder(work), None, training.silent)
+        trainer = training.Trainer(RandomChars(run, model), run)  # the one training loop's optimizer and step
+        stage = trainer.stages[0]
+        for step in range(steps + 5):
+            if step == 5:
+                start = time.perf_counter()
+            trainer.step(stage, (ids[:, :-1], ids[:, 1:]))  # forward, loss, backward, clipping, AdamW
+        return steps * batch_size * seq_len / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -47,7 +65,7 @@ def main() -> None:
     speeds: dict[int, list[float]] = {hidden: [] for hidden in args.hidden}
     for _ in range(args.repeats):
         for hidden in args.hidden:
-            model = CharLM(87, 64, hidden, args.layers, args.cell).train()  # 87: Shakespeare's characters
+            model = CharLM(87, 64, CoreSection(args.cell, hidden, args.layers)).train()  # 87: Shakespeare's characters
             speeds[hidden].append(chars_per_second(model, args.batch_size, args.seq_len, args.amp, args.steps))
     print(
         f"{args.layers}-layer {args.cell}, batch {args.batch_size} x {args.seq_len}, {args.amp}, "

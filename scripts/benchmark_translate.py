@@ -14,7 +14,8 @@ import time
 import torch
 
 from captioner.config import TranslateConfig
-from captioner.tasks.translation import build
+from captioner.models.registry import build_model
+from captioner.vocab import Vocab
 
 
 def main() -> None:
@@ -29,7 +30,8 @@ def main() -> None:
     config = TranslateConfig.from_dict(
         {"model": {"embed_dim": args.hidden, "hidden_dim": args.hidden, "attention_dim": args.hidden}}
     )
-    model = build(config, args.vocab, args.vocab).train()
+    vocab = Vocab(f"w{i}" for i in range(args.vocab - 4))  # args.vocab ids, the 4 special tokens among them
+    model = build_model(config, {"source_vocab": vocab, "vocab": vocab}).train()
     optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
     B, T = args.batch_size, args.length
     src = torch.randint(4, args.vocab, (B, T + 1))  # + EOS

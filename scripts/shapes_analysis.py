@@ -23,7 +23,8 @@ from captioner.data.images import ImageTransform
 from captioner.data.manifest import ImageSet, load_manifest
 from captioner.data.shapes import COLOURS, HELD_OUT
 from captioner.metrics import attention_peak_in_box
-from captioner.tasks.captioning import generate, restore
+from captioner.models.registry import restore
+from captioner.tasks.captioning import generate
 from captioner.text import tokenize
 
 
@@ -44,7 +45,8 @@ def seen_partner(colour: str, shape: str) -> str:
 
 @torch.no_grad()
 def main(args: argparse.Namespace) -> None:
-    model, config, vocab = restore(args.checkpoint)
+    model, config, vocabularies = restore(args.checkpoint, kind="captioner")
+    vocab = vocabularies["vocab"]
     manifest = load_manifest(args.data_root or config.data.root)
     records = manifest.split(args.split)[: args.images]
     transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)

@@ -11,6 +11,7 @@ import torch
 
 from captioner.cli import main
 from captioner.config import BallConfig
+from captioner.config.base import CoreSection
 from captioner.data.ball import FlightSpec, build_flights, load_flights, simulate
 from captioner.errors import ConfigError, DataError
 from captioner.models.path import PathPredictor
@@ -84,7 +85,7 @@ def test_the_baselines_are_exact_on_their_own_kind_of_path():
 def test_an_untrained_model_keeps_the_last_velocity():
     """Its output layer starts at zero: no change of displacement, the constant-velocity baseline exactly."""
     observed = torch.randn(5, 10, 2).cumsum(1)
-    model = PathPredictor(hidden_dim=8, num_layers=2)
+    model = PathPredictor(CoreSection(hidden_dim=8, num_layers=2))
     model.set_statistics(observed)
     torch.testing.assert_close(model(observed, 15), ball.constant_velocity(observed, 15))
 
@@ -104,7 +105,7 @@ def test_training_writes_the_run_folder_learns_and_resumes_exactly(flights, tmp_
 
     def stop_after_two(self, payload, best):  # the run is stopped after its second epoch's checkpoint
         original(self, payload, best)
-        saves.append(payload["epoch"])
+        saves.append(payload["training"]["epoch"])
         if len(saves) == 2:
             raise KeyboardInterrupt
 

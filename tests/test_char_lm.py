@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from captioner.cells import text_properties
 from captioner.cli import main
-from captioner.config import ConfigError, LMConfig, LMTrainConfig, load_config
-from captioner.models.char_lm import CharLM
+from captioner.config import LMConfig, LMTrainConfig, load_config
+from captioner.config.base import CoreSection
+from captioner.errors import ConfigError
+from captioner.models.char_lm import CharLM, sample_text
 from captioner.models.core import RecurrentCore
+from captioner.models.registry import restore
+from captioner.neurons import text_properties
 from captioner.reference import min_char_rnn as ref
 from captioner.tasks.char_lm import fit as train_lm
-from captioner.tasks.char_lm import generate as generate_text
-from captioner.tasks.char_lm import lr_factor as _lr_factor
 from captioner.tasks.char_lm import nats_per_char as char_lm_nats
-from captioner.tasks.char_lm import restore as restore_lm
+from captioner.training import Progress, Trainer, schedule_factor
 
 V, H, T = 7, 5, 9
 
@@ -116,7 +119,7 @@ def test_numpy_adagrad_learns_a_repeating_text():
 def test_char_lm_with_an_rnn_equals_the_numpy_model():
     """Embedding then W_ih is one-hot through Wxh = W_ih E^T: the whole LM matches the oracle."""
     torch.manual_seed(0)
-    model = CharLM(V, embed_dim=4, hidden_dim=H, num_layers=1, cell="rnn").double()
+    model = CharLM(V, 4, CoreSection(cell="rnn", hidden_dim=H)).double()
     rnn = model.core.rnn
     params = ref.Params(
         (rnn.weight_ih_l0 @ model.embedding.weight.T).detach().numpy(),
@@ -133,7 +136,7 @@ def test_char_lm_with_an_rnn_equals_the_numpy_model():
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_carried_state_over_two_chunks_equals_one_long_sequence(cell):
-    model = CharLM(11, 8, 16, num_layers=2, cell=cell).eval()
+    model = CharLM(11, 8, CoreSection(cell=cell, hidden_dim=16, num_layers=2)).eval()
     ids = torch.randint(0, 11, (3, 20))
     whole, _ = model.run(ids)
     first, state = model.run(ids[:, :12])
@@ -173,14 +176,18 @@ def test_training_logs_nats_and_bits_and_learns(tmp_path):
     assert len(rows) >= 2 and rows[-1]["step"] == 200
     assert rows[-1]["val_bits"] == pytest.approx(rows[-1]["val_nats"] / math.log(2))
     assert rows[-1]["val_nats"] < min(0.5, rows[0]["val_nats"])  # a uniform guess is ln 23 = 3.1 nats
-    model, config, vocab = restore_lm(path)
-    assert "".join(vocab.itos[4:]) == "".join(sorted(set(text)))  # the character vocabulary travels along
+    line = r"epoch [\d.]+, step 200: loss [\d.]+, val [\d.]+ nats/char, [\d.]+ bits/char, [\d,]+ chars/s, [\d.]+ min"
+    assert re.fullmatch(line, logs[-1]), logs[-1]  # the log line every task writes
+    model, config, vocabularies = restore(path)
+    assert "".join(vocabularies["vocab"].itos[4:]) == "".join(
+        sorted(set(text))
+    )  # the character vocabulary travels along
 
 
 def test_ema_saves_the_moving_average_of_the_weights(tmp_path):
     def weights(name, steps, ema_decay):
         path, _, _ = trained_lm(tmp_path / name, steps=steps, lr_schedule="constant", ema_decay=ema_decay)
-        return restore_lm(path)[0].state_dict()
+        return restore(path)[0].state_dict()
 
     after_one, after_two = weights("one", 1, None), weights("two", 2, None)
     averaged = weights("ema", 2, 0.25)  # the first update copies the weights, the second moves 3/4 of the way
@@ -189,24 +196,30 @@ def test_ema_saves_the_moving_average_of_the_weights(tmp_path):
     assert not torch.equal(after_one["out.weight"], after_two["out.weight"])
     rows = [json.loads(line) for line in (tmp_path / "ema" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "val_nats_raw" in rows[-1] and rows[-1]["val_nats_raw"] != rows[-1]["val_nats"]
-    with pytest.raises(ConfigError, match="ema_decay must lie between 0 and 1"):
+    with pytest.raises(ConfigError, match="config: train.ema_decay must lie between 0 and 1"):  # the config refuses it
         trained_lm(tmp_path / "bad", steps=1, ema_decay=1.0)
+
+
+def lr_factor(train: LMTrainConfig, step: int, elapsed: float) -> float:
+    """The learning-rate factor the training loop sets after `step` steps and `elapsed` seconds of training."""
+    trainer = SimpleNamespace(train=train, progress=Progress(step=step, updates=step, elapsed=elapsed), stages=[])
+    return schedule_factor(train.lr_schedule, Trainer.schedule(trainer))
 
 
 def test_learning_rate_schedules_over_the_wall_time_budget(tmp_path):
     def factors(schedule):
         train = LMTrainConfig(lr_schedule=schedule, max_minutes=10.0)
-        return [_lr_factor(train, step=0, elapsed=60 * minutes) for minutes in (0, 2.5, 5, 7.5, 10, 12)]
+        return [lr_factor(train, step=0, elapsed=60 * minutes) for minutes in (0, 2.5, 5, 7.5, 10, 12)]
 
     assert factors("constant") == [1.0] * 6
     assert factors("linear") == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0, 0.0])  # straight to zero, then stays
     cosine = factors("cosine")
     assert cosine[0] == 1.0 and cosine[2] == pytest.approx(0.525) and cosine[4] == cosine[5] == pytest.approx(0.05)
     steps = LMTrainConfig(lr_schedule="linear", max_minutes=None, max_steps=200)
-    assert _lr_factor(steps, step=50, elapsed=1e6) == pytest.approx(0.75)  # by steps when there is no time budget
+    assert lr_factor(steps, step=50, elapsed=1e6) == pytest.approx(0.75)  # by steps when there is no time budget
     with pytest.raises(ConfigError, match="constant, cosine or linear, not 'step'"):
         factors("step")
-    with pytest.raises(ConfigError, match="constant, cosine or linear, not 'step'"):
+    with pytest.raises(ConfigError, match="train.lr_schedule must be 'constant' or 'cosine' or 'linear', got 'step'"):
         trained_lm(tmp_path, lr_schedule="step")
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
@@ -222,15 +235,18 @@ def test_fp16_training_scales_the_loss_and_learns(tmp_path):
 
 def test_sampling_is_seeded_and_cold_sampling_is_greedy(tmp_path):
     path, _, _ = trained_lm(tmp_path, steps=30)
-    model, _, vocab = restore_lm(path)
-    a = generate_text(model, vocab, "the ", 80, temperature=1.0, seed=3)
-    b = generate_text(model, vocab, "the ", 80, temperature=1.0, seed=3)
-    c = generate_text(model, vocab, "the ", 80, temperature=1.0, seed=4)
+    model, _, vocabularies = restore(path)
+    vocab = vocabularies["vocab"]
+    a = sample_text(model, vocab, "the ", 1, 80, temperature=1.0, seed=3)[0]
+    b = sample_text(model, vocab, "the ", 1, 80, temperature=1.0, seed=3)[0]
+    c = sample_text(model, vocab, "the ", 1, 80, temperature=1.0, seed=4)[0]
     assert a == b and a != c
-    greedy = generate_text(model, vocab, "the ", 80, temperature=0.0)
-    assert generate_text(model, vocab, "the ", 80, temperature=1e-4, seed=5) == greedy
-    top1 = generate_text(model, vocab, "the ", 80, temperature=1.0, top_k=1, seed=6)
+    greedy = sample_text(model, vocab, "the ", 1, 80, temperature=0.0)[0]
+    assert sample_text(model, vocab, "the ", 1, 80, temperature=1e-4, seed=5)[0] == greedy
+    top1 = sample_text(model, vocab, "the ", 1, 80, temperature=1.0, top_k=1, seed=6)[0]
     assert top1 == greedy
+    streams = sample_text(model, vocab, "the ", 3, 80, temperature=1.0, seed=3)  # three streams at once
+    assert len(streams) == 3 and len(set(streams)) == 3
 
 
 def test_text_properties_by_hand():
@@ -265,7 +281,7 @@ def test_lm_cli_sample_cells_and_mistakes(tmp_path, capsys):
 
 
 def test_validation_says_how_many_characters_it_scored():
-    model = CharLM(5, 4, 8, num_layers=1)
+    model = CharLM(5, 4, CoreSection(hidden_dim=8))
     ids = torch.randint(0, 5, (1000,))
     nats, scored = char_lm_nats(model, ids, torch.device("cpu"), seq_len=16, batch_size=16)
     # 16 streams of 62 characters: the first of each is context only, the last 8 characters fit no stream
@@ -281,11 +297,12 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path, ema_d
     """Stopped after a validation and resumed with --resume, a run with dropout (and a weight average) ends
     with the weights of a run never stopped: weights, optimizer, generator, stream position and carried
     state all come back. 100 steps are more than one pass over the streams (a zero state mid-run)."""
-    recipe = dict(steps=100, dropout=0.3, lr_schedule="linear", eval_every_minutes=0.0, ema_decay=ema_decay)
+    every_step = 1e-9  # minutes: a validation after every step (0 is refused: it would mean never)
+    recipe = dict(steps=100, dropout=0.3, lr_schedule="linear", eval_every_minutes=every_step, ema_decay=ema_decay)
     whole, _, _ = trained_lm(tmp_path / "whole", **recipe)
 
     def stop_at_step_37(line):
-        if line.startswith("step 37 "):
+        if ", step 37:" in line:
             raise StopRunError
 
     with pytest.raises(StopRunError):
@@ -293,8 +310,9 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path, ema_d
     config = load_config(tmp_path / "parts" / "run" / "config.yaml", schema=LMConfig)
     logs = []
     resumed = train_lm(config, resume=True, log=logs.append)
-    assert logs[0] == f"resuming {tmp_path / 'parts' / 'run' / 'last.pt'} at step 36"
-    for name, value in restore_lm(whole)[0].state_dict().items():
-        assert torch.equal(value, restore_lm(resumed)[0].state_dict()[name]), name
+    # 29 steps per pass over the streams: step 36 is the 7th of the second pass
+    assert f"resuming {tmp_path / 'parts' / 'run' / 'last.pt'} at epoch 2, step 36" in logs
+    for name, value in restore(whole)[0].state_dict().items():
+        assert torch.equal(value, restore(resumed)[0].state_dict()[name]), name
     rows = [json.loads(line) for line in (tmp_path / "parts" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == list(range(1, 100)) + [100]  # no row of the lost step 37 twice

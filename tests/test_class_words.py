@@ -195,8 +195,8 @@ def test_auto_turns_class_words_on_for_pretrained_imagenet_backbones_only():
     assert resolve_class_words(config(decoder={"visual_word_groups": 2})) is None
     assert resolve_class_words(config(decoder={"class_words": None})) is None
     assert resolve_class_words(config(), pretrained=False) is None  # an old checkpoint's auto: none
-    with pytest.raises(ConfigError, match="class_words must be"):
-        resolve_class_words(config(decoder={"class_words": "coco"}))
+    with pytest.raises(ConfigError, match="decoder.class_words must be 'imagenet' or 'auto' or null, got 'coco'"):
+        config(decoder={"class_words": "coco"})  # refused when the config is built
     with pytest.raises(ConfigError, match="cannot be used together"):
         resolve_class_words(config(decoder={"class_words": "imagenet", "visual_word_groups": 1}))
     headless = config(encoder={"backbone": "small_cnn", "weights": None}, decoder={"class_words": "imagenet"})
@@ -231,8 +231,7 @@ def test_a_resnet_weights_file_with_its_classifier_gives_class_words(tmp_path):
 
 
 def test_a_checkpoint_from_before_the_shared_class_input_loads_as_it_was_trained(tmp_path):
-    from captioner.checkpoint import save_checkpoint
-    from captioner.tasks import captioning
+    from captioner.models.registry import restore
 
     sections = {"encoder": {"backbone": "resnet18", "weights": None, "grid_size": 1}}
     sections["decoder"] = {"class_words": "imagenet", "embed_dim": 8, "hidden_dim": 8, "attention_dim": 8}
@@ -241,14 +240,14 @@ def test_a_checkpoint_from_before_the_shared_class_input_loads_as_it_was_trained
     model = Captioner.from_config(old, len(vocab), load_pretrained=False)
     stored = old.to_dict()
     del stored["decoder"]["class_input"]  # a key it was written without
-    payload = {"kind": captioning.KIND, "model": model.state_dict(), "config": stored, "vocab": vocab.to_dict()}
-    save_checkpoint(tmp_path / "best.pt", payload)
-    restored, config, _ = captioning.restore(tmp_path / "best.pt")
+    payload = {"kind": Config.KIND, "model": model.state_dict(), "config": stored, "vocab": vocab.to_dict()}
+    torch.save({"format": "captioner", "version": 1, **payload}, tmp_path / "best.pt")  # format version 1
+    restored, config, _ = restore(tmp_path / "best.pt")
     assert config.decoder.class_input == "own" and restored.decoder.class_embedding is None
     new = Config.from_dict(sections)  # a recipe without the keys: today's defaults
     assert new.decoder.class_input == "shared"
-    with pytest.raises(ConfigError, match="class_input must be shared or own"):
-        Captioner.from_config(Config.from_dict({**sections, "decoder": {"class_input": "mean"}}), len(vocab), False)
+    with pytest.raises(ConfigError, match="decoder.class_input must be 'shared' or 'own', got 'mean'"):
+        Config.from_dict({**sections, "decoder": {"class_input": "mean"}})
 
 
 def test_efficientnet_lite0_reads_its_own_classifier_through_attention():
@@ -303,7 +302,7 @@ def test_no_two_class_words_come_in_a_row():
 def test_a_class_word_follows_only_a_word_one_followed_in_training():
     from types import SimpleNamespace
 
-    from captioner.data.loaders import set_end_words
+    from captioner.data.loaders import end_statistics
     from captioner.data.manifest import ImageRecord
     from captioner.decoding import Rules
 
@@ -315,7 +314,9 @@ def test_a_class_word_follows_only_a_word_one_followed_in_training():
     config = Config.from_dict(sections)
     model = Captioner.from_config(config, len(vocab), load_pretrained=False)
     model.decoder.class_group[[vocab.stoi[CLASS_PREFIX + w] for w in class_words(imagenet_classes())]] = True
-    set_end_words(model, manifest, vocab)
+    shares, class_leads, lead_start = end_statistics(manifest, vocab)
+    model.decoder.set_end_shares(shares)
+    model.decoder.set_class_leads(class_leads, lead_start)
     leads = {vocab.itos[i] for i in model.decoder.class_lead.nonzero().flatten().tolist()}
     assert leads == {"red", "orange", "or"} and bool(model.decoder.class_lead_start)  # "koala or frog" starts
     _, rules = model.decoding(Config().decode)

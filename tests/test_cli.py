@@ -169,7 +169,7 @@ def test_caption_without_checkpoint_uses_the_default(checkpoint, shapes_root, tm
     image = str(next((shapes_root / "images").glob("test_*.png")))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CAPTIONER_CHECKPOINT", raising=False)
-    monkeypatch.setattr("captioner.tasks.captioning.DEFAULT_RUN", tmp_path / "runs" / "stamps" / "best.pt")
+    monkeypatch.setattr("captioner.checkpoint.DEFAULT_RUN", tmp_path / "runs" / "stamps" / "best.pt")
     assert main(["caption", image]) == 2
     assert "no --checkpoint given and no default model" in capsys.readouterr().err
     (tmp_path / "runs" / "stamps").mkdir(parents=True)

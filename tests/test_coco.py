@@ -218,7 +218,7 @@ def test_cached_stage_then_fine_tuning_then_evaluation(tmp_path, capsys):
     assert "40 captions" in next(line for line in logs if "captions, vocabulary" in line)  # 8 images x 5
     stage1 = load_checkpoint(tmp_path / "run" / "last.pt", kind="captioner")["model"]
     assert (
-        Vocab.from_dict(load_checkpoint(tmp_path / "run" / "last.pt")["vocab"]).itos
+        Vocab.from_dict(load_checkpoint(tmp_path / "run" / "last.pt")["vocabularies"]["vocab"]).itos
         == Vocab.load(out / "vocab.json").itos
     )
 
@@ -233,13 +233,16 @@ def test_cached_stage_then_fine_tuning_then_evaluation(tmp_path, capsys):
     config.train.epochs = 2
     logs.clear()
     fit(config, resume=True, log=logs.append)
-    assert any("stage 2 from epoch 2" in line for line in logs)
+    assert any(line.startswith("fine-tuning (the last 2 backbone stages") and "from epoch 2" in line for line in logs)
     stage2 = load_checkpoint(tmp_path / "run" / "last.pt", kind="captioner")["model"]
     tuned = [k for k in trunk if k.startswith(("encoder.trunk.2.", "encoder.trunk.3."))]
     assert tuned and all(not torch.equal(stage2[k], stage1[k]) for k in tuned)  # the last 2 stages trained
     assert all(
         torch.equal(stage2[k], stage1[k]) for k in trunk if k.startswith(("encoder.trunk.0.", "encoder.trunk.1."))
     )
+    groups = load_checkpoint(tmp_path / "run" / "last.pt")["training"]["optimizer"]["param_groups"]
+    rates = sorted(group["initial_lr"] for group in groups)  # the tuned stages at encoder.learning_rate
+    assert rates == sorted([config.encoder.learning_rate, config.train.learning_rate])
 
     capsys.readouterr()
     assert (

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from captioner.config import ConfigError, load_config
+from captioner.config import load_config
 from captioner.data.manifest import DataError, load_manifest
 from captioner.data.shapes import HELD_OUT, ShapesSpec, build_shapes, relation
+from captioner.errors import ConfigError
 from captioner.text import tokenize
 from captioner.vocab import Vocab
 

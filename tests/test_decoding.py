@@ -280,7 +280,7 @@ def test_batched_beam_with_rules_equals_one_at_a_time():
 def test_end_shares_and_sentence_checks_by_hand():
     from types import SimpleNamespace
 
-    from captioner.data.loaders import set_end_words
+    from captioner.data.loaders import end_statistics
     from captioner.data.manifest import ImageRecord
     from captioner.models.captioner import Captioner
     from captioner.scoring import caption_endings, sentence_checks
@@ -291,7 +291,9 @@ def test_end_shares_and_sentence_checks_by_hand():
     manifest = SimpleNamespace(split=lambda name: records if name == "train" else [])
     vocab = Vocab(["a", "red", "truck", "the", "letter", "and", "car"])  # "rare" and "word" are <unk>
     model = Captioner(torch.nn.Identity(), AttentionDecoder(len(vocab), 6, 5, 8, 7))
-    set_end_words(model, manifest, vocab)
+    end_shares, leads, _ = end_statistics(manifest, vocab)
+    assert leads is None  # no class words
+    model.decoder.set_end_shares(end_shares)
     shares = dict(zip(vocab.itos, model.decoder.end_share.tolist(), strict=True))
     assert shares["a"] == pytest.approx(1 / 4) and shares["truck"] == 1 / 2 and shares["car"] == 1.0
     assert shares["red"] == 0.0 and shares["<unk>"] == 1.0 and shares["<pad>"] == 0.0

@@ -57,7 +57,7 @@ def test_two_gloo_processes_take_the_same_step_as_one_process(shapes_root, tmp_p
     fit(_config(shapes_root, tmp_path / "one", TRAIN_CAPTIONS), log=lambda *_: None)
     _train_with_two_processes(shapes_root, tmp_path / "two", TRAIN_CAPTIONS)
     one, two = load_checkpoint(tmp_path / "one" / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
-    assert one["step"] == two["step"] == 1
+    assert one["training"]["step"] == two["training"]["step"] == 1
     init = tiny_config(shapes_root, tmp_path / "unused")
     torch.manual_seed(init.train.seed)
     start = Captioner.from_config(init, one["model"]["decoder.classifier.weight"].size(0)).state_dict()
@@ -119,7 +119,8 @@ def test_two_processes_resumed_after_an_epoch_end_as_an_uninterrupted_run(shapes
     _two_processes(shapes_root, tmp_path / "resumed", epochs=1)
     _two_processes(shapes_root, tmp_path / "resumed", epochs=2, resume=True)
     a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "resumed" / "last.pt")
-    assert a["epoch"] == b["epoch"] == 1 and len(a["rank_rng"]) == 2
-    assert not torch.equal(a["rank_rng"][0], a["rank_rng"][1])  # the ranks' streams differ
+    assert a["training"]["epoch"] == b["training"]["epoch"] == 2
+    rng = a["training"]["rng"]  # one {"cpu", "cuda"} per rank
+    assert len(rng) == 2 and not torch.equal(rng[0]["cpu"], rng[1]["cpu"])  # the ranks' streams differ
     for name, tensor in a["model"].items():
         torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0, msg=lambda text, name=name: name)

@@ -10,8 +10,8 @@ from captioner.data.feature_cache import build_feature_cache, cache_file
 from captioner.data.images import ImageTransform
 from captioner.data.manifest import load_manifest
 from captioner.models.image_encoder import ImageEncoder
+from captioner.models.registry import restore
 from captioner.tasks.captioning import fit
-from captioner.tasks.captioning import restore as restore_captioner
 from tests.conftest import tiny_config
 
 
@@ -51,8 +51,8 @@ def test_training_from_the_cache_matches_training_from_images(shapes_root, tmp_p
     direct = frozen_config(shapes_root, tmp_path / "direct", epochs=1)
     direct.data.cache_features = False
     fit(direct, log=lambda _: None)
-    a, _, _ = restore_captioner(tmp_path / "cached" / "last.pt")
-    b, _, _ = restore_captioner(tmp_path / "direct" / "last.pt")
+    a, _, _ = restore(tmp_path / "cached" / "last.pt")
+    b, _, _ = restore(tmp_path / "direct" / "last.pt")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(x, y, rtol=5e-3, atol=5e-3, msg=name)  # fp16 grids: close, not equal
 

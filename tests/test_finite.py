@@ -36,7 +36,7 @@ def test_a_diverging_captioner_stops_in_its_first_epoch_with_one_line(shapes_roo
     recipe.write_text(yaml.safe_dump(config.to_dict()))
     assert main(["train", "--config", str(recipe), "train.learning_rate=1e30"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("captioner: error: the loss became nan at epoch 1/2, batch ")
+    assert len(err) == 1 and err[0].startswith("captioner: error: the loss became nan at epoch 1, step ")
     assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "run" / "best.pt").exists()
 
 
@@ -53,5 +53,5 @@ def test_weights_that_are_not_finite_are_never_saved(tmp_path):
     folder = RunFolder(tmp_path / "run")
     weights = {"w": torch.tensor([1.0, float("inf")]), "steps": torch.tensor(3)}
     with pytest.raises(TrainingError, match="not finite"):
-        folder.save({"kind": "captioner", "model": weights, "config": {}, "vocab": {}}, best=True)
+        folder.save({"kind": "captioner", "model": weights, "config": {}, "vocabularies": {}}, best=True)
     assert not folder.last.exists() and not folder.best.exists()

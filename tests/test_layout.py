@@ -8,10 +8,11 @@ import pytest
 import torch
 import yaml
 
-from captioner.checkpoint import load_checkpoint, save_checkpoint
+from captioner.checkpoint import load_checkpoint
 from captioner.cli import main
 from captioner.config import Config, LMConfig, TranslateConfig
 from captioner.files import atomic_path, write_text
+from captioner.models.registry import build_model, restore
 from captioner.tasks import captioning, char_lm, translation
 from captioner.vocab import Vocab
 from tests.conftest import tiny_config
@@ -61,35 +62,42 @@ def test_every_task_writes_the_same_run_folder(shapes_root, tmp_path):
         assert best.name == "best.pt" and {p.name for p in folder.iterdir()} >= RUN_FILES, kind
         saved = schema.from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
         assert saved == config, kind
-        assert Vocab.load(folder / "vocab.json").itos == Vocab.from_dict(load_checkpoint(best)["vocab"]).itos
+        saved_vocab = load_checkpoint(best)["vocabularies"]["vocab"]
+        assert Vocab.load(folder / "vocab.json").itos == Vocab.from_dict(saved_vocab).itos
         assert load_checkpoint(folder / "last.pt", kind=kind)["kind"] == kind
         assert all(json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines())
-        restored = task.restore(best)
-        assert isinstance(restored[1], schema) and not restored[0].training
+        model, restored_config, vocabularies = restore(best)
+        assert isinstance(restored_config, schema) and not model.training
+        assert vocabularies["vocab"].itos == Vocab.load(folder / "vocab.json").itos
     assert (tmp_path / "translate" / "source_vocab.json").is_file()
     assert (tmp_path / "translate" / "test_scores.json").is_file()
 
 
+def save_version_1(path, payload: dict) -> None:
+    """A checkpoint as format version 1 wrote it: each vocabulary at the top level."""
+    torch.save({"format": "captioner", "version": 1, **payload}, path)
+
+
 def test_checkpoints_of_the_earlier_layout_still_load(tmp_path):
     """The char LM's model.pt and the translator's best.pt as they were written before the tasks shared a run
-    folder: the same keys, so they load with today's restore."""
+    folder (format version 1, each vocabulary at the top level): they load with today's restore."""
     lm = LMConfig.from_dict({"model": {"embed_dim": 8, "hidden_dim": 16, "num_layers": 1}})
     vocab = Vocab(list("abc "))
-    model = char_lm.build(lm, len(vocab))
+    model = build_model(lm, {"vocab": vocab})
     old = {"kind": "char_lm", "model": model.state_dict(), "config": lm.to_dict(), "vocab": vocab.to_dict()}
-    save_checkpoint(tmp_path / "model.pt", {**old, "step": 10, "elapsed": 1.0, "val_nats": 1.5})
-    restored, config, restored_vocab = char_lm.restore(tmp_path / "model.pt")
-    assert config == lm and restored_vocab.itos == vocab.itos
+    save_version_1(tmp_path / "model.pt", {**old, "step": 10, "elapsed": 1.0, "val_nats": 1.5})
+    restored, config, vocabularies = restore(tmp_path / "model.pt")
+    assert config == lm and vocabularies["vocab"].itos == vocab.itos
     torch.testing.assert_close(restored.state_dict(), model.state_dict())
 
     tr = TranslateConfig.from_dict({"model": {"embed_dim": 8, "hidden_dim": 16, "attention_dim": 8}})
     source, target = Vocab(["a", "b"]), Vocab(["x", "y", "z"])
-    model = translation.build(tr, len(source), len(target))
+    model = build_model(tr, {"source_vocab": source, "vocab": target})
     old = {"kind": "translator", "model": model.state_dict(), "config": tr.to_dict()}
     old |= {"source_vocab": source.to_dict(), "vocab": target.to_dict(), "epoch": 0, "metrics": {}}
-    save_checkpoint(tmp_path / "best.pt", old)
-    restored, config, restored_source, restored_target = translation.restore(tmp_path / "best.pt")
-    assert (restored_source.itos, restored_target.itos) == (source.itos, target.itos)
+    save_version_1(tmp_path / "best.pt", old)
+    restored, config, vocabularies = restore(tmp_path / "best.pt")
+    assert (vocabularies["source_vocab"].itos, vocabularies["vocab"].itos) == (source.itos, target.itos)
     torch.testing.assert_close(restored.state_dict(), model.state_dict())
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captioner.config import Config, ConfigError
+from captioner.config import Config
+from captioner.errors import ConfigError
 from captioner.models import attention as attention_module
 from captioner.models.attention import AdditiveAttention
 from captioner.models.captioner import Captioner, caption_loss

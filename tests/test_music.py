@@ -12,7 +12,10 @@ import pytest
 from captioner.cli import main
 from captioner.config import LMConfig
 from captioner.data import folk
-from captioner.music import check_tune, render_audio, split_tunes, synthesizer, write_midi
+from captioner.data.abc import check_tune, split_tunes
+from captioner.models.char_lm import sample_text
+from captioner.models.registry import restore
+from captioner.music import render_audio, synthesizer, write_midi
 from captioner.tasks import char_lm
 
 REEL = "M:C|\nL:1/8\nK:D\n|:A2|d2fd Adfd|e2ge cege|d2fd Adfd|edcB A2:|\n"
@@ -128,12 +131,13 @@ def abc_model(tmp_path_factory):
 
 
 def test_batched_sampling_is_independent_and_seeded(abc_model):
-    model, _, vocab = char_lm.restore(abc_model)
-    texts = char_lm.generate_many(model, vocab, "", count=4, length=60, seed=1)
+    model, _, vocabularies = restore(abc_model)
+    vocab = vocabularies["vocab"]
+    texts = sample_text(model, vocab, "", count=4, length=60, seed=1)
     assert len(texts) == 4 and all(len(t) == 60 for t in texts) and len(set(texts)) > 1
-    assert texts == char_lm.generate_many(model, vocab, "", count=4, length=60, seed=1)
-    greedy = char_lm.generate(model, vocab, "M:", 40, temperature=1e-4)
-    assert char_lm.generate_many(model, vocab, "M:", 3, 40, temperature=1e-4) == [greedy] * 3
+    assert texts == sample_text(model, vocab, "", count=4, length=60, seed=1)
+    greedy = sample_text(model, vocab, "M:", 1, 40, temperature=1e-4)[0]
+    assert sample_text(model, vocab, "M:", 3, 40, temperature=1e-4) == [greedy] * 3
 
 
 def test_the_tunes_command_samples_checks_and_plays(abc_model, tmp_path, capsys):

@@ -103,20 +103,25 @@ def test_a_short_scst_run_trains_logs_and_resumes(shapes_root, tmp_path):
     fit(first, log=lambda _: None)
     resumed = fit(config(tmp_path / "parts"), resume=True, log=lambda _: None)
     one, two = load_checkpoint(tmp_path / "whole" / "last.pt"), load_checkpoint(tmp_path / "parts" / "last.pt")
-    assert one["epoch"] == two["epoch"] == 3
+    assert one["training"]["epoch"] == two["training"]["epoch"] == 4
     for name, tensor in one["model"].items():
         assert torch.equal(tensor, two["model"][name]), name
     assert whole.is_file() and resumed.is_file()
 
 
 def test_a_bad_scst_setting_stops_before_training(shapes_root, tmp_path):
+    """Refused when the config is built, so nothing trains or is written."""
+    from captioner.config import Config
     from captioner.errors import ConfigError
 
-    config = tiny_config(shapes_root, tmp_path / "run", epochs=1)
-    config.scst.epochs, config.scst.baseline = 1, "median"
-    with pytest.raises(ConfigError, match="scst.baseline must be mean or greedy, not 'median'"):
-        fit(config, log=lambda _: None)
-    assert not (tmp_path / "run" / "last.pt").exists()
+    sections = tiny_config(shapes_root, tmp_path / "run", epochs=1).to_dict()
+    with pytest.raises(ConfigError, match="scst.baseline must be 'mean' or 'greedy', got 'median'"):
+        Config.from_dict({**sections, "scst": {"epochs": 1, "baseline": "median"}})
+    with pytest.raises(ConfigError, match="scst.baseline mean compares each sample with the others"):
+        Config.from_dict({**sections, "scst": {"epochs": 1, "baseline": "mean", "samples": 1}})
+    with pytest.raises(ConfigError, match="scst.samples, batch_size and max_len >= 1"):
+        Config.from_dict({**sections, "scst": {"epochs": 1, "baseline": "greedy", "batch_size": 0}})
+    assert not (tmp_path / "run").exists()
 
 
 def test_warnings_name_the_known_failure_modes():

@@ -12,6 +12,7 @@ import torch
 
 from captioner.cli import main
 from captioner.config import SentimentConfig
+from captioner.config.base import CoreSection
 from captioner.data import sentiment as data
 from captioner.errors import DataError
 from captioner.models.sentiment import TextClassifier
@@ -93,7 +94,7 @@ def test_macro_f1_by_hand():
 
 @pytest.mark.parametrize("pooling", ["final", "attention"])
 def test_padding_changes_nothing_and_weights_sum_to_one(pooling):
-    model = TextClassifier(30, 3, 8, 8, pooling=pooling, attention_dim=4).eval()
+    model = TextClassifier(30, 3, 8, CoreSection(hidden_dim=8), pooling=pooling, attention_dim=4).eval()
     short, long = torch.tensor([[5, 6, 7]]), torch.tensor([[8, 9, 10, 11, 12]])
     alone, _ = model(short, torch.tensor([3]))
     padded = torch.stack([torch.cat([short[0], torch.zeros(2, dtype=torch.long)]), long[0]])

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from captioner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from captioner.config import ConfigError
+from captioner.device import amp_dtype
+from captioner.errors import ConfigError
+from captioner.models.registry import restore
 from captioner.tasks.captioning import fit
-from captioner.tasks.captioning import restore as restore_captioner
-from captioner.training import amp_dtype
 from tests.conftest import tiny_config
 
 
@@ -30,8 +30,10 @@ def test_fit_writes_a_run_directory(shapes_root, tmp_path):
 def test_checkpoint_loads_with_weights_only_and_rebuilds_the_model(shapes_root, tmp_path):
     best = fit(tiny_config(shapes_root, tmp_path / "run", epochs=1), log=lambda _: None)
     raw = torch.load(best, weights_only=True)  # no pickled code anywhere inside
-    assert {"model", "config", "vocab", "step", "optimizer", "epoch"} <= set(raw)
-    model, config, vocab = restore_captioner(best)
+    assert {"kind", "model", "config", "vocabularies", "metrics", "training"} <= set(raw) and raw["version"] == 2
+    assert {"step", "optimizer", "epoch"} <= set(raw["training"])
+    model, config, vocabularies = restore(best)
+    vocab = vocabularies["vocab"]
     assert config.encoder.backbone == "small_cnn" and vocab.itos[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, raw["model"][name])
@@ -46,7 +48,7 @@ def test_resume_continues_with_identical_results(shapes_root, tmp_path):
     fit(interrupted, resume=True, log=lambda _: None)
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
     b = load_checkpoint(tmp_path / "resumed" / "last.pt")
-    assert a["step"] == b["step"] and a["epoch"] == b["epoch"] == 2
+    assert a["training"]["step"] == b["training"]["step"] and a["training"]["epoch"] == b["training"]["epoch"] == 3
     for name, tensor in a["model"].items():
         torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0)
     lines_a = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
@@ -56,7 +58,7 @@ def test_resume_continues_with_identical_results(shapes_root, tmp_path):
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "c.pt"
-    save_checkpoint(path, {"kind": "captioner", "model": {}, "config": {}, "vocab": {}})
+    save_checkpoint(path, {"kind": "captioner", "model": {}, "config": {}, "vocabularies": {}})
     before = path.read_bytes()
 
     class Unsaveable:
@@ -73,35 +75,36 @@ def test_bad_checkpoints_get_one_clear_error(shapes_root, tmp_path):
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(best.read_bytes()[:2000])
     with pytest.raises(CheckpointError, match="truncated.pt is corrupt or truncated"):
-        restore_captioner(truncated)
+        restore(truncated)
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match="notes.pt is not a checkpoint"):
-        restore_captioner(text)
+        restore(text)
     pickled = tmp_path / "pickled.pt"
     torch.save(torch.nn.Linear(2, 2), pickled)  # a whole module: needs pickle to load
     with pytest.raises(CheckpointError, match="pickled.pt holds pickled Python objects"):
-        restore_captioner(pickled)
+        restore(pickled)
     foreign = tmp_path / "foreign.pt"
     torch.save({"conv1.weight": torch.zeros(3)}, foreign)
     with pytest.raises(CheckpointError, match="not a captioner checkpoint"):
-        restore_captioner(foreign)
+        restore(foreign)
     other = load_checkpoint(best)
     other["config"]["decoder"]["hidden_dim"] = 64  # weights no longer fit the architecture
     mismatched = tmp_path / "mismatched.pt"
     save_checkpoint(mismatched, {k: v for k, v in other.items() if k not in ("format", "version")})
     with pytest.raises(CheckpointError, match="does not fit this architecture"):
-        restore_captioner(mismatched)
+        restore(mismatched)
     with pytest.raises(CheckpointError, match="does not exist"):
-        restore_captioner(tmp_path / "absent.pt")
+        restore(tmp_path / "absent.pt")
 
 
 def test_visual_word_groups_come_from_the_manifest(shapes_root, tmp_path):
-    from captioner.config import ConfigError
+    from captioner.errors import ConfigError
 
     config = tiny_config(shapes_root, tmp_path / "run", epochs=1)
     config.decoder.visual_word_groups = 2  # shapes lists colours and shape names
-    model, _, vocab = restore_captioner(fit(config, log=lambda _: None))
+    model, _, vocabularies = restore(fit(config, log=lambda _: None))
+    vocab = vocabularies["vocab"]
     colours = {vocab.itos[i] for i in model.decoder.visual_groups[0].nonzero().flatten().tolist()}
     assert colours <= {"red", "green", "blue", "yellow", "purple"} and len(colours) >= 3
     config.decoder.visual_word_groups = 3
@@ -111,7 +114,7 @@ def test_visual_word_groups_come_from_the_manifest(shapes_root, tmp_path):
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16", "auto"])
 def test_mixed_precision_training_learns(shapes_root, tmp_path, amp, monkeypatch):
-    monkeypatch.setattr("captioner.training.fast_bf16", lambda device: True)  # bf16 even on a CPU without it
+    monkeypatch.setattr("captioner.device.fast_bf16", lambda device: True)  # bf16 even on a CPU without it
     fit(tiny_config(shapes_root, tmp_path / "run", amp=amp), log=lambda _: None)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(line["loss"]) for line in lines)
@@ -120,12 +123,12 @@ def test_mixed_precision_training_learns(shapes_root, tmp_path, amp, monkeypatch
 
 def test_amp_settings(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr("captioner.training.fast_bf16", lambda device: True)
+    monkeypatch.setattr("captioner.device.fast_bf16", lambda device: True)
     assert amp_dtype(cpu, "none") is None and amp_dtype(cpu, "fp16") == torch.float16
     assert amp_dtype(cpu, "auto") == amp_dtype(cpu, "bf16") == torch.bfloat16
     with pytest.raises(ConfigError, match="train.amp must be"):
         amp_dtype(cpu, "fp8")
-    monkeypatch.setattr("captioner.training.fast_bf16", lambda device: False)  # an AVX2-only CPU
+    monkeypatch.setattr("captioner.device.fast_bf16", lambda device: False)  # an AVX2-only CPU
     assert amp_dtype(cpu, "auto") is None  # fp32: bf16 would fall to torch's reference loop
     with pytest.raises(ConfigError, match="no fast bf16"):
         amp_dtype(cpu, "bf16")
@@ -135,17 +138,17 @@ def test_a_resumed_fp16_run_keeps_its_loss_scale(shapes_root, tmp_path, monkeypa
     # A scale far too large: the first fp16 steps overflow and are skipped while the scale comes down. A resume
     # that started again from this scale would skip those steps a second time and end elsewhere.
     monkeypatch.setattr(
-        "captioner.tasks.captioning.grad_scaler", lambda device, amp: torch.amp.GradScaler("cpu", init_scale=2.0**40)
+        "captioner.training.loop.grad_scaler", lambda device, amp: torch.amp.GradScaler("cpu", init_scale=2.0**40)
     )
     fit(tiny_config(shapes_root, tmp_path / "straight", amp="fp16", epochs=2), log=lambda _: None)
     interrupted = tiny_config(shapes_root, tmp_path / "resumed", amp="fp16", epochs=1)
     fit(interrupted, log=lambda _: None)
-    saved = load_checkpoint(tmp_path / "resumed" / "last.pt")["scaler"]
+    saved = load_checkpoint(tmp_path / "resumed" / "last.pt")["training"]["scaler"]
     assert saved["scale"] < 2.0**40  # the scale came down in the first epoch
     interrupted.train.epochs = 2
     fit(interrupted, resume=True, log=lambda _: None)
     a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "resumed" / "last.pt")
-    assert a["scaler"] == b["scaler"]
+    assert a["training"]["scaler"] == b["training"]["scaler"]
     for name, tensor in a["model"].items():
         torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0)
 

@@ -8,10 +8,9 @@ import torch
 from captioner.cli import main
 from captioner.config import TranslateConfig
 from captioner.data.pairs import read_pairs, synthetic_pairs
-from captioner.tasks.translation import build as build_model
+from captioner.models.registry import build_model, restore
 from captioner.tasks.translation import fit as train_translator
 from captioner.tasks.translation import generate as translate_batch
-from captioner.tasks.translation import restore as restore_translator
 from captioner.tasks.translation import reversal_alignment
 from captioner.text import tokenize_sentence as tokenize
 from captioner.vocab import Vocab
@@ -49,7 +48,7 @@ def test_padding_does_not_change_a_translation(tmp_path):
     pairs = synthetic_pairs(50, 0)
     source_vocab = Vocab.build(s for s, _ in pairs)
     target_vocab = Vocab.build(t for _, t in pairs)
-    model = build_model(config, len(source_vocab), len(target_vocab)).eval()
+    model = build_model(config, {"source_vocab": source_vocab, "vocab": target_vocab}).eval()
     short, long = ["t1", "t2", "t3"], ["t4"] * 9
     alone, alone_attention = translate_batch(model, [short], source_vocab, target_vocab, max_len=6)
     together, attention = translate_batch(model, [short, long], source_vocab, target_vocab, max_len=6)
@@ -67,7 +66,8 @@ def test_reversal_is_learned_with_attention_on_the_aligned_word(tmp_path):
     config = small_config(tmp_path)
     config.train.epochs = 3
     path = train_translator(config, log=lambda _: None)
-    model, _, source_vocab, target_vocab = restore_translator(path)
+    model, _, vocabularies = restore(path)
+    source_vocab, target_vocab = vocabularies["source_vocab"], vocabularies["vocab"]
     test = synthetic_pairs(300, 3)
     outputs, _ = translate_batch(model, [s for s, _ in test], source_vocab, target_vocab)
     exact = sum(o == t for o, (_, t) in zip(outputs, test, strict=True)) / len(test)
@@ -77,7 +77,8 @@ def test_reversal_is_learned_with_attention_on_the_aligned_word(tmp_path):
 
 def test_without_attention_the_memory_is_the_final_state(tmp_path):
     config = small_config(tmp_path, attention=False)
-    model = build_model(config, 30, 30)
+    vocab = Vocab([f"w{i}" for i in range(26)])  # 4 special tokens + 26 words: 30 ids
+    model = build_model(config, {"source_vocab": vocab, "vocab": vocab})
     src = torch.randint(4, 30, (2, 5))
     memory, mask = model.memory(src, torch.tensor([5, 3]))
     assert memory.shape == (2, 1, model.encoder.out_dim) and mask is None
@@ -166,7 +167,7 @@ def test_a_resumed_translator_ends_as_an_uninterrupted_one(tmp_path, capsys):
     assert "resuming" in capsys.readouterr().out
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
-    assert a["epoch"] == b["epoch"] == 2
+    assert a["training"]["epoch"] == b["training"]["epoch"] == 3
     for name, tensor in a["model"].items():
         torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0)
     rows = [line for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]

@@ -4,7 +4,7 @@ captioner data ...        cli/data.py         captioner.data.shapes, .stamps, .c
 captioner train | caption | evaluate | serve
                           cli/captioning.py   captioner.tasks.captioning, captioner.pipeline, captioner.serve
 captioner translate ...   cli/translate.py    captioner.tasks.translation
-captioner lm ...          cli/lm.py           captioner.tasks.char_lm, captioner.cells
+captioner lm ...          cli/lm.py           captioner.tasks.char_lm, captioner.neurons
 captioner sentiment ...   cli/sentiment.py    captioner.tasks.sentiment
 captioner ball ...        cli/ball.py         captioner.tasks.ball
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+from collections.abc import Callable
 
 
 def positive_int(text: str) -> int:
@@ -28,8 +29,37 @@ def positive_float(text: str) -> float:
     return value
 
 
+def add_command(
+    commands, name: str, func: Callable[[argparse.Namespace], int], *, help: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    """A command (or a group's verb, or a data source) that runs func(args); returns its parser, for its options."""
+    parser = commands.add_parser(name, help=help, description=description)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+
+
+def add_checkpoint(parser: argparse.ArgumentParser, task: str, required: bool = True) -> None:
+    """--checkpoint RUN/best.pt, as `captioner TASK train` writes it."""
+    parser.add_argument("--checkpoint", required=required, help=f"RUN/best.pt from `captioner {task} train`")
+
+
+def add_split(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+
+
+def add_evaluation(parser: argparse.ArgumentParser, task: str, *, output_help: str) -> None:
+    """--checkpoint, --split and --output, as a task's `evaluate` takes them."""
+    add_checkpoint(parser, task)
+    add_split(parser)
+    parser.add_argument("--output", help=output_help)
+
+
+def add_beam_size(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument("--beam-size", type=positive_int, default=default, help=f"1 = greedy (default: {default})")
 
 
 def add_recipe(parser: argparse.ArgumentParser, example: str) -> None:
@@ -49,13 +79,16 @@ def add_task_group(commands, name: str, help: str, sources: list[tuple], schema,
     data = verbs.add_parser("data", help="prepare a data set")
     choices = data.add_subparsers(dest="source", required=True, metavar="SOURCE")
     for source_name, source_help, default_out, prepare in sources:
-        parser = choices.add_parser(source_name, help=source_help)
+        parser = add_command(
+            choices, source_name, lambda args, prepare=prepare: prepare(args.out) and 0, help=source_help
+        )
         parser.add_argument("--out", default=default_out, help=f"where to write it (default: {default_out})")
-        parser.set_defaults(func=lambda args, prepare=prepare: prepare(args.out) and 0)
-    parser = verbs.add_parser("train", help="train from a YAML recipe", description="key=value arguments override it.")
+    run = functools.partial(train, schema=schema, fit=fit)
+    parser = add_command(
+        verbs, "train", run, help="train from a YAML recipe", description="key=value arguments override it."
+    )
     add_recipe(parser, recipe_example)
     parser.add_argument("--resume", action="store_true", help="continue from last.pt in the run directory")
-    parser.set_defaults(func=functools.partial(train, schema=schema, fit=fit))
     return verbs
 
 

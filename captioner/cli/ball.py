@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from captioner.cli.arguments import add_device, add_task_group
+from captioner.cli.arguments import add_command, add_device, add_evaluation, add_task_group
 from captioner.config import BallConfig
 from captioner.data.ball import build_flights
 from captioner.tasks import ball
@@ -28,12 +28,16 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def add_commands(commands) -> None:
     verbs = add_task_group(commands, "ball", GROUP_HELP, SOURCES, BallConfig, ball.fit, RECIPE)
-    parser = verbs.add_parser(
-        "evaluate", help="ADE and FDE against the constant-velocity and constant-acceleration baselines"
+    add_evaluate(verbs)
+
+
+def add_evaluate(verbs) -> None:
+    parser = add_command(
+        verbs,
+        "evaluate",
+        evaluate,
+        help="ADE and FDE against the constant-velocity and constant-acceleration baselines",
     )
-    parser.add_argument("--checkpoint", required=True, help="RUN/best.pt from `captioner ball train`")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--output", help="write the scores as JSON")
+    add_evaluation(parser, "ball", output_help="write the scores as JSON")
     parser.add_argument("--plot", metavar="PNG", help="draw six flights: observed, true, predicted, baselines")
     add_device(parser)
-    parser.set_defaults(func=evaluate)

@@ -7,7 +7,15 @@ import json
 import os
 import sys
 
-from captioner.cli.arguments import add_device, add_recipe, positive_float, positive_int
+from captioner.cli.arguments import (
+    add_beam_size,
+    add_command,
+    add_device,
+    add_recipe,
+    add_split,
+    positive_float,
+    positive_int,
+)
 
 # Column order and headings of the evaluate table; keys missing from a run (METEOR without Java,
 # grounding without boxes) are left out.
@@ -32,8 +40,8 @@ def checkpoint_argument(args: argparse.Namespace) -> str | None:
 def train(args: argparse.Namespace) -> int:
     from captioner import distributed
     from captioner.config import load_config
+    from captioner.device import resolve_device
     from captioner.tasks.captioning import fit
-    from captioner.training import resolve_device
 
     config = load_config(args.config, args.overrides)
     world = distributed.World.from_environment(os.environ)  # set by torchrun; one process otherwise
@@ -210,8 +218,15 @@ def decode_overrides(args: argparse.Namespace) -> dict:
 
 
 def add_commands(commands) -> None:
-    parser = commands.add_parser(
+    for add in (add_train, add_caption, add_serve, add_evaluate):
+        add(commands)
+
+
+def add_train(commands) -> None:
+    parser = add_command(
+        commands,
         "train",
+        train,
         help="train a captioner from a YAML recipe",
         description="Train from a YAML recipe; key=value arguments override it, e.g. train.epochs=3. "
         "For data parallelism over N processes (GPUs, or CPU processes over gloo) start it with "
@@ -219,16 +234,17 @@ def add_commands(commands) -> None:
     )
     add_recipe(parser, "configs/shapes.yaml")
     parser.add_argument("--resume", action="store_true", help="continue from last.pt in the run directory")
-    parser.set_defaults(func=train)
 
-    parser = commands.add_parser("caption", help="caption image files")
+
+def add_caption(commands) -> None:
+    parser = add_command(commands, "caption", caption, help="caption image files")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument(
         "--checkpoint",
         help="a checkpoint written by `captioner train` (default: $CAPTIONER_CHECKPOINT, else the demo's "
         "runs/stamps/best.pt)",
     )
-    parser.add_argument("--beam-size", type=positive_int, default=3, help="1 = greedy (default: 3)")
+    add_beam_size(parser, 3)
     parser.add_argument("--max-len", type=positive_int, default=30, help="maximum caption length in words")
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument(
@@ -252,19 +268,22 @@ def add_commands(commands) -> None:
     )
     add_decoding(parser)
     add_device(parser)
-    parser.set_defaults(func=caption)
 
-    parser = commands.add_parser(
+
+def add_serve(commands) -> None:
+    parser = add_command(
+        commands,
         "serve",
+        serve,
         help="a local web page and JSON endpoint that caption pictures",
         description="Serve the model on a local web page (choose or drop a picture; point at a word to see its "
         "attention) and at POST /api/caption (the picture as the body or the form field 'image'; JSON back). "
         "Needs the serve extra: pip install 'captioner[serve]'.",
     )
-    parser.add_argument("--checkpoint", help="as for caption (default: the demo's runs/stamps/best.pt)")
+    add_demo_checkpoint(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
     parser.add_argument("--port", type=positive_int, default=8000, help="(default: 8000)")
-    parser.add_argument("--beam-size", type=positive_int, default=3, help="1 = greedy (default: 3)")
+    add_beam_size(parser, 3)
     parser.add_argument("--n-best", type=positive_int, default=3, help="captions returned per picture (default: 3)")
     parser.add_argument("--max-len", type=positive_int, default=30, help="maximum caption length in words")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="pictures captioned together at most")
@@ -275,11 +294,12 @@ def add_commands(commands) -> None:
         "--max-upload-mb", type=positive_float, default=10.0, help="largest upload accepted (default: 10)"
     )
     add_device(parser)
-    parser.set_defaults(func=serve)
 
-    parser = commands.add_parser("evaluate", help="score free-running captions on a data split")
-    parser.add_argument("--checkpoint", help="as for caption (default: the demo's runs/stamps/best.pt)")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+
+def add_evaluate(commands) -> None:
+    parser = add_command(commands, "evaluate", evaluate, help="score free-running captions on a data split")
+    add_demo_checkpoint(parser)
+    add_split(parser)
     parser.add_argument("--data-root", help="data folder (default: the one the checkpoint was trained on)")
     parser.add_argument("--beam-size", type=positive_int, nargs="+", default=[1], help="one or more beam sizes")
     parser.add_argument("--max-len", type=positive_int, default=30)
@@ -292,4 +312,8 @@ def add_commands(commands) -> None:
     parser.add_argument("--output", help="write every score and the captions beside their references as JSON")
     add_decoding(parser)
     add_device(parser)
-    parser.set_defaults(func=evaluate)
+
+
+def add_demo_checkpoint(parser: argparse.ArgumentParser) -> None:
+    """serve's and evaluate's --checkpoint."""
+    parser.add_argument("--checkpoint", help="as for caption (default: the demo's runs/stamps/best.pt)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from captioner.cli.arguments import add_command
+
 
 def shapes(args: argparse.Namespace) -> int:
     from captioner.data.shapes import ShapesSpec, build_shapes
@@ -49,30 +51,43 @@ def photos(args: argparse.Namespace) -> int:
 def add_commands(commands) -> None:
     data = commands.add_parser("data", help="prepare a data set")
     sources = data.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    parser = sources.add_parser("shapes", help="draw the synthetic shapes data set (deterministic from a seed)")
-    parser.add_argument("--out", default="data/shapes", help="output folder (default: data/shapes)")
+    for add in (add_shapes, add_stamps, add_coco, add_folder, add_photos):
+        add(sources)
+
+
+def add_shapes(sources) -> None:
+    parser = add_command(
+        sources, "shapes", shapes, help="draw the synthetic shapes data set (deterministic from a seed)"
+    )
+    add_out(parser, "data/shapes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--train", type=int, default=5000, help="training images (default: 5000)")
     parser.add_argument("--val", type=int, default=500)
     parser.add_argument("--test", type=int, default=500)
-    parser.set_defaults(func=shapes)
 
-    parser = sources.add_parser(
+
+def add_stamps(sources) -> None:
+    parser = add_command(
+        sources,
         "stamps",
+        stamps,
         help="the Tux Paint stamps: ~950 real pictures with captions, from a Debian package",
         description="Fetch the Debian package tuxpaint-stamps-default with apt-get download (no root needed, nothing "
         "installed), composite its pictures on white and write a captions.json with a train/val/test split. "
         "A second run reuses what the first wrote.",
     )
-    parser.add_argument("--out", default="data/stamps", help="output folder (default: data/stamps)")
+    add_out(parser, "data/stamps")
     parser.add_argument("--source", help="an already downloaded .deb, or an unpacked stamps folder (skips apt-get)")
     parser.add_argument("--image-size", type=int, default=256, help="side of the square images written (default: 256)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")
-    parser.set_defaults(func=stamps)
 
-    parser = sources.add_parser(
+
+def add_coco(sources) -> None:
+    parser = add_command(
+        sources,
         "coco",
+        coco,
         help="COCO or Flickr8k/30k from the official caption files or the Karpathy split",
         description="Check the caption files and every image they list, then write OUT/captions.json (the split "
         "index: each image once with all its captions) and OUT/vocab.json (training captions only). Either a "
@@ -86,12 +101,15 @@ def add_commands(commands) -> None:
     parser.add_argument(
         "--images", required=True, help="folder holding train2014/ and val2014/ (COCO) or the Flickr images"
     )
-    parser.add_argument("--out", default="data/coco", help="output folder (default: data/coco)")
+    add_out(parser, "data/coco")
     parser.add_argument("--min-word-freq", type=int, default=5, help="rarer training words become <unk> (default: 5)")
-    parser.set_defaults(func=coco)
 
-    parser = sources.add_parser(
+
+def add_folder(sources) -> None:
+    parser = add_command(
+        sources,
         "folder",
+        folder,
         help="your own pictures: a folder with metadata.jsonl or metadata.csv (file_name, text)",
         description="Read FOLDER/metadata.jsonl or FOLDER/metadata.csv (the Hugging Face imagefolder convention: "
         "a file_name and a text column, a row per caption, several rows per picture allowed, an optional split "
@@ -104,15 +122,21 @@ def add_commands(commands) -> None:
     parser.add_argument("--out", help="where captions.json and vocab.json go (default: FOLDER itself)")
     parser.add_argument("--val-percent", type=int, default=10, help="without a split column (default: 10)")
     parser.add_argument("--test-percent", type=int, default=10, help="without a split column (default: 10)")
-    parser.set_defaults(func=folder)
 
-    parser = sources.add_parser(
+
+def add_photos(sources) -> None:
+    parser = add_command(
+        sources,
         "photos",
+        photos,
         help="13 public photographs (scikit-image, scikit-learn) to caption, with what each shows",
         description="Fetch the scikit-image and scikit-learn wheels with pip download (nothing installed) and copy "
         "the photographs of things they ship (astronaut, chelsea, coffee, rocket, china, flower, ...) into OUT; "
         "prints each file with what it shows. Not a training set: pictures to try a captioner on.",
     )
-    parser.add_argument("--out", default="data/photos", help="output folder (default: data/photos)")
+    add_out(parser, "data/photos")
     parser.add_argument("--force", action="store_true", help="fetch again even if the photos are there")
-    parser.set_defaults(func=photos)
+
+
+def add_out(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--out", default=default, help=f"output folder (default: {default})")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from captioner.cells import PROPERTIES
-from captioner.cli.arguments import add_device, add_task_group, positive_int
+from captioner.cli.arguments import add_checkpoint, add_command, add_device, add_task_group, positive_int
 from captioner.config import LMConfig
 from captioner.data.folk import prepare_folk
 from captioner.data.shakespeare import prepare_shakespeare
+from captioner.neurons import PROPERTIES
 from captioner.tasks import char_lm
 
 GROUP_HELP = "the character-level language model: data, train, evaluate, sample, tunes, cells"
@@ -37,11 +37,13 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def sample(args: argparse.Namespace) -> int:
-    from captioner.tasks.char_lm import generate, restore
-    from captioner.training import resolve_device
+    from captioner.device import resolve_device
+    from captioner.models.char_lm import sample_text
+    from captioner.models.registry import restore
 
-    model, _, vocab = restore(args.checkpoint, resolve_device(args.device))
-    print(args.prime + generate(model, vocab, args.prime, args.length, args.temperature, args.top_k, args.seed))
+    model, _, vocabularies = restore(args.checkpoint, resolve_device(args.device), kind="char_lm")
+    vocab, prime = vocabularies["vocab"], args.prime
+    print(prime + sample_text(model, vocab, prime, 1, args.length, args.temperature, args.top_k, args.seed)[0])
     return 0
 
 
@@ -67,7 +69,7 @@ def tunes(args: argparse.Namespace) -> int:
 
 
 def cells(args: argparse.Namespace) -> int:
-    from captioner.cells import inspect_cells
+    from captioner.neurons import inspect_cells
 
     report = inspect_cells(args.checkpoint, args.text, args.max_chars, args.html, args.cell, args.property, args.device)
     print(f"{report['chars']:,} characters of {args.text}; the cells whose activation tracks each property best:")
@@ -84,23 +86,32 @@ def cells(args: argparse.Namespace) -> int:
 
 def add_commands(commands) -> None:
     verbs = add_task_group(commands, "lm", GROUP_HELP, SOURCES, LMConfig, char_lm.fit, "configs/lm_shakespeare.yaml")
-    parser = verbs.add_parser("evaluate", help="nats and bits per character on all of the held-out text")
-    parser.add_argument("--checkpoint", required=True, help="RUN/best.pt from `captioner lm train`")
-    add_device(parser)
-    parser.set_defaults(func=evaluate)
+    for add in (add_evaluate, add_sample, add_tunes, add_cells):
+        add(verbs)
 
-    parser = verbs.add_parser("sample", help="write text with a trained model")
-    parser.add_argument("--checkpoint", required=True, help="RUN/best.pt from `captioner lm train`")
+
+def add_evaluate(verbs) -> None:
+    parser = add_command(verbs, "evaluate", evaluate, help="nats and bits per character on all of the held-out text")
+    add_checkpoint(parser, "lm")
+    add_device(parser)
+
+
+def add_sample(verbs) -> None:
+    parser = add_command(verbs, "sample", sample, help="write text with a trained model")
+    add_checkpoint(parser, "lm")
     parser.add_argument("--prime", default="\n", help="text to start from (default: a newline)")
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
     parser.add_argument("--top-k", type=int, help="sample among the k most likely characters only")
     parser.add_argument("--length", type=positive_int, default=500, help="characters to write (default: 500)")
     parser.add_argument("--seed", type=int, help="for the same text every time")
     add_device(parser)
-    parser.set_defaults(func=sample)
 
-    parser = verbs.add_parser(
+
+def add_tunes(verbs) -> None:
+    parser = add_command(
+        verbs,
         "tunes",
+        tunes,
         help="sample folk tunes from a model trained on ABC, check them, write MIDI (needs the music extra)",
         description="Sample tunes from a char LM trained on `captioner lm data folk`, check that each parses and "
         "keeps its meter (music21), and write OUT/tunes.abc, OUT/tunes.json, OUT/sample.mid and, where fluidsynth "
@@ -115,10 +126,13 @@ def add_commands(commands) -> None:
     parser.add_argument("--check", metavar="ABC", help="check the tunes of this file instead of sampling")
     parser.add_argument("--output", help="with --check: write the report as JSON")
     add_device(parser)
-    parser.set_defaults(func=tunes)
 
-    parser = verbs.add_parser(
+
+def add_cells(verbs) -> None:
+    parser = add_command(
+        verbs,
         "cells",
+        cells,
         help="find hidden cells that track quotes, brackets, line position, indentation",
         description="Correlate every top-layer hidden cell with simple properties of a text and optionally write "
         "an HTML page colouring the text by one cell's activation.",
@@ -130,4 +144,3 @@ def add_commands(commands) -> None:
     parser.add_argument("--cell", type=int, help="the cell to colour by (default: the best for --property)")
     parser.add_argument("--property", default="inside quotes", choices=list(PROPERTIES))
     add_device(parser)
-    parser.set_defaults(func=cells)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from captioner.cli.arguments import add_device, add_task_group
+from captioner.cli.arguments import add_checkpoint, add_command, add_device, add_evaluation, add_task_group
 from captioner.config import SentimentConfig
 from captioner.data.sentiment import prepare_sentiment
 from captioner.tasks import sentiment
@@ -40,17 +40,22 @@ def text(args: argparse.Namespace) -> int:
 
 def add_commands(commands) -> None:
     verbs = add_task_group(commands, "sentiment", GROUP_HELP, SOURCES, SentimentConfig, sentiment.fit, RECIPE)
-    parser = verbs.add_parser("evaluate", help="accuracy and macro-F1 of a split, beside the bag-of-words baseline")
-    parser.add_argument("--checkpoint", required=True, help="RUN/best.pt from `captioner sentiment train`")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--output", help="write the scores and a few examples as JSON")
+    for add in (add_evaluate, add_text):
+        add(verbs)
+
+
+def add_evaluate(verbs) -> None:
+    parser = add_command(
+        verbs, "evaluate", evaluate, help="accuracy and macro-F1 of a split, beside the bag-of-words baseline"
+    )
+    add_evaluation(parser, "sentiment", output_help="write the scores and a few examples as JSON")
     parser.add_argument("--no-baseline", action="store_true", help="skip training the bag-of-words baseline")
     add_device(parser)
-    parser.set_defaults(func=evaluate)
 
-    parser = verbs.add_parser("text", help="the sentiment of texts given on the command line")
+
+def add_text(verbs) -> None:
+    parser = add_command(verbs, "text", text, help="the sentiment of texts given on the command line")
     parser.add_argument("texts", nargs="+", metavar="TEXT")
-    parser.add_argument("--checkpoint", required=True, help="RUN/best.pt from `captioner sentiment train`")
+    add_checkpoint(parser, "sentiment")
     parser.add_argument("--json", action="store_true", help="print labels, probabilities and weights as JSON")
     add_device(parser)
-    parser.set_defaults(func=text)

@@ -6,7 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from captioner.cli.arguments import add_device, add_task_group, positive_int
+from captioner.cli.arguments import (
+    add_beam_size,
+    add_checkpoint,
+    add_command,
+    add_device,
+    add_split,
+    add_task_group,
+    positive_int,
+)
 from captioner.config import TranslateConfig
 from captioner.data.bible import prepare_bible
 from captioner.errors import DataError
@@ -46,15 +54,17 @@ def read_sentences(sentences: list[str], file: str | None) -> list[str]:
 
 
 def text(args: argparse.Namespace) -> int:
-    from captioner.tasks.translation import generate, restore
+    from captioner.device import resolve_device
+    from captioner.models.registry import restore
+    from captioner.tasks.translation import generate
     from captioner.text import tokenize_sentence
-    from captioner.training import resolve_device
     from captioner.visualize import alignment_figure, save_png
 
     if not args.checkpoint:
         raise DataError("translate needs --checkpoint PATH (a best.pt written by `captioner translate train`)")
     sentences = read_sentences(args.sentences, args.file)
-    model, _, source_vocab, target_vocab = restore(args.checkpoint, resolve_device(args.device))
+    model, _, vocabularies = restore(args.checkpoint, resolve_device(args.device), kind="translator")
+    source_vocab, target_vocab = vocabularies["source_vocab"], vocabularies["vocab"]
     tokens = [tokenize_sentence(s) for s in sentences]
     outputs, attentions = generate(model, tokens, source_vocab, target_vocab, args.beam_size, args.max_len)
     for sentence, output in zip(sentences, outputs, strict=True):
@@ -68,24 +78,31 @@ def text(args: argparse.Namespace) -> int:
 
 def add_commands(commands) -> None:
     verbs = add_task_group(commands, "translate", GROUP_HELP, SOURCES, TranslateConfig, translation.fit, RECIPE)
-    parser = verbs.add_parser("evaluate", help="BLEU-4 and exact matches on a split of the model's data")
-    parser.add_argument("--checkpoint", required=True, help="RUN/best.pt from `captioner translate train`")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--beam-size", type=positive_int, default=1, help="1 = greedy (default: 1)")
+    for add in (add_evaluate, add_text):
+        add(verbs)
+
+
+def add_evaluate(verbs) -> None:
+    parser = add_command(verbs, "evaluate", evaluate, help="BLEU-4 and exact matches on a split of the model's data")
+    add_checkpoint(parser, "translate")
+    add_split(parser)
+    add_beam_size(parser, 1)
     parser.add_argument("--output", help="write the scores and 20 examples as JSON")
     add_device(parser)
-    parser.set_defaults(func=evaluate)
 
-    parser = verbs.add_parser(
+
+def add_text(verbs) -> None:
+    parser = add_command(
+        verbs,
         "text",
+        text,
         help="translate sentences with a trained model",
         description="captioner translate text --checkpoint RUN/best.pt 'a sentence' ['another' ...]",
     )
     parser.add_argument("sentences", nargs="*", metavar="SENTENCE")
-    parser.add_argument("--checkpoint", help="RUN/best.pt from `captioner translate train`")
+    add_checkpoint(parser, "translate", required=False)
     parser.add_argument("--file", help="a UTF-8 file with one sentence per line")
-    parser.add_argument("--beam-size", type=positive_int, default=3, help="1 = greedy (default: 3)")
+    add_beam_size(parser, 3)
     parser.add_argument("--max-len", type=positive_int, default=80, help="maximum translation length in tokens")
     parser.add_argument("--attention", metavar="PNG", help="draw the first sentence's alignment matrix here")
     add_device(parser)
-    parser.set_defaults(func=text)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -24,10 +24,9 @@ from captioner.data.images import ImageTransform
 from captioner.data.manifest import CaptionTrainingSet, ImageRecord, ImageSet, collate_images
 from captioner.errors import DataError, EncoderError
 from captioner.files import atomic_path
-from captioner.models.image_encoder import ImageEncoder
 
 
-def weights_fingerprint(encoder: ImageEncoder) -> str:
+def weights_fingerprint(encoder: nn.Module) -> str:
     """A short hash of the trunk's weights, so two differently initialised backbones never share a cache."""
     digest = hashlib.sha1()
     for name, tensor in encoder.trunk.state_dict().items():
@@ -36,7 +35,7 @@ def weights_fingerprint(encoder: ImageEncoder) -> str:
     return digest.hexdigest()[:12]
 
 
-def cache_file(root: str | Path, config: Config, records: list[ImageRecord], split: str, encoder: ImageEncoder) -> Path:
+def cache_file(root: str | Path, config: Config, records: list[ImageRecord], split: str, encoder: nn.Module) -> Path:
     """Where the grids of these records (of the data set in `root`) live: ROOT/cache/SPLIT-...-KEY.npy."""
     root = Path(root)
     enc = config.encoder
@@ -51,7 +50,7 @@ def cache_file(root: str | Path, config: Config, records: list[ImageRecord], spl
 
 @torch.no_grad()
 def build_feature_cache(
-    encoder: ImageEncoder,
+    encoder: nn.Module,
     records: list[ImageRecord],
     transform: ImageTransform,
     path: Path,

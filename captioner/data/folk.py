@@ -29,6 +29,7 @@ import re
 from fractions import Fraction
 from pathlib import Path
 
+from captioner.data.abc import check_tunes, meter_value, music21
 from captioner.errors import DataError
 from captioner.files import write_text
 
@@ -38,15 +39,6 @@ FOLDERS = [[name] for name in FOLK]  # music21/corpus/NAME/...: path parts [2:3]
 BODY_FIELDS = {"M", "L", "K"}  # field lines kept inside a tune's music: changes of meter, unit length, key
 _EMPTY_BARS = re.compile(r"(?:(?<=\s)|^)\|(?:\s+\|)+(?=\s|$)")  # standalone bar lines with nothing between
 VERSION = 3  # of the cleaning: data made by another version is made again
-
-
-def meter_value(meter: str) -> Fraction | None:
-    """The meter as a fraction of a whole note (C = 4/4, C| = 2/2); None for "none" or something unreadable."""
-    meter = meter.strip()
-    if meter in ("C", "C|"):  # common time 4/4, cut time 2/2
-        return Fraction(1)
-    match = re.fullmatch(r"(\d+)\s*/\s*(\d+)", meter)
-    return Fraction(int(match.group(1)), int(match.group(2))) if match and int(match.group(2)) else None
 
 
 def clean_tune(tune: str) -> str | None:
@@ -92,7 +84,6 @@ def is_held_out(tune: str) -> bool:
 def prepare_folk(out: str | Path = "data/folk", log=print) -> Path:
     """Fetch the music21 wheel and write OUT/train.abc and OUT/val.abc; a second run reuses them."""
     from captioner.data.wheels import read_wheel
-    from captioner.music import check_tunes, music21
 
     out = Path(out)
     stamp = out / "VERSION"

@@ -1,8 +1,10 @@
-"""The captioner's training data per stage, and its loaders.
+"""The captioner's training data per stage, its loaders, and what the decoder learns from the training captions
+before training (its end words, class-word leads, visual word groups), computed here and handed to the model
+by the task.
 
 While the backbone is frozen (stage 1) every image has the same grid every epoch, so the grids are
 computed once into the feature cache and training reads them; once its last stages train (stage 2)
-training reads images again.
+training reads images again. The encoder is passed in, read and never changed here.
 """
 
 from __future__ import annotations
@@ -10,26 +12,32 @@ from __future__ import annotations
 import itertools
 
 import torch
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from captioner.class_words import caption_tokens, class_list, class_words, mark
 from captioner.config import Config
 from captioner.data.feature_cache import CachedCaptionSet, CachedImageSet, build_feature_cache, cache_file
 from captioner.data.images import ImageTransform
-from captioner.data.manifest import CaptionTrainingSet, ImageRecord, ImageSet, Manifest, collate_captions
+from captioner.data.manifest import (
+    CaptionTrainingSet,
+    ImageRecord,
+    ImageSet,
+    Manifest,
+    collate_captions,
+    image_sizes,
+)
 from captioner.distributed import World, barrier
 from captioner.errors import ConfigError, DataError
-from captioner.models.captioner import Captioner
-from captioner.scoring import image_sizes
 from captioner.text import tokenize
-from captioner.vocab import CLASS_PREFIX, SPECIALS, Vocab
+from captioner.vocab import CLASS_PREFIX, SPECIALS, Vocab, is_class_word
 
 
-def training_vocab(config: Config, manifest: Manifest, checkpoint: dict | None, classes: str | None = None) -> Vocab:
+def training_vocab(config: Config, manifest: Manifest, resumed: Vocab | None, classes: str | None = None) -> Vocab:
     """The resumed run's vocabulary, data.vocab's file, or one counted over the training captions only; with
     a class list (decoder.class_words), every class word joins it as a token of its own (class_words.py)."""
-    if checkpoint is not None:
-        return Vocab.from_dict(checkpoint["vocab"])
+    if resumed is not None:
+        return resumed
     if config.data.vocab:
         try:
             vocab = Vocab.load(config.data.vocab)
@@ -51,52 +59,52 @@ def with_class_words(vocab: Vocab, classes: str) -> Vocab:
     return Vocab(vocab.itos[len(SPECIALS) :] + [t for t in tokens if t not in have])
 
 
-def set_visual_words(model: Captioner, config: Config, manifest: Manifest, vocab: Vocab) -> None:
-    """Give decoder.visual_word_groups its word groups from the data's "visual_words"."""
+def visual_word_ids(config: Config, manifest: Manifest, vocab: Vocab) -> list[list[int]]:
+    """The ids of the data's "visual_words" groups, for decoder.visual_word_groups (ConfigError if they differ)."""
     groups = [[vocab.stoi[w] for w in group if w in vocab.stoi] for group in manifest.visual_words]
     if len(groups) != config.decoder.visual_word_groups or not all(groups):
         raise ConfigError(
             f"decoder.visual_word_groups is {config.decoder.visual_word_groups} but "
             f"{config.data.root}/captions.json lists {len(groups)} non-empty 'visual_words' groups"
         )
-    model.decoder.set_visual_words(groups)
+    return groups
 
 
-def set_end_words(model: Captioner, manifest: Manifest, vocab: Vocab) -> None:
-    """Teach the model's decoder which words end a caption: for every word (by its id in vocab, so rare words
-    count as <unk>), the share of the training captions holding it that end with it; decoding's end rule
-    reads them (Captioner.can_end). With class words, also the words a class word follows in them (the lead
-    rule, decode.class_lead)."""
+def end_statistics(manifest: Manifest, vocab: Vocab) -> tuple[Tensor, Tensor | None, bool]:
+    """What the decoder learns of how training captions end: for every word (by its id in vocab, so rare words
+    count as <unk>), the share of the training captions holding it that end with it, which decoding's end
+    rule reads (Captioner.can_end). With class words, also the words a class word follows in them and whether
+    one comes first (the lead rule, decode.class_lead); None and False without class words, or where no
+    caption has one."""
     holding, ending = torch.zeros(len(vocab)), torch.zeros(len(vocab))
-    group = model.decoder.class_group
+    is_class = [is_class_word(token) for token in vocab.itos]  # read per token: a list, not tensor indexing
+    group = torch.tensor(is_class) if any(is_class) else None
     leads, lead_start = torch.zeros(len(vocab), dtype=torch.bool), False
-    is_class = group.tolist() if group is not None else None  # read per token: a list, not tensor indexing
     for record in manifest.split("train"):
         for caption in record.captions:
             ids = [vocab.stoi.get(word, Vocab.unk_id) for word in caption_tokens(caption, vocab)]
             if ids:
                 holding[sorted(set(ids))] += 1
                 ending[ids[-1]] += 1
-            if is_class is not None and ids:  # the words class words follow
+            if group is not None and ids:  # the words class words follow
                 lead_start |= is_class[ids[0]]
                 leads[[before for before, word in itertools.pairwise(ids) if is_class[word]]] = True
     shares = ending / holding.clamp(min=1)
-    if group is not None:
-        # A class word no training caption had may end one as any class word may: their shares taken together
-        together = ending[group].sum() / holding[group].sum().clamp(min=1)
-        shares[group & (holding == 0)] = together
-    model.decoder.set_end_shares(shares)
-    if group is not None and bool(leads.any()):  # captions with no class word at all teach no lead rule
-        model.decoder.set_class_leads(leads, lead_start)
+    if group is None:
+        return shares, None, False
+    # A class word no training caption had may end one as any class word may: their shares taken together
+    together = ending[group].sum() / holding[group].sum().clamp(min=1)
+    shares[group & (holding == 0)] = together
+    return shares, (leads if bool(leads.any()) else None), lead_start
 
 
 class TrainingData:
     """The training and validation sets of each epoch: images, or cached grids while the backbone is frozen."""
 
-    def __init__(self, config: Config, manifest: Manifest, vocab: Vocab, model: Captioner, device, world, log):
-        self.config, self.manifest, self.model = config, manifest, model
+    def __init__(self, config: Config, manifest: Manifest, vocab: Vocab, encoder: nn.Module, device, world, log):
+        self.config, self.manifest, self.encoder = config, manifest, encoder
         self.device, self.world, self.log = device, world, log
-        data, encoder = config.data, model.encoder
+        data = config.data
         self.train_records, self.val_records = manifest.split("train"), manifest.split("val")
         self.transform = ImageTransform(size=data.image_size, mean=encoder.mean, std=encoder.std)
         train_transform = ImageTransform(
@@ -110,11 +118,10 @@ class TrainingData:
         self.current = self.images
         self.val_sizes = image_sizes(self.val_records)  # (width, height) for grounding, read once
 
-    def for_epoch(self, epoch: int) -> tuple[Dataset, Dataset]:
-        """Freeze or unfreeze the backbone for this epoch's stage; its (training set, validation set), also
-        kept as self.current until the next call."""
-        self.model.encoder.set_fine_tuning(epoch >= self.config.encoder.fine_tune_after)
-        if self.model.encoder.fine_tuned or not self.config.data.cache_features:
+    def for_stage(self) -> tuple[Dataset, Dataset]:
+        """The (training set, validation set) of the encoder's stage, also kept as self.current until the next
+        call: images while it is fine-tuned, else cached grids (data.cache_features)."""
+        if self.encoder.fine_tuned or not self.config.data.cache_features:
             self.current = self.images
         else:
             self.current = self._cached()
@@ -130,20 +137,20 @@ class TrainingData:
 
     def training_images(self) -> Dataset:
         """The training images once each, as (input, record index): their cached grids while the backbone is
-        frozen (call for_epoch first), else the images, resized as for evaluation (self-critical training)."""
+        frozen (call for_stage first), else the images, resized as for evaluation (self-critical training)."""
         if self.current is self.images:
             return ImageSet(self.train_records, self.transform)
         return CachedImageSet(self.current[0].grids)
 
     def _grids(self, split: str, records):
-        path = cache_file(self.manifest.root, self.config, records, split, self.model.encoder)
+        path = cache_file(self.manifest.root, self.config, records, split, self.encoder)
         if not path.is_file():
             self.log(f"caching {self.config.encoder.backbone} grids of {len(records)} {split} images in {path}")
         grids = None
         for builder in (True, False):  # rank 0 builds the file, then the other ranks read it
             if builder == self.world.main:
                 grids = build_feature_cache(
-                    self.model.encoder,
+                    self.encoder,
                     records,
                     self.transform,
                     path,
@@ -156,15 +163,15 @@ class TrainingData:
 
 
 def evaluation_set(
-    model: Captioner, config: Config, manifest: Manifest, split: str, records: list[ImageRecord], device: torch.device
+    encoder: nn.Module, config: Config, manifest: Manifest, split: str, records: list[ImageRecord], device
 ) -> Dataset:
     """A split's images for captioning: their cached grids while the backbone is frozen (computed once, or
     reused, rather than once per beam size), else the images."""
-    transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
-    if model.encoder.fine_tuned or not config.data.cache_features:
+    transform = ImageTransform(size=config.data.image_size, mean=encoder.mean, std=encoder.std)
+    if encoder.fine_tuned or not config.data.cache_features:
         return ImageSet(records, transform)
-    path = cache_file(manifest.root, config, records, split, model.encoder)
-    return CachedImageSet(build_feature_cache(model.encoder, records, transform, path, device))
+    path = cache_file(manifest.root, config, records, split, encoder)
+    return CachedImageSet(build_feature_cache(encoder, records, transform, path, device))
 
 
 class EpochSampler(Sampler):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -147,3 +148,12 @@ def collate_captions(batch: list[tuple[Tensor, Tensor]], pad_id: int = 0) -> tup
 
 def collate_images(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, list[int]]:
     return torch.stack([image for image, _ in batch]), [index for _, index in batch]
+
+
+def image_sizes(records: list[ImageRecord]) -> list[tuple[int, int]]:
+    """(width, height) of every record's file, read from the headers; boxes are in these pixels."""
+    sizes = []
+    for record in records:
+        with Image.open(record.path) as image:
+            sizes.append(image.size)
+    return sizes

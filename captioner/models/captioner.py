@@ -18,6 +18,8 @@ from captioner.vocab import CLASS_PREFIX, Vocab, is_class_word
 class Captioner(nn.Module):
     """Images -> a grid memory -> words, with the attention map of every word."""
 
+    fused_recurrence = False  # the decoder steps its core word by word; it never calls the fused nn.LSTM
+
     def __init__(self, encoder: ImageEncoder, decoder: AttentionDecoder, classes: str | None = None):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder

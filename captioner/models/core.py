@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captioner.config.base import CoreSection
+
 State = tuple[Tensor, ...]  # (h,) or (h, c), each (B, L, H)
 
 
@@ -103,6 +105,11 @@ class RecurrentCore(nn.Module):
             bidirectional=bidirectional,
         )
         self.reset_parameters()
+
+    @classmethod
+    def of(cls, section: CoreSection, input_dim: int, bidirectional: bool = False) -> RecurrentCore:
+        """The core a model section describes (its cell, hidden_dim, num_layers, dropout) over inputs of input_dim."""
+        return cls(input_dim, section.hidden_dim, section.num_layers, section.cell, section.dropout, bidirectional)
 
     def reset_parameters(self) -> None:
         """Uniform init as torch does, then the cell's own adjustment (the LSTM's forget-gate bias 1)."""

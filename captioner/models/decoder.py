@@ -167,14 +167,6 @@ class AttentionDecoder(WordGroups, nn.Module):
             raise ValueError(f"end shares must be ({self.vocab_size},) with at least one word that ends a sequence")
         self.end_share.copy_(shares)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints written before decoders learnt their end words: any word may end a sequence
-        state_dict.setdefault(prefix + "end_share", torch.ones_like(self.end_share))
-        if self.class_lead is not None:  # and before they learnt which words lead to a class word: any
-            state_dict.setdefault(prefix + "class_lead", torch.ones_like(self.class_lead))
-            state_dict.setdefault(prefix + "class_lead_start", torch.ones_like(self.class_lead_start))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def compile_step(self) -> None:
         """torch.compile the sequential part of a step (attention, gate, core): one fused kernel set per step
         in place of a dozen small ones. The weights and checkpoints are unchanged."""

@@ -12,14 +12,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from captioner.config.base import CoreSection
 from captioner.models.core import RecurrentCore
 
 
 class PathPredictor(nn.Module):
-    def __init__(self, hidden_dim: int = 128, num_layers: int = 2, cell: str = "lstm", dropout: float = 0.0):
+    def __init__(self, core: CoreSection | None = None):
         super().__init__()
-        self.core = RecurrentCore(4, hidden_dim, num_layers, cell, dropout)
-        self.head = nn.Linear(hidden_dim, 2)
+        core = core or CoreSection()
+        self.core = RecurrentCore.of(core, 4)  # each step reads (position, displacement)
+        self.head = nn.Linear(core.hidden_dim, 2)
         nn.init.zeros_(self.head.weight)  # start from "the same displacement again" (its bias: the mean)
         nn.init.zeros_(self.head.bias)
         self.register_buffer("position_mean", torch.zeros(2))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from captioner.config.base import CoreSection
 from captioner.models.attention import AdditiveAttention
 from captioner.models.core import RecurrentCore
 
@@ -22,24 +23,22 @@ class TextClassifier(nn.Module):
         vocab_size: int,
         classes: int,
         embed_dim: int = 128,
-        hidden_dim: int = 128,
-        num_layers: int = 1,
-        cell: str = "lstm",
-        dropout: float = 0.3,
+        core: CoreSection | None = None,
         pooling: str = "attention",
         attention_dim: int = 64,
     ):
         super().__init__()
+        core = core or CoreSection()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         self.pooling = pooling
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
-        self.core = RecurrentCore(embed_dim, hidden_dim, num_layers, cell, dropout, bidirectional=True)
-        width = 2 * hidden_dim
+        self.core = RecurrentCore.of(core, embed_dim, bidirectional=True)
+        width = 2 * core.hidden_dim
         if pooling == "attention":
             self.attention = AdditiveAttention(width, width, attention_dim)
             self.query = nn.Parameter(torch.randn(width) * 0.1)
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(core.dropout)
         self.head = nn.Linear(width, classes)
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor | None]:

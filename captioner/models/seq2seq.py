@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from captioner.config.base import CoreSection
 from captioner.decoding import SUMMED, Generation, Norm
 from captioner.models.core import RecurrentCore
 from captioner.models.decoder import AttentionDecoder
@@ -25,18 +26,16 @@ class TextEncoder(nn.Module):
         self,
         vocab_size: int,
         embed_dim: int = 128,
-        hidden_dim: int = 128,
-        num_layers: int = 1,
-        cell: str = "lstm",
-        dropout: float = 0.0,
+        core: CoreSection | None = None,
         bidirectional: bool = True,
         pad_id: int = Vocab.pad_id,
     ):
         super().__init__()
+        core = core or CoreSection()
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
-        self.core = RecurrentCore(embed_dim, hidden_dim, num_layers, cell, dropout, bidirectional)
-        self.dropout = nn.Dropout(dropout)
-        self.out_dim = hidden_dim * self.core.num_directions
+        self.core = RecurrentCore.of(core, embed_dim, bidirectional)
+        self.dropout = nn.Dropout(core.dropout)
+        self.out_dim = core.hidden_dim * self.core.num_directions
 
     def forward(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         embedded = self.dropout(self.embedding(src))

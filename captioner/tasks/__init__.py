@@ -1,12 +1,13 @@
-"""One module per task, each offering the same verbs over the shared training code (captioner.training):
+"""One module per task, each the same shape: a Task for the one training loop (captioner.training), and the
+verbs a user calls.
 
-    build(config, vocabularies)      an untrained model
-    fit(config, ...) -> best.pt      train, writing the run folder (config.yaml, vocab.json, metrics.jsonl,
-                                     last.pt, best.pt)
-    evaluate(checkpoint, ...)        score a trained model on held-out data
-    restore(checkpoint, device)      the model, its config and its vocabularies, from the checkpoint alone
-    generate(model, ...)             captions, translations or text
+    fit(config, resume=False, log=print) -> best.pt   train through the loop, writing the run folder
+    evaluate(checkpoint, ...)                          score a trained model on held-out data
+    generate(model, ...)                               what the model makes: captions, text, translations,
+                                                       class probabilities, a path
 
-captioning (images -> captions), char_lm (text -> next character), translation (sentences -> sentences),
-ball (the first positions of a flight -> the next ones).
+A model comes back from its checkpoint alone through captioner.models.registry.restore, the same triple for
+every task. captioning (images -> captions), char_lm (text -> the next character), translation (sentences
+-> sentences), sentiment (a text -> negative / neutral / positive), ball (a flight's first positions -> the
+next ones).
 """

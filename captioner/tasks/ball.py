@@ -17,42 +17,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from captioner.checkpoint import load_weights
-from captioner.checkpoint import restore as restore_checkpoint
+from captioner import training
 from captioner.config import BallConfig
 from captioner.data.ball import load_flights, spec_of
+from captioner.device import resolve_device
 from captioner.errors import ConfigError
 from captioner.files import write_json
 from captioner.models.path import PathPredictor
-from captioner.training import (
-    RunFolder,
-    build_scheduler,
-    epoch_checkpoint,
-    out_of_time,
-    resolve_device,
-    resume_epochs,
-    train_epoch,
-)
+from captioner.models.registry import build_model, restore
+from captioner.training import ShuffledTask, Stage
 
-KIND = "ball"  # the checkpoints' "kind"
 HORIZONS = (10, 20, 40)  # steps ahead at which ADE is also reported (those within the horizon)
-
-
-def build(config: BallConfig) -> PathPredictor:
-    m = config.model
-    return PathPredictor(m.hidden_dim, m.num_layers, m.cell, m.dropout)
-
-
-def restore(path: str | Path, device="cpu") -> tuple[PathPredictor, BallConfig]:
-    model, config, _ = restore_checkpoint(path, KIND, BallConfig, lambda c, v: build(c), device, vocabularies=())
-    return model, config
 
 
 def split_paths(config: BallConfig, paths: np.ndarray, source: str) -> tuple[Tensor, Tensor]:
     """(observed, future) tensors of flights: the first data.observed positions and the next data.horizon."""
     observed, horizon = config.data.observed, config.data.horizon
-    if observed < 3 or horizon < 1:
-        raise ConfigError(f"data.observed must be at least 3 and data.horizon at least 1, got {observed}, {horizon}")
     if observed + horizon > paths.shape[1]:
         raise ConfigError(
             f"data.observed + data.horizon = {observed + horizon} positions, but the flights of {source} have "
@@ -100,70 +80,52 @@ def generate(model: PathPredictor, observed: Tensor, horizon: int, batch_size: i
     return torch.cat(parts)
 
 
-def fit(config: BallConfig, resume: bool = False, log=print) -> Path:
-    """Train a path predictor; write the run folder (training.RunFolder) and test_scores.json; return best.pt."""
-    train = config.train
-    device = resolve_device(train.device)
-    folder = RunFolder(train.run_dir)
-    checkpoint = folder.resume_from(KIND) if resume else None
-    torch.manual_seed(train.seed)
-    splits = load_flights(config.data.root)
-    source = f"{config.data.root}/flights.npz"
-    observed, future = split_paths(config, splits["train"], source)
-    val_observed, val_future = split_paths(config, splits["val"], source)
-    model = build(config)
-    model.set_statistics(torch.cat([observed, future], dim=1))
-    model.to(device)
-    if checkpoint is not None:
-        load_weights(model, checkpoint["model"], folder.last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, weight_decay=0.0)
-    schedule = build_scheduler(optimizer, train, max(1, len(observed) // train.batch_size))
-    generator = torch.Generator().manual_seed(train.seed)
-    progress = {"epoch": -1, "best_ade": float("inf"), "elapsed": 0.0}
-    if checkpoint is not None:
-        progress = resume_epochs(checkpoint, optimizer, schedule, generator, device, progress)
-        log(f"resuming {folder.last} at epoch {progress['epoch'] + 2}")
-    folder.start(config, {}, progress["epoch"] + 1 if checkpoint is not None else None)
-    baseline = {
-        name: errors(method(val_observed, config.data.horizon), val_future)["ade"] for name, method in BASELINES.items()
-    }
-    log(
-        f"{len(observed)} training / {len(val_observed)} validation flights, {config.data.observed} positions seen, "
-        f"{config.data.horizon} predicted; {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
-        f"device {device}; validation ADE of " + ", ".join(f"{k} {v:.3f} m" for k, v in baseline.items())
-    )
-    horizon = config.data.horizon
-    observed, future = observed.to(device), future.to(device)  # once, not per batch
+class BallTask(ShuffledTask):
+    """The flights' training split, the model rolled out over the horizon, validation ADE and FDE."""
 
-    def batch_loss(index: Tensor) -> Tensor:  # mean squared distance, in the positions' spread
-        return ((model(observed[index], horizon) - future[index]) / model.position_std).pow(2).sum(-1).mean()
+    best_metric, higher_is_better = "val_ade", False
+    headline = {"val_ade": "val ADE {:.3f} m", "val_fde": "FDE {:.3f} m"}
 
-    for epoch in range(progress["epoch"] + 1, train.epochs):
-        loss, seconds = train_epoch(
-            model, batch_loss, len(observed), train.batch_size, generator, optimizer, schedule, train.grad_clip, epoch
-        )
-        progress["epoch"], progress["elapsed"] = epoch, progress["elapsed"] + seconds
-        scores = errors(generate(model, val_observed, horizon), val_future)
-        row = {
-            "epoch": epoch + 1,
-            "loss": loss,
-            "flights_per_s": len(observed) // train.batch_size * train.batch_size / seconds,
-            "elapsed": progress["elapsed"],
-            **{f"val_{k}": v for k, v in scores.items()},
+    def __init__(self, run: training.Run):
+        super().__init__(run, run.config.train.seed)
+        config, self.vocabularies = run.config, {}
+        splits = load_flights(config.data.root)
+        source = f"{config.data.root}/flights.npz"
+        observed, future = split_paths(config, splits["train"], source)
+        self.val_observed, self.val_future = split_paths(config, splits["val"], source)
+        self.model = build_model(config, {})
+        self.model.set_statistics(torch.cat([observed, future], dim=1))
+        self.model.to(self.device)
+        run.load_weights(self.model)
+        self.observed, self.future = observed.to(self.device), future.to(self.device)  # once, not per batch
+        baseline = {
+            name: errors(method(self.val_observed, config.data.horizon), self.val_future)["ade"]
+            for name, method in BASELINES.items()
         }
-        folder.log_metrics(row)
-        log(
-            f"epoch {epoch + 1}: loss {row['loss']:.4f}, val ADE {scores['ade']:.3f} m, FDE {scores['fde']:.3f} m, "
-            f"{row['flights_per_s']:.0f} flights/s, {progress['elapsed'] / 60:.1f} min"
+        self.log(
+            f"{len(observed)} training / {len(self.val_observed)} validation flights, {config.data.observed} positions "
+            f"seen, {config.data.horizon} predicted; {run.describe(self.model)}; validation ADE of "
+            + ", ".join(f"{k} {v:.3f} m" for k, v in baseline.items())
         )
-        best = scores["ade"] < progress["best_ade"]
-        progress["best_ade"] = min(progress["best_ade"], scores["ade"])
-        payload = epoch_checkpoint(KIND, model, config, {}, row, optimizer, schedule, generator, device, progress)
-        folder.save(payload, best=best)
-        if out_of_time(train.max_minutes, progress["elapsed"], log):
-            break
-    evaluate(folder.best, "test", device=str(device), output=folder.path / "test_scores.json", log=log)
-    return folder.best
+
+    def stages(self) -> list[Stage]:
+        return [self.index_stage(len(self.observed), self.loss, "flights")]
+
+    def loss(self, model, index: Tensor) -> tuple[Tensor, dict]:
+        """Mean squared distance over the horizon, in the positions' spread."""
+        predicted = model(self.observed[index], self.config.data.horizon)
+        return ((predicted - self.future[index]) / self.model.position_std).pow(2).sum(-1).mean(), {}
+
+    def validate(self, final: bool) -> dict[str, float]:
+        return errors(generate(self.model, self.val_observed, self.config.data.horizon), self.val_future)
+
+
+def fit(config: BallConfig, resume: bool = False, log=print) -> Path:
+    """Train a path predictor; write the run folder (captioner.training) and test_scores.json; return best.pt."""
+    run = training.start(config, resume, log)
+    best = training.fit(BallTask(run), run)
+    evaluate(best, "test", device=str(run.device), output=run.folder.path / "test_scores.json", log=log)
+    return best
 
 
 def evaluate(
@@ -176,7 +138,7 @@ def evaluate(
 ) -> dict:
     """ADE and FDE of the model and of the two physics baselines on a split; a figure of a few flights."""
     log = log or (lambda line: print(line, file=sys.stderr))
-    model, config = restore(checkpoint, resolve_device(device))
+    model, config, _ = restore(checkpoint, resolve_device(device), kind=BallConfig.KIND)
     paths = load_flights(config.data.root)[split]
     observed, future = split_paths(config, paths, f"{config.data.root}/flights.npz")
     horizon = config.data.horizon

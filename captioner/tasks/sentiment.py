@@ -17,38 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captioner.checkpoint import load_weights
-from captioner.checkpoint import restore as restore_checkpoint
+from captioner import training
 from captioner.config import SentimentConfig
 from captioner.data.sentiment import LABELS, read_split, tokenize_text
+from captioner.device import resolve_device
 from captioner.files import write_json
+from captioner.models.registry import build_model, restore
 from captioner.models.sentiment import BagOfNgrams, TextClassifier
-from captioner.training import (
-    RunFolder,
-    build_scheduler,
-    epoch_checkpoint,
-    out_of_time,
-    resolve_device,
-    resume_epochs,
-    train_epoch,
-)
+from captioner.training import ShuffledTask, Stage
 from captioner.vocab import Vocab
-
-KIND = "sentiment"  # the checkpoints' "kind"
-
-
-def build(config: SentimentConfig, vocab_size: int) -> TextClassifier:
-    m = config.model
-    return TextClassifier(
-        vocab_size, len(LABELS), m.embed_dim, m.hidden_dim, m.num_layers, m.cell, m.dropout, m.pooling, m.attention_dim
-    )
-
-
-def restore(path: str | Path, device="cpu") -> tuple[TextClassifier, SentimentConfig, Vocab]:
-    model, config, vocabs = restore_checkpoint(
-        path, KIND, SentimentConfig, lambda c, v: build(c, len(v["vocab"])), device
-    )
-    return model, config, vocabs["vocab"]
 
 
 def scores(predicted: list[int], gold: list[int]) -> dict[str, float]:
@@ -95,73 +72,52 @@ def generate(model: TextClassifier, ids: list[list[int]], batch_size: int = 256)
     return torch.cat(probabilities), weights or None
 
 
+class SentimentTask(ShuffledTask):
+    """Labelled texts: cross-entropy of the label, validation accuracy and macro-F1."""
+
+    best_metric = "val_macro_f1"
+    headline = {"val_accuracy": "val accuracy {:.1f}", "val_macro_f1": "macro-F1 {:.1f}"}
+
+    def __init__(self, run: training.Run):
+        super().__init__(run, run.config.train.seed)
+        config = run.config
+        training_texts, validation = read_split(config.data.root, "train"), read_split(config.data.root, "val")
+        if run.checkpoint is not None:
+            vocab = Vocab.from_dict(run.checkpoint["vocabularies"]["vocab"])
+        else:
+            vocab = Vocab.build((tokenize_text(t) for _, t in training_texts), min_freq=config.data.min_word_freq)
+        self.vocabularies = {"vocab": vocab}
+        max_len = config.data.max_len
+        self.ids = encode([t for _, t in training_texts], vocab, max_len)
+        self.labels = torch.tensor([c for c, _ in training_texts]).to(self.device)
+        self.val_ids, self.val_labels = encode([t for _, t in validation], vocab, max_len), [c for c, _ in validation]
+        self.model = build_model(config, self.vocabularies).to(self.device)
+        run.load_weights(self.model)
+        counts = Counter(LABELS[c] for c, _ in training_texts)
+        self.log(
+            f"{len(self.ids)} training / {len(self.val_ids)} validation texts "
+            f"({', '.join(f'{counts[k]} {k}' for k in LABELS)}), vocabulary {len(vocab)}, "
+            f"{run.describe(self.model)}, {config.model.pooling} pooling"
+        )
+
+    def stages(self) -> list[Stage]:
+        return [self.index_stage(len(self.ids), self.loss, "texts")]
+
+    def loss(self, model, index: Tensor) -> tuple[Tensor, dict]:
+        tokens, lengths = batch([self.ids[i] for i in index.tolist()])
+        return F.cross_entropy(model(tokens.to(self.device), lengths)[0], self.labels[index.to(self.device)]), {}
+
+    def validate(self, final: bool) -> dict[str, float]:
+        probabilities, _ = generate(self.model, self.val_ids)
+        return scores(probabilities.argmax(-1).tolist(), self.val_labels)
+
+
 def fit(config: SentimentConfig, resume: bool = False, log=print) -> Path:
     """Train a classifier; write the run folder and test_scores.json (with the baseline's); return best.pt."""
-    train = config.train
-    device = resolve_device(train.device)
-    folder = RunFolder(train.run_dir)
-    checkpoint = folder.resume_from(KIND) if resume else None
-    torch.manual_seed(train.seed)
-    training, validation = read_split(config.data.root, "train"), read_split(config.data.root, "val")
-    if checkpoint is not None:
-        vocab = Vocab.from_dict(checkpoint["vocab"])
-    else:
-        vocab = Vocab.build((tokenize_text(t) for _, t in training), min_freq=config.data.min_word_freq)
-    ids, labels = encode([t for _, t in training], vocab, config.data.max_len), torch.tensor([c for c, _ in training])
-    val_ids, val_labels = encode([t for _, t in validation], vocab, config.data.max_len), [c for c, _ in validation]
-    model = build(config, len(vocab)).to(device)
-    if checkpoint is not None:
-        load_weights(model, checkpoint["model"], folder.last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
-    steps_per_epoch = max(1, len(ids) // train.batch_size)
-    schedule = build_scheduler(optimizer, train, steps_per_epoch)
-    labels = labels.to(device)
-
-    def batch_loss(index: Tensor) -> Tensor:
-        tokens, lengths = batch([ids[i] for i in index.tolist()])
-        return F.cross_entropy(model(tokens.to(device), lengths)[0], labels[index.to(device)])
-
-    generator = torch.Generator().manual_seed(train.seed)
-    progress = {"epoch": -1, "best_f1": -1.0, "elapsed": 0.0}
-    if checkpoint is not None:
-        progress = resume_epochs(checkpoint, optimizer, schedule, generator, device, progress)
-        log(f"resuming {folder.last} at epoch {progress['epoch'] + 2}")
-    folder.start(config, {"vocab": vocab}, progress["epoch"] + 1 if checkpoint is not None else None)
-    counts = Counter(LABELS[c] for c, _ in training)
-    log(
-        f"{len(ids)} training / {len(val_ids)} validation texts ({', '.join(f'{counts[k]} {k}' for k in LABELS)}), "
-        f"vocabulary {len(vocab)}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
-        f"{config.model.pooling} pooling, device {device}"
-    )
-    for epoch in range(progress["epoch"] + 1, train.epochs):
-        loss, seconds = train_epoch(
-            model, batch_loss, len(ids), train.batch_size, generator, optimizer, schedule, train.grad_clip, epoch
-        )
-        progress["epoch"], progress["elapsed"] = epoch, progress["elapsed"] + seconds
-        probabilities, _ = generate(model, val_ids)
-        val = scores(probabilities.argmax(-1).tolist(), val_labels)
-        row = {
-            "epoch": epoch + 1,
-            "loss": loss,
-            "texts_per_s": steps_per_epoch * train.batch_size / seconds,
-            "elapsed": progress["elapsed"],
-            **{f"val_{k}": v for k, v in val.items()},
-        }
-        folder.log_metrics(row)
-        log(
-            f"epoch {epoch + 1}: loss {row['loss']:.3f}, val accuracy {val['accuracy']:.1f}, macro-F1 "
-            f"{val['macro_f1']:.1f}, {row['texts_per_s']:.0f} texts/s, {progress['elapsed'] / 60:.1f} min"
-        )
-        best = val["macro_f1"] > progress["best_f1"]
-        progress["best_f1"] = max(progress["best_f1"], val["macro_f1"])
-        payload = epoch_checkpoint(
-            KIND, model, config, {"vocab": vocab}, row, optimizer, schedule, generator, device, progress
-        )
-        folder.save(payload, best=best)
-        if out_of_time(train.max_minutes, progress["elapsed"], log):
-            break
-    evaluate(folder.best, "test", device=str(device), output=folder.path / "test_scores.json", log=log)
-    return folder.best
+    run = training.start(config, resume, log)
+    best = training.fit(SentimentTask(run), run)
+    evaluate(best, "test", device=str(run.device), output=run.folder.path / "test_scores.json", log=log)
+    return best
 
 
 def ngrams(tokens: list[str]) -> list[str]:
@@ -223,7 +179,8 @@ def evaluate(
 ) -> dict:
     """Accuracy and macro-F1 of a split's texts (and the baseline's); with attention, the words weighed most."""
     log = log or (lambda line: print(line, file=sys.stderr))
-    model, config, vocab = restore(checkpoint, resolve_device(device))
+    model, config, vocabularies = restore(checkpoint, resolve_device(device), kind=SentimentConfig.KIND)
+    vocab = vocabularies["vocab"]
     examples = read_split(config.data.root, split)
     ids = encode([t for _, t in examples], vocab, config.data.max_len)
     probabilities, weights = generate(model, ids)
@@ -266,7 +223,8 @@ def heaviest(tokens: list[str], weights: Tensor, count: int = 3) -> list[tuple[s
 
 def classify(checkpoint: str | Path, texts: list[str], device: str = "auto") -> list[dict]:
     """Each text's label, class probabilities and (attention pooling) the words weighed most."""
-    model, config, vocab = restore(checkpoint, resolve_device(device))
+    model, config, vocabularies = restore(checkpoint, resolve_device(device), kind=SentimentConfig.KIND)
+    vocab = vocabularies["vocab"]
     probabilities, weights = generate(model, encode(texts, vocab, config.data.max_len))
     results = []
     for i, text in enumerate(texts):

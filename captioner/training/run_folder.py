@@ -1,0 +1,77 @@
+"""A training run's folder, in the layout every task shares (captioner/training/__init__.py lists it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from captioner.checkpoint import load_checkpoint, save_checkpoint
+from captioner.errors import TrainingError
+from captioner.files import write_text, write_yaml
+from captioner.vocab import Vocab
+
+
+def silent(*args, **kwargs) -> None:
+    """The log of processes other than rank 0, and of callers that want none."""
+
+
+class RunFolder:
+    """A training run's folder, in the layout every task shares (the module docstring lists it).
+
+    Only the main process writes (main=False: every write is a no-op), so data-parallel ranks can
+    call the same methods.
+    """
+
+    def __init__(self, path: str | Path, main: bool = True):
+        self.path = Path(path)
+        self.main = main
+        self.last = self.path / "last.pt"
+        self.best = self.path / "best.pt"
+        self.metrics = self.path / "metrics.jsonl"
+
+    def resume_from(self, kind: str) -> dict:
+        """The last checkpoint, to continue a run from (CheckpointError, naming the file, if there is none)."""
+        return load_checkpoint(self.last, kind=kind)
+
+    def start(self, config, vocabs: dict[str, Vocab], resumed_step: int | None = None) -> None:
+        """Write config.yaml and NAME.json for every vocabulary; a new run also starts metrics.jsonl afresh.
+
+        A run resumed from a checkpoint written after resumed_step steps keeps those steps' metrics rows only,
+        not those of work done after the checkpoint and lost when the run was stopped.
+        """
+        if not self.main:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        if resumed_step is None or not self.metrics.is_file():
+            self.metrics.write_text("")
+        else:
+            rows = [line for line in self.metrics.read_text().splitlines() if line.strip()]
+            kept = [line for line in rows if json.loads(line).get("step", 0) <= resumed_step]
+            write_text(self.metrics, "".join(line + "\n" for line in kept))
+        write_yaml(self.path / "config.yaml", config.to_dict())
+        for name, vocab in vocabs.items():
+            vocab.save(self.path / f"{name}.json")
+
+    def log_metrics(self, row: dict) -> None:
+        """Append one JSON line to metrics.jsonl."""
+        if self.main:
+            with open(self.metrics, "a") as file:
+                file.write(json.dumps(row) + "\n")
+
+    def save(self, payload: dict, best: bool) -> None:
+        """Write last.pt, and best.pt too when this is the best checkpoint so far; never weights that are not finite."""
+        if not self.main:
+            return
+        bad = [
+            name
+            for name, tensor in payload["model"].items()
+            if tensor.is_floating_point() and not tensor.isfinite().all()
+        ]
+        if bad:
+            raise TrainingError(
+                f"not saving {self.last}: {len(bad)} weight tensors ({bad[0]}, ...) hold values that are not finite; "
+                f"lower train.learning_rate or set train.grad_clip"
+            )
+        if best:  # first: a run stopped between the two resumes from the older last.pt and writes both again
+            save_checkpoint(self.best, payload)
+        save_checkpoint(self.last, payload)

@@ -1,0 +1,139 @@
+"""Every task trains through the one loop and resumes exactly: a run killed (SIGKILL) in the middle of its
+training and resumed with --resume ends with the very weights of a run that was never stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from captioner.config import CONFIGS
+from captioner.data.ball import FlightSpec, build_flights
+from captioner.tasks import ball, captioning, char_lm, sentiment, translation
+from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def captioner_recipe(tmp_path: Path, shapes_root: Path) -> dict:
+    return tiny_config(shapes_root, tmp_path / "run", epochs=4, batch_size=8).to_dict()
+
+
+def char_lm_recipe(tmp_path: Path, shapes_root: Path) -> dict:
+    (tmp_path / "corpus.txt").write_text("the cat sat on the mat. 'a quote' (and brackets)\n" * 200)
+    return {
+        "data": {"corpus": str(tmp_path / "corpus.txt"), "max_chars": None},
+        "model": {"embed_dim": 8, "hidden_dim": 32, "num_layers": 2, "dropout": 0.1},
+        "train": {"run_dir": str(tmp_path / "run"), "batch_size": 4, "seq_len": 16, "max_minutes": None}
+        | {"max_steps": 240, "eval_every_minutes": 0.002, "eval_chars": 500, "device": "cpu"},
+    }
+
+
+def translator_recipe(tmp_path: Path, shapes_root: Path) -> dict:
+    rng = random.Random(0)
+    lines = []
+    for _ in range(400):
+        words = [f"w{rng.randrange(12)}" for _ in range(rng.randint(2, 6))]
+        lines.append(" ".join(words) + "\t" + " ".join(reversed(words)) + "\n")
+    for split in ("train", "val"):
+        (tmp_path / f"{split}.tsv").write_text("".join(lines))
+    return {
+        "data": {"train": str(tmp_path / "train.tsv"), "val": str(tmp_path / "val.tsv"), "test": None},
+        "model": {"embed_dim": 8, "hidden_dim": 16, "attention_dim": 8, "dropout": 0.1},
+        "train": {"run_dir": str(tmp_path / "run"), "epochs": 4, "batch_size": 16, "device": "cpu"},
+    }
+
+
+def sentiment_recipe(tmp_path: Path, shapes_root: Path) -> dict:
+    rng = random.Random(0)
+    cues = {"negative": "awful", "neutral": "today", "positive": "great"}
+    for split, count in (("train", 600), ("val", 60), ("test", 60)):
+        rows = []
+        for _ in range(count):
+            label = rng.choice(list(cues))
+            rows.append(f"{label}\tmy {cues[label]} phone is {rng.choice(['new', 'old', 'red', 'big'])}\n")
+        (tmp_path / f"{split}.tsv").write_text("".join(rows))
+    return {
+        "data": {"root": str(tmp_path), "min_word_freq": 1},
+        "model": {"embed_dim": 8, "hidden_dim": 8, "attention_dim": 4, "dropout": 0.2},
+        "train": {"run_dir": str(tmp_path / "run"), "epochs": 4, "batch_size": 16, "device": "cpu"},
+    }
+
+
+def ball_recipe(tmp_path: Path, shapes_root: Path) -> dict:
+    build_flights(tmp_path / "flights", FlightSpec(seed=3, train=512, val=32, test=32, steps=30), log=lambda _: None)
+    return {
+        "data": {"root": str(tmp_path / "flights"), "observed": 10, "horizon": 20},
+        "model": {"hidden_dim": 16, "num_layers": 1},
+        "train": {"run_dir": str(tmp_path / "run"), "epochs": 4, "batch_size": 16, "device": "cpu"},
+    }
+
+
+# kind -> (the task module, its recipe, the command that trains it)
+TASKS = {
+    "captioner": (captioning, captioner_recipe, ["train"]),
+    "char_lm": (char_lm, char_lm_recipe, ["lm", "train"]),
+    "translator": (translation, translator_recipe, ["translate", "train"]),
+    "sentiment": (sentiment, sentiment_recipe, ["sentiment", "train"]),
+    "ball": (ball, ball_recipe, ["ball", "train"]),
+}
+
+
+def command(verb: list[str], recipe: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "captioner", *verb, "--config", str(recipe), *extra]
+
+
+def environment() -> dict:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+
+
+def kill_after_first_checkpoint(argv: list[str], run: Path) -> None:
+    """Start a training command and SIGKILL it once its first checkpoint is written, while it trains on."""
+    process = subprocess.Popen(argv, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = []
+    for line in process.stdout:  # a line per validation, logged before its checkpoint is written
+        lines.append(line.decode())
+        if line.startswith(b"epoch "):
+            break
+    deadline = time.monotonic() + 60
+    while not (run / "last.pt").is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "".join(lines)  # killed, not finished
+
+
+@pytest.mark.parametrize("kind", list(TASKS))
+def test_a_run_killed_mid_training_resumes_to_the_same_weights(kind, tmp_path, shapes_root):
+    task, make_recipe, verb = TASKS[kind]
+    recipe = make_recipe(tmp_path, shapes_root)
+    whole = CONFIGS[kind].from_dict(recipe | {"train": recipe["train"] | {"run_dir": str(tmp_path / "whole")}})
+    task.fit(whole, log=lambda _: None)  # never stopped
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    run = tmp_path / "run"
+    kill_after_first_checkpoint(command(verb, path), run)
+    killed = torch.load(run / "last.pt", weights_only=True)["training"]
+    final = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    assert killed["step"] < final["training"]["step"], "the killed run had already finished"
+    resumed = subprocess.run(command(verb, path, "--resume"), cwd=ROOT, env=environment(), capture_output=True)
+    assert resumed.returncode == 0, resumed.stdout.decode() + resumed.stderr.decode()
+    assert f"resuming {run / 'last.pt'}" in resumed.stdout.decode() + resumed.stderr.decode()
+
+    ended = torch.load(run / "last.pt", weights_only=True)
+    assert ended["training"]["step"] == final["training"]["step"]
+    assert ended["model"].keys() == final["model"].keys()
+    for name, weights in final["model"].items():
+        assert torch.equal(ended["model"][name], weights), f"{kind}: {name} differs after the resume"
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == final["training"]["step"]  # no row of the lost work
