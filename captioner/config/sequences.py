@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Literal
 
 from captioner.config.base import CoreSection, Sections, TrainSection, require
 
@@ -51,8 +51,7 @@ class LMTrainConfig(TrainSection):
 
 
 @dataclass
-class LMConfig(Sections):
-    KIND: ClassVar[str] = "char_lm"
+class LMConfig(Sections, kind="char_lm"):
     data: LMDataConfig = field(default_factory=LMDataConfig)
     model: LMModelConfig = field(default_factory=LMModelConfig)
     train: LMTrainConfig = field(default_factory=LMTrainConfig)
@@ -91,8 +90,7 @@ class TranslateTrainConfig(TrainSection):
 
 
 @dataclass
-class TranslateConfig(Sections):
-    KIND: ClassVar[str] = "translator"
+class TranslateConfig(Sections, kind="translator"):
     data: TranslateDataConfig = field(default_factory=TranslateDataConfig)
     model: TranslateModelConfig = field(default_factory=TranslateModelConfig)
     train: TranslateTrainConfig = field(default_factory=TranslateTrainConfig)
@@ -130,8 +128,7 @@ class SentimentTrainConfig(TrainSection):
 
 
 @dataclass
-class SentimentConfig(Sections):
-    KIND: ClassVar[str] = "sentiment"
+class SentimentConfig(Sections, kind="sentiment"):
     data: SentimentDataConfig = field(default_factory=SentimentDataConfig)
     model: SentimentModelConfig = field(default_factory=SentimentModelConfig)
     train: SentimentTrainConfig = field(default_factory=SentimentTrainConfig)
@@ -168,8 +165,7 @@ class BallTrainConfig(TrainSection):
 
 
 @dataclass
-class BallConfig(Sections):
-    KIND: ClassVar[str] = "ball"
+class BallConfig(Sections, kind="ball"):
     data: BallDataConfig = field(default_factory=BallDataConfig)
     model: BallModelConfig = field(default_factory=BallModelConfig)
     train: BallTrainConfig = field(default_factory=BallTrainConfig)

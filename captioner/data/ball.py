@@ -23,6 +23,9 @@ import numpy as np
 from captioner.errors import DataError
 from captioner.files import atomic_path, write_json
 
+# What `captioner ... data flights` prepares (its --help)
+DESCRIPTION = "synthetic flights of a ball (gravity, drag, bounces off the floor and walls), deterministic from a seed"
+
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 GRAVITY = 9.81
 

