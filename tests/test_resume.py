@@ -1,5 +1,6 @@
-"""Every task trains through the one loop and resumes exactly: a run killed (SIGKILL) in the middle of its
-training and resumed ends with the very weights of a run that was never stopped."""
+"""Every task trains through the one loop and resumes exactly: a run killed (SIGKILL) at a random moment of its
+training (mid-step, mid-validation, or while it writes a checkpoint) never leaves a checkpoint that does not
+load, and resumed it ends with the very weights of a run that was never stopped."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from captioner.checkpoint import load_checkpoint
 from captioner.config import CONFIGS
 from captioner.data.ball import FlightSpec, build_flights
 from captioner.tasks import ball, captioning, char_lm, sentiment, translation
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def captioner_recipe(tmp_path: Path, shapes_root: Path) -> dict:
-    return tiny_config(shapes_root, tmp_path / "run", epochs=4, batch_size=8).to_dict()
+    return tiny_config(shapes_root, tmp_path / "run", epochs=6, batch_size=8).to_dict()
 
 
 def char_lm_recipe(tmp_path: Path, shapes_root: Path) -> dict:
@@ -96,8 +98,11 @@ def environment() -> dict:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
 
 
-def kill_after_first_checkpoint(argv: list[str], run: Path) -> None:
-    """Start a training command and SIGKILL it once its first checkpoint is written, while it trains on."""
+def kill_after_a_checkpoint(argv: list[str], run: Path, delay: float) -> None:
+    """Start a training command, wait for it to write a checkpoint, then SIGKILL it `delay` seconds later: while
+    it trains on, validates or writes its next checkpoint."""
+    last = run / "last.pt"
+    before = last.stat().st_mtime_ns if last.is_file() else None
     process = subprocess.Popen(argv, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines = []
     for line in process.stdout:  # a line per validation, logged before its checkpoint is written
@@ -105,11 +110,21 @@ def kill_after_first_checkpoint(argv: list[str], run: Path) -> None:
         if line.startswith(b"epoch "):
             break
     deadline = time.monotonic() + 60
-    while not (run / "last.pt").is_file() and process.poll() is None and time.monotonic() < deadline:
+    while process.poll() is None and time.monotonic() < deadline:
+        if last.is_file() and last.stat().st_mtime_ns != before:
+            break
         time.sleep(0.001)
+    time.sleep(delay)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "".join(lines)  # killed, not finished
+    for name in ("last.pt", "best.pt"):  # whatever was written is whole
+        if (run / name).is_file():
+            load_checkpoint(run / name)
+
+
+# The captioner is killed twice: the second time as a resumed run.
+KILLS = {"captioner": 2}
 
 
 @pytest.mark.parametrize("kind", list(TASKS))
@@ -117,12 +132,17 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(kind, tmp_path, s
     task, make_recipe, verb = TASKS[kind]
     recipe = make_recipe(tmp_path, shapes_root)
     whole = CONFIGS[kind].from_dict(recipe | {"train": recipe["train"] | {"run_dir": str(tmp_path / "whole")}})
+    start = time.perf_counter()
     task.fit(whole, log=lambda _: None)  # never stopped
+    rows = len((tmp_path / "whole" / "metrics.jsonl").read_text().splitlines())
+    period = (time.perf_counter() - start) / rows  # about the time from one checkpoint to the next
     final = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
 
     path, run = tmp_path / "recipe.yaml", tmp_path / "run"
     path.write_text(yaml.safe_dump(recipe))
-    kill_after_first_checkpoint(command(verb, path), run)  # trained by its command, in a process of its own
+    rng = random.Random(f"kill {kind}")
+    for kill in range(KILLS.get(kind, 1)):  # trained by its command, in a process of its own
+        kill_after_a_checkpoint(command(verb, path, *(["--resume"] if kill else [])), run, rng.uniform(0, period))
     killed = torch.load(run / "last.pt", weights_only=True)["training"]
     assert killed["step"] < final["training"]["step"], "the killed run had already finished"
     logs = []
