@@ -93,6 +93,16 @@ class DecodeConfig:
     # "cup": no "a cup espresso"); learnt with the model
     class_lead: bool = True
 
+    def __post_init__(self) -> None:
+        require(
+            self.min_len >= 0 and self.no_repeat_ngram >= 0,
+            "decode.min_len and decode.no_repeat_ngram cannot be negative",
+        )
+        require(
+            self.end_share is None or 0 <= self.end_share <= 1,
+            f"decode.end_share must lie between 0 and 1 (or be null), not {self.end_share}",
+        )
+
     def with_overrides(self, overrides: dict | None) -> DecodeConfig:
         """These settings with the keys of overrides replaced (ConfigError for an unknown key or a bad value)."""
         known = {f.name for f in dataclasses.fields(DecodeConfig)}

@@ -139,10 +139,6 @@ class Captioner(nn.Module):
             return SUMMED, None
         if max_len is not None and decode.min_len > max_len:
             raise ConfigError(f"decode.min_len {decode.min_len} is above the length limit of {max_len} words")
-        if decode.min_len < 0 or decode.no_repeat_ngram < 0:
-            raise ConfigError("decode.min_len and decode.no_repeat_ngram cannot be negative")
-        if decode.end_share is not None and not 0 <= decode.end_share <= 1:
-            raise ConfigError(f"decode.end_share must lie between 0 and 1 (or be null), not {decode.end_share}")
         try:
             norm = Norm(decode.length_norm, decode.alpha)
         except ValueError as error:

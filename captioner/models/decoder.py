@@ -37,8 +37,8 @@ class AttendedMemory:
     # class words: the classes' log-probabilities (B, C) over the whole picture (the memory's mean, what the
     # classifier was trained on), the same at every step
     whole_classes: Tensor | None = None
-    # free-running decoding: the output layer's weight transposed, (H, V) contiguous. x W^T over the stored
-    # (V, H) weight ran 15-25% slower on a CPU than x times this copy, and decoding runs it at every step
+    # free-running decoding: the output layer's weight transposed, (H, V) contiguous: a product with this copy
+    # is faster on a CPU than x W^T over the stored (V, H) weight (docs/speed.md), and decoding runs it every step
     classifier_t: Tensor | None = None
 
     def narrow(self, keep: Tensor) -> AttendedMemory:
