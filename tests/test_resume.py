@@ -156,3 +156,40 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(kind, tmp_path, s
         assert torch.equal(ended["model"][name], weights), f"{kind}: {name} differs after the resume"
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == final["training"]["step"]  # no row of the lost work
+    best, best_whole = (torch.load(folder / "best.pt", weights_only=True) for folder in (run, tmp_path / "whole"))
+    assert best["training"]["best_score"] == best_whole["training"]["best_score"] == final["training"]["best_score"]
+    assert all(torch.equal(best["model"][name], weights) for name, weights in best_whole["model"].items())
+
+
+@pytest.mark.parametrize("kind", ["captioner", "sentiment"])
+def test_a_run_stopped_mid_epoch_by_max_steps_resumes_exactly(kind, tmp_path, shapes_root):
+    """train.max_steps stops a run in the middle of an epoch; resumed without the limit it ends where a run
+    never stopped ends (the epoch's order, the DataLoader's draw and dropout replayed)."""
+    task, make_recipe, _ = TASKS[kind]
+    recipe = make_recipe(tmp_path, shapes_root)
+    whole = CONFIGS[kind].from_dict(recipe | {"train": recipe["train"] | {"run_dir": str(tmp_path / "whole")}})
+    task.fit(whole, log=lambda _: None)
+    halves = recipe | {"train": recipe["train"] | {"run_dir": str(tmp_path / "halves")}}
+    task.fit(CONFIGS[kind].from_dict(halves | {"train": halves["train"] | {"max_steps": 8}}), log=lambda _: None)
+    stopped = torch.load(tmp_path / "halves" / "last.pt", weights_only=True)["training"]
+    assert stopped["step"] == 8 and stopped["position"] > 0  # mid-epoch
+    task.fit(CONFIGS[kind].from_dict(halves), resume=True, log=lambda _: None)
+    final = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    ended = torch.load(tmp_path / "halves" / "last.pt", weights_only=True)
+    assert ended["training"]["step"] == final["training"]["step"]
+    for name, weights in final["model"].items():
+        assert torch.equal(ended["model"][name], weights), f"{kind}: {name} differs after the resume"
+
+
+def test_a_run_out_of_time_stays_stopped_when_resumed(tmp_path, shapes_root):
+    """A run that used up train.max_minutes is finished: --resume trains nothing more, even with epochs left."""
+    recipe = sentiment_recipe(tmp_path, shapes_root)
+    sentiment.fit(
+        CONFIGS["sentiment"].from_dict(recipe | {"train": recipe["train"] | {"epochs": 1}}), log=lambda _: None
+    )
+    before = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["training"]
+    logs = []
+    later = recipe | {"train": recipe["train"] | {"epochs": 3, "max_minutes": before["elapsed"] / 120}}
+    sentiment.fit(CONFIGS["sentiment"].from_dict(later), resume=True, log=logs.append)
+    assert any("nothing to train" in line for line in logs), logs
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["training"]["step"] == before["step"]

@@ -142,3 +142,9 @@ class Config(Sections, kind="captioner"):
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     scst: SCSTConfig = field(default_factory=SCSTConfig)
+
+    def __post_init__(self) -> None:
+        require(
+            not self.scst.epochs or self.train.epochs is not None,
+            "scst.epochs follow train.epochs of cross-entropy: set train.epochs",
+        )

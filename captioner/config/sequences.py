@@ -28,7 +28,8 @@ class LMModelConfig(CoreSection):
 @dataclass
 class LMTrainConfig(TrainSection):
     """Training walks batch_size parallel streams of the text, seq_len characters at a time, until its budget
-    (max_minutes, max_steps or epochs) is spent; the schedule runs over the first of them that is set."""
+    (max_minutes, max_steps or epochs) is spent; the schedule runs over epochs if set, else over max_minutes,
+    else over max_steps."""
 
     run_dir: str = "runs/lm"
     epochs: int | None = None

@@ -10,7 +10,6 @@ teacher forcing), and best.pt is the epoch with the best train.best_metric (BLEU
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import sys
 from pathlib import Path
@@ -43,6 +42,7 @@ from captioner.scst import SelfCritical
 from captioner.scst import warnings as scst_warnings
 from captioner.text import detokenize
 from captioner.training import Stage, Task
+from captioner.training.steps import resumed_batches
 from captioner.vocab import Vocab
 
 
@@ -88,6 +88,7 @@ class CaptioningTask(Task):
         if leads is not None:
             self.model.decoder.set_class_leads(leads, lead_start)
         self.data = TrainingData(config, self.manifest, vocab, self.model.encoder, self.device, world, self.log)
+        self.sampling = None  # self-critical sampling's generator state in a resumed epoch
         first_epoch = run.checkpoint["training"]["epoch"] if run.checkpoint is not None else 0
         self.loader = training_loader(self.datasets(first_epoch)[0], config, self.device, world)
         if config.train.compile:
@@ -159,7 +160,7 @@ class CaptioningTask(Task):
 
     def batches(self, epoch: int, skip: int):
         self.loader.sampler.set_epoch(epoch)  # the same order, and the same augmentation, on a resume
-        yield from itertools.islice(self.loader, skip, None)
+        yield from resumed_batches(self.loader, skip)
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
         """Cross-entropy of the next words (teacher forcing) and the doubly stochastic attention penalty."""
@@ -178,7 +179,17 @@ class CaptioningTask(Task):
     def scst_batches(self, epoch: int, skip: int):
         self.datasets(epoch)
         loader = self.self_critical.batches(self.data.training_images(), epoch, self.device)
-        yield from itertools.islice(loader, skip, None)
+        if skip and self.sampling is not None:  # mid-epoch: the samples go on where the checkpoint left them
+            self.self_critical.generator.set_state(self.sampling)
+        yield from resumed_batches(loader, skip)
+
+    def state_dict(self) -> dict:
+        """Self-critical sampling's generator, for a resume in the middle of one of its epochs."""
+        scst = getattr(self, "self_critical", None)
+        return {"sampling": scst.generator.get_state()} if scst is not None and scst.generator is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampling = state.get("sampling")
 
     def validate(self, final: bool) -> dict[str, float]:
         """Caption the validation images (all ranks share the work) and score them (rank 0)."""

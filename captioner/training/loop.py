@@ -85,6 +85,7 @@ class Trainer:
         self.model = task.model  # what the steps call: the model, or under torchrun its DDP wrapper
         self.progress = Progress()
         self.unit = "examples"  # of the stage training: what the log's speed counts
+        self.out_of_time = False  # a resumed run that had used up train.max_minutes
         check_precision(task.model, self.device, self.train.amp)
         if checkpoint is not None:
             self.resume(checkpoint["training"])
@@ -104,13 +105,17 @@ class Trainer:
         if self.progress.epoch is None:  # a version-1 char LM checkpoint knew its step only
             self.progress.epoch, self.progress.position = divmod(self.progress.step, self.stages[0].steps_per_epoch)
         self.task.load_state_dict(saved["task"])
-        if self.finished():
+        train, progress = self.train, self.progress
+        # a run that stopped for train.max_minutes after an epoch's validation stays stopped (the same on every
+        # rank: the elapsed time comes from the checkpoint)
+        self.out_of_time = train.max_minutes is not None and progress.elapsed >= 60 * train.max_minutes
+        if self.finished() or self.out_of_time:
             self.log(f"{self.folder.last} has finished its training: nothing to train (delete {self.folder.path})")
         else:
             self.log(f"resuming {self.folder.last} at epoch {self.progress.epoch + 1}, step {self.progress.step}")
 
     def run(self) -> Path:
-        first_step, stopped = self.progress.step, False
+        first_step, stopped = self.progress.step, self.out_of_time
         for stage in self.stages:
             if stopped or self.done(stage):
                 continue
@@ -234,12 +239,14 @@ class Trainer:
         task.model.train(training)
         rng = gather_objects(random_state(self.device), self.world)
         stop = self.spent()
+        progress.last_validation = progress.elapsed  # before the checkpoint holds it
         if self.world.main:
             row = self.row(scores)
             self.folder.log_metrics(row)
             self.log(log_line(row, task.headline))
-            self.folder.save(self.checkpoint(row, rng), best=self.is_best(row, final))
-        progress.last_validation, progress.sums = progress.elapsed, {}
+            best = self.is_best(row, final)  # before the checkpoint holds the best score
+            self.folder.save(self.checkpoint(row, rng), best=best)
+        progress.sums = {}
         train = self.train
         if stop and train.max_minutes is not None and progress.elapsed >= 60 * train.max_minutes:
             self.log(f"stopping: {progress.elapsed / 60:.1f} minutes of training reached train.max_minutes")

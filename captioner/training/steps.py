@@ -92,6 +92,18 @@ def set_random_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def resumed_batches(loader: Iterable, skip: int) -> Iterable:
+    """A DataLoader's batches after its first `skip`. A DataLoader without a generator of its own draws its
+    workers' base seed from the global generator when it is iterated; in a resumed epoch the checkpoint's
+    generator already holds that draw, so it is undone and the stream goes on as in an uninterrupted run."""
+    if not skip:
+        return iter(loader)
+    state = torch.get_rng_state()
+    batches = iter(loader)
+    torch.set_rng_state(state)
+    return itertools.islice(batches, skip, None)
+
+
 class EpochOrder:
     """A shuffling generator whose state a checkpoint can save mid-epoch: the state it had when the current
     epoch's order was drawn, so that a resumed epoch draws the same order and skips the batches done."""
