@@ -161,7 +161,7 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(kind, tmp_path, s
     assert all(torch.equal(best["model"][name], weights) for name, weights in best_whole["model"].items())
 
 
-@pytest.mark.parametrize("kind", ["captioner", "sentiment"])
+@pytest.mark.parametrize("kind", ["captioner", "ball"])
 def test_a_run_stopped_mid_epoch_by_max_steps_resumes_exactly(kind, tmp_path, shapes_root):
     """train.max_steps stops a run in the middle of an epoch; resumed without the limit it ends where a run
     never stopped ends (the epoch's order, the DataLoader's draw and dropout replayed)."""
@@ -183,13 +183,11 @@ def test_a_run_stopped_mid_epoch_by_max_steps_resumes_exactly(kind, tmp_path, sh
 
 def test_a_run_out_of_time_stays_stopped_when_resumed(tmp_path, shapes_root):
     """A run that used up train.max_minutes is finished: --resume trains nothing more, even with epochs left."""
-    recipe = sentiment_recipe(tmp_path, shapes_root)
-    sentiment.fit(
-        CONFIGS["sentiment"].from_dict(recipe | {"train": recipe["train"] | {"epochs": 1}}), log=lambda _: None
-    )
+    recipe = ball_recipe(tmp_path, shapes_root)
+    ball.fit(CONFIGS["ball"].from_dict(recipe | {"train": recipe["train"] | {"epochs": 1}}), log=lambda _: None)
     before = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["training"]
     logs = []
     later = recipe | {"train": recipe["train"] | {"epochs": 3, "max_minutes": before["elapsed"] / 120}}
-    sentiment.fit(CONFIGS["sentiment"].from_dict(later), resume=True, log=logs.append)
+    ball.fit(CONFIGS["ball"].from_dict(later), resume=True, log=logs.append)
     assert any("nothing to train" in line for line in logs), logs
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["training"]["step"] == before["step"]
