@@ -142,7 +142,7 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(kind, tmp_path, s
     path.write_text(yaml.safe_dump(recipe))
     rng = random.Random(f"kill {kind}")
     for kill in range(KILLS.get(kind, 1)):  # trained by its command, in a process of its own
-        kill_after_a_checkpoint(command(verb, path, *(["--resume"] if kill else [])), run, rng.uniform(0, period))
+        kill_after_a_checkpoint(command(verb, path, *(["--resume"] if kill else [])), run, rng.uniform(0, period / 2))
     killed = torch.load(run / "last.pt", weights_only=True)["training"]
     assert killed["step"] < final["training"]["step"], "the killed run had already finished"
     logs = []

@@ -105,10 +105,9 @@ class Trainer:
         if self.progress.epoch is None:  # a version-1 char LM checkpoint knew its step only
             self.progress.epoch, self.progress.position = divmod(self.progress.step, self.stages[0].steps_per_epoch)
         self.task.load_state_dict(saved["task"])
-        train, progress = self.train, self.progress
         # a run that stopped for train.max_minutes after an epoch's validation stays stopped (the same on every
         # rank: the elapsed time comes from the checkpoint)
-        self.out_of_time = train.max_minutes is not None and progress.elapsed >= 60 * train.max_minutes
+        self.out_of_time = self.budget()[0]
         if self.finished() or self.out_of_time:
             self.log(f"{self.folder.last} has finished its training: nothing to train (delete {self.folder.path})")
         else:
@@ -133,9 +132,7 @@ class Trainer:
         end = self.stage_end(stage)
         if end is not None and self.progress.epoch >= end:
             return True
-        train, progress = self.train, self.progress
-        minutes = train.max_minutes is not None and progress.elapsed >= 60 * train.max_minutes
-        steps = train.max_steps is not None and progress.step >= train.max_steps
+        minutes, steps = self.budget()
         return steps or (minutes and stage.validate_every is not None)
 
     def finished(self) -> bool:
@@ -224,10 +221,13 @@ class Trainer:
 
     def spent(self) -> bool:
         """Whether train.max_minutes or train.max_steps is used up (every rank decides as rank 0 does)."""
+        return from_main(any(self.budget()), self.world)
+
+    def budget(self) -> tuple[bool, bool]:
+        """Whether train.max_minutes, and whether train.max_steps, is used up (by this process's count)."""
         train, progress = self.train, self.progress
         minutes = train.max_minutes is not None and progress.elapsed >= 60 * train.max_minutes
-        steps = train.max_steps is not None and progress.step >= train.max_steps
-        return from_main(minutes or steps, self.world)
+        return minutes, train.max_steps is not None and progress.step >= train.max_steps
 
     def validate(self, final: bool) -> bool:
         """Score the current weights, log a line and a metrics row, write last.pt (and best.pt when it is the best
@@ -247,8 +247,7 @@ class Trainer:
             best = self.is_best(row, final)  # before the checkpoint holds the best score
             self.folder.save(self.checkpoint(row, rng), best=best)
         progress.sums = {}
-        train = self.train
-        if stop and train.max_minutes is not None and progress.elapsed >= 60 * train.max_minutes:
+        if stop and self.budget()[0]:
             self.log(f"stopping: {progress.elapsed / 60:.1f} minutes of training reached train.max_minutes")
         return stop
 
@@ -258,7 +257,7 @@ class Trainer:
         steps_per_epoch = self.stages[0].steps_per_epoch
         epoch = progress.epoch + round(progress.position / steps_per_epoch, 3) if progress.position else progress.epoch
         row = {"epoch": epoch, "step": progress.step, "lr": self.optimizer.param_groups[0]["lr"]}
-        row.update({key: value for key, value in means(sums).items()})
+        row.update(means(sums))
         if sums.get("seconds"):
             row[f"{self.unit}_per_s"] = sums["examples"] / sums["seconds"]
         row["elapsed"] = progress.elapsed
