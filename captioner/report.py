@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -49,22 +50,28 @@ def _escape(text: str) -> str:
 
 
 def fill(template: str, **values: str) -> str:
-    """The template with each {{key}} replaced by its value (already escaped as the place needs)."""
-    for key, value in values.items():
-        template = template.replace("{{" + key + "}}", value)
-    return template
+    """The template with each {{key}} replaced by its value (already escaped as the place needs), in one pass:
+    a value that itself holds "{{key}}" (a title, a caption) is left as written; unknown keys stay."""
+    return re.sub(r"\{\{(\w+)\}\}", lambda match: values.get(match[1], match[0]), template)
+
+
+# What a page may load: nothing from elsewhere; its own inline style and script, and pictures from data: and
+# blob: addresses. The page of `captioner serve` may also post to its own server.
+REPORT_POLICY = "default-src 'none'; img-src data: blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+SERVE_POLICY = REPORT_POLICY + "; connect-src 'self'"
+
+
+def page(template: str, title: str, policy: str, **values: str) -> str:
+    """A page of captioner/web: the shared head (title, content policy, viewer style) and the template's body,
+    with the viewer script and the other {{key}}s filled in."""
+    whole = fill(asset(template), head=asset("head.html"))
+    assets = {"style": asset("viewer.css"), "script": asset("viewer.js")}
+    return fill(whole, title=_escape(title), policy=policy, **assets, **values)
 
 
 def report_html(entries: list[dict], title: str = "captioner report", summary: str = "") -> str:
     """The self-contained report page of viewer entries."""
-    return fill(
-        asset("report.html"),
-        title=_escape(title),
-        summary=_escape(summary),
-        style=asset("viewer.css"),
-        script=asset("viewer.js"),
-        results=script_json(entries),
-    )
+    return page("report.html", title, REPORT_POLICY, summary=_escape(summary), results=script_json(entries))
 
 
 def write_report(path: str | Path, entries: list[dict], title: str = "captioner report", summary: str = "") -> None:

@@ -144,17 +144,12 @@ class _Handlers:
     options.decoders at a time) and waits for the Batcher to caption it."""
 
     def __init__(self, model: CaptionModel, options: ServeOptions):
-        from captioner.report import asset, fill
+        from captioner.report import SERVE_POLICY, page
 
         self.model, self.options = model, options
         self.batcher = Batcher(model, options)
         self.decoding = threading.BoundedSemaphore(options.decoders)
-        self.page = fill(
-            asset("serve.html"),
-            style=asset("viewer.css"),
-            script=asset("viewer.js"),
-            limit=f"{options.max_upload / 1024 / 1024:g} MB",
-        )
+        self.page = page("serve.html", "captioner", SERVE_POLICY, limit=f"{options.max_upload / 1024 / 1024:g} MB")
 
     async def home(self, request: Request) -> HTMLResponse:
         return HTMLResponse(self.page)

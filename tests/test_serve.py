@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 
 import captioner
 from captioner.cli import main
+from captioner.report import REPORT_POLICY, SERVE_POLICY, report_html
 from captioner.serve import ServeOptions, create_app
 from tests.servers import ProcessServer, load
 
@@ -46,6 +47,15 @@ def test_a_picture_gets_the_caption_the_api_gives(model, picture):
         assert len(body["attention"]) == len(body["words"]) and len(body["attention"][0]) == model.grid_size**2
     assert "picture" not in raw.json() and form.json()["picture"].startswith("data:image/jpeg;base64,")
     assert page.status_code == 200 and "captioner.card" in page.text
+    assert f'content="{SERVE_POLICY}"' in page.text and "connect-src 'self'" in SERVE_POLICY
+
+
+def test_the_report_fills_its_page_once_and_escapes_what_it_is_given():
+    # A title or caption holding a {{key}} of the template stays as written: nothing given is filled twice.
+    text = report_html([{"caption": "{{script}}"}], title="<{{style}}>", summary="{{results}} & more")
+    assert "<title>&lt;{{style}}&gt;</title>" in text and "<p>{{results}} &amp; more</p>" in text
+    assert '"caption":"{{script}}"' in text and f'content="{REPORT_POLICY}"' in text
+    assert text.count("captioner.card") == 1 and "{{head}}" not in text and "{{policy}}" not in text
 
 
 def test_what_is_not_a_usable_picture_gets_its_reason(model, picture, tmp_path):
