@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import subprocess
+import threading
 from collections import Counter
 
 import torch
@@ -143,6 +144,33 @@ def coco_tokens(
     return gts, res
 
 
+_meteor_scorer = None
+_meteor_lock = threading.Lock()
+
+
+def meteor(gts: dict, res: dict) -> float:
+    """The toolkit's METEOR (0-1) of PTB-tokenized references and hypotheses. One Java process serves every
+    call of a Python process: starting it and loading its paraphrase tables is most of a call's time, and it
+    scores each corpus as a fresh one would. A process that died is replaced once."""
+    global _meteor_scorer
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    with _meteor_lock:
+        for attempt in (1, 2):
+            if _meteor_scorer is None:
+                _meteor_scorer = Meteor()
+            try:
+                return float(_meteor_scorer.compute_score(gts, res)[0])
+            except (OSError, ValueError):
+                broken, _meteor_scorer = _meteor_scorer, None
+                if broken.lock.locked():  # left held by the failed call; the scorer's __del__ takes it
+                    broken.lock.release()
+                with contextlib.suppress(OSError):  # closed here, so that __del__ need not flush a broken pipe
+                    broken.meteor_p.stdin.close()
+                if attempt == 2:
+                    raise
+
+
 def caption_metrics(
     hypotheses: list[str], references: list[list[str]], java: bool | None = None, log=print
 ) -> dict[str, float]:
@@ -166,9 +194,7 @@ def caption_metrics(
     coco = coco_bleu([res[i][0].split() for i in keys], [[r.split() for r in gts[i]] for i in keys])
     scores.update({f"bleu{n}": 100 * b for n, b in enumerate(coco, 1)})
     if java:
-        from pycocoevalcap.meteor.meteor import Meteor
-
-        scores["meteor"] = 100 * float(Meteor().compute_score(gts, res)[0])
+        scores["meteor"] = 100 * meteor(gts, res)
     scores["rouge_l"] = 100 * float(Rouge().compute_score(gts, res)[0])
     scores["cider_d"] = 100 * float(Cider().compute_score(gts, res)[0])
     nltk = nltk_bleu([tokenize(h) for h in hypotheses], [[tokenize(r) for r in refs] for refs in references])

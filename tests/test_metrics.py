@@ -137,3 +137,16 @@ def test_grounding_counts_object_words_inside_their_boxes():
     hallucinated = [["a", "green", "circle"]]
     score, count = grounding_score(hallucinated, [alpha[:3]], objects, {"green", "circle"}, grid, [(20, 20)])
     assert count == 2 and score == 0.0
+
+
+@needs_java
+def test_the_kept_meteor_process_is_replaced_when_it_dies():
+    from captioner import metrics
+
+    gts = {0: ["a dog is running on the grass", "the dog runs"], 1: ["a cat sits on a mat"]}
+    res = {0: ["a dog is running on grass"], 1: ["a cat sits"]}
+    first = metrics.meteor(gts, res)
+    dead = metrics._meteor_scorer
+    dead.meteor_p.kill()
+    dead.meteor_p.wait()
+    assert metrics.meteor(gts, res) == first and metrics._meteor_scorer is not dead
