@@ -336,3 +336,17 @@ def test_an_at_sign_alone_is_an_ordinary_token():
     chars = Vocab(list("@a b"))  # a char LM's vocabulary: "@" is a character of the text (decorators, e-mail)
     assert chars.class_words == frozenset()
     assert "".join(chars.decode(chars.encode(list("a@b")))) == "a@b"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_class_words_score_under_mixed_precision(dtype):
+    """Under autocast the frozen classifier gives float32 class scores, as the word scores they join are."""
+    decoder, _, _ = _decoder()
+    memory, tokens = torch.randn(3, 4, 6), torch.randint(4, 12, (3, 5))
+    with torch.autocast("cpu", dtype=dtype):
+        scores, _ = decoder.train()(memory, tokens)
+        scores.logsumexp(-1).sum().backward()
+        generation = decoder.eval().decode(memory, None, bos_id=1, eos_id=2, beam_size=3, max_len=4)
+    assert scores.dtype == torch.float32 and torch.isfinite(scores).all()
+    torch.testing.assert_close(scores.logsumexp(-1), torch.zeros(3, 5), atol=1e-4, rtol=0)
+    assert decoder.classifier.weight.grad is not None and len(generation.tokens) == 3

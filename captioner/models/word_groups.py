@@ -141,8 +141,10 @@ class WordGroups:
         self.same_word.copy_(torch.arange(self.vocab_size) if same_word is None else same_word)
 
     def class_logits(self, features: Tensor) -> Tensor:
-        """The frozen classifier as the backbone has it: features (..., D) -> class logits (..., C)."""
-        return F.linear(features.float(), self.class_weight, self.class_bias)
+        """The frozen classifier as the backbone has it: features (..., D) -> class logits (..., C), in float32
+        under mixed precision too (the class words' scores are summed into float32 word scores)."""
+        with torch.autocast(features.device.type, enabled=False):
+            return F.linear(features.float(), self.class_weight, self.class_bias)
 
     def class_log_probs(self, features: Tensor) -> Tensor:
         """The classes' log-probabilities (..., C) from attended contexts or grid means (..., D), with the learnt
