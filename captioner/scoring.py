@@ -18,7 +18,7 @@ from torch import Tensor
 from captioner.data.manifest import ImageRecord, image_sizes
 from captioner.errors import ConfigError, DataError
 from captioner.metrics import caption_metrics, coco_bleu, grounding_score, nltk_bleu
-from captioner.text import detokenize, tokenize
+from captioner.text import detokenize, tokenize, words_of
 
 
 @dataclass
@@ -28,6 +28,11 @@ class Captions:
     tokens: list[list[str]]
     attention: list[Tensor]
     scores: list[float]
+
+    @property
+    def words(self) -> list[list[str]]:
+        """The captions' words, what they are scored on (text.words_of: a class word may be two)."""
+        return [words_of(tokens) for tokens in self.tokens]
 
 
 def caption_endings(records: list[ImageRecord]) -> set[str]:
@@ -69,8 +74,9 @@ def score_captions(
         result = caption_metrics(hypotheses, references, log=log)
     else:
         tokens = [[tokenize(c) for c in refs] for refs in references]
-        result = {f"bleu{n}": 100.0 * b for n, b in enumerate(coco_bleu(captions.tokens, tokens), 1)}
-        result.update({f"nltk_bleu{n}": 100.0 * b for n, b in enumerate(nltk_bleu(captions.tokens, tokens), 1)})
+        words = captions.words
+        result = {f"bleu{n}": 100.0 * b for n, b in enumerate(coco_bleu(words, tokens), 1)}
+        result.update({f"nltk_bleu{n}": 100.0 * b for n, b in enumerate(nltk_bleu(words, tokens), 1)})
     if object_words and any(record.objects for record in records):
         score, count = grounding_score(
             captions.tokens,

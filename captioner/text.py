@@ -15,6 +15,12 @@ def tokenize(text: str) -> list[str]:
     return _WORD.findall(text.lower().replace("\u2019", "'"))
 
 
+def words_of(tokens: list[str]) -> list[str]:
+    """The words of a decoded caption as its text has them: a class word of several words ("pickup truck") is
+    one token of the model (one step, one attention map) but several words of the text, and so of its scores."""
+    return [word for token in tokens for word in (token.split() if " " in token else (token,))]
+
+
 def detokenize(tokens: list[str]) -> str:
     """Join word tokens back into a caption string."""
     return " ".join(tokens)

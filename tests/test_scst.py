@@ -98,6 +98,7 @@ def test_a_short_scst_run_trains_logs_and_resumes(shapes_root, tmp_path):
         assert {"reward", "baseline", "advantage_abs", "entropy", "sample_words", "reward_std"} <= set(row)
         assert row["reward"] >= 0 and row["entropy"] > 0
     assert rows[2]["baseline"] == pytest.approx(rows[2]["reward"], rel=1e-6)  # the mean baseline averages out
+    assert [row["lr"] for row in rows[2:]] == [1e-3, 1e-3]  # the rate the self-critical steps took
     first = config(tmp_path / "parts")
     first.scst.epochs = 1
     fit(first, log=lambda _: None)
@@ -132,3 +133,54 @@ def test_warnings_name_the_known_failure_modes():
     collapsed = {"entropy": 0.01, "advantage_abs": 1e-5, "reward": 9.2}
     found = warnings(collapsed)
     assert len(found) == 2 and "entropy 0.010 nats per word" in found[0] and "advantages are near zero" in found[1]
+
+
+def test_a_class_word_of_two_words_is_rewarded_and_scored_as_its_words():
+    """ "a red pickup truck" said with the class word "@pickup truck" earns what the same four words earn."""
+    from pathlib import Path
+
+    from captioner.data.manifest import ImageRecord
+    from captioner.scoring import Captions, score_captions
+    from captioner.scst import SelfCritical
+    from captioner.vocab import Vocab
+
+    references = ["a red pickup truck", "a red pickup truck on a road", "a pickup truck"]
+    records = [ImageRecord(Path("truck.png"), "train", references), ImageRecord(Path("car.png"), "train", ["a car"])]
+    vocab = Vocab(["a", "red", "pickup", "truck", "on", "road", "car", "@pickup truck"])
+    marked, split = vocab.encode(["a", "red", "@pickup truck"]), vocab.encode(["a", "red", "pickup", "truck"])
+    rewards = SelfCritical(None, None, vocab, records).rewards([marked, split], [0, 0])
+    assert rewards[0] == rewards[1] > 5
+    scores = [
+        score_captions(
+            Captions([vocab.decode(ids)], [torch.zeros(len(ids), 1)], [0.0]), records[:1], [], 1, [(8, 8)], "bleu"
+        )
+        for ids in (marked, split)
+    ]
+    assert scores[0] == scores[1] and scores[0]["bleu4"] > 50
+
+
+def test_a_non_finite_self_critical_loss_stops_before_its_step_changes_a_weight(shapes_root, tmp_path, monkeypatch):
+    import captioner.scst
+    from captioner.errors import TrainingError
+
+    config = tiny_config(shapes_root, tmp_path / "run", epochs=1)
+    config.scst.epochs, config.scst.samples, config.scst.batch_size = 1, 2, 8
+    trained, seen = {}, {}
+
+    def poisoned(word_log_probs, mask, advantages):  # the weights as the self-critical step found them
+        trained.update({k: v.detach().clone() for k, v in seen["model"].state_dict().items()})
+        return (word_log_probs * mask).sum() * float("nan")
+
+    original = captioner.scst.SelfCritical.__init__
+
+    def remember(self, config, model, vocab, records):
+        seen["model"] = model
+        original(self, config, model, vocab, records)
+
+    monkeypatch.setattr(captioner.scst, "scst_loss", poisoned)
+    monkeypatch.setattr(captioner.scst.SelfCritical, "__init__", remember)
+    with pytest.raises(TrainingError, match="the loss became nan at epoch 2, step"):
+        fit(config, log=lambda _: None)
+    after = seen["model"].state_dict()
+    assert trained and all(torch.equal(after[k], v) for k, v in trained.items())
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["training"]["epoch"] == 1  # the cross-entropy epoch

@@ -310,7 +310,7 @@ def evaluate(
             {"image": str(record.path), "generated": detokenize(tokens), "references": record.captions}
             for record, tokens in zip(records, captions.tokens, strict=True)
         ]
-        checks = sentence_checks(captions.tokens, endings)
+        checks = sentence_checks(captions.words, endings)
         runs.append({"beam_size": beam_size, "scores": scores, "checks": checks, "captions": generated})
     report = {
         "checkpoint": str(checkpoint),
