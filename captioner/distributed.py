@@ -11,7 +11,7 @@ single process, and every helper here is then a no-op.
 from __future__ import annotations
 
 import gc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +103,23 @@ def from_main(item: Any, world: World) -> Any:
     box = [item]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(work: Callable[[], Any], world: World, what: str) -> Any:
+    """work() on rank 0 while the other ranks wait (None there). An error on rank 0 reaches every rank: rank 0
+    raises it, the others a DistributedError naming it, rather than waiting for a collective that never comes."""
+    result, failure = None, None
+    if world.main:
+        try:
+            result = work()
+        except Exception as error:
+            failure = error
+    message = from_main(None if failure is None else f"{type(failure).__name__}: {failure}", world)
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise DistributedError(f"rank 0 failed while {what}: {message}")
+    return result
 
 
 def shard(length: int, world: World) -> range:

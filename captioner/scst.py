@@ -24,7 +24,8 @@ from captioner.data.manifest import ImageRecord, collate_images
 from captioner.decoding import Rules, sample
 from captioner.models.captioner import Captioner
 from captioner.rewards import CiderD
-from captioner.text import tokenize
+from captioner.seeds import derived
+from captioner.text import tokenize, words_of
 from captioner.vocab import Vocab
 
 
@@ -100,7 +101,7 @@ class SelfCritical:
     def rewards(self, sequences: list[list[int]], images: list[int]) -> Tensor:
         """CIDEr-D (0-10) of each caption (word ids) against its image's training references."""
         scores = [
-            self.cider.score(self.vocab.decode(words), self.references[image])
+            self.cider.score(words_of(self.vocab.decode(words)), self.references[image])
             for words, image in zip(sequences, images, strict=True)
         ]
         return torch.tensor(scores)
@@ -109,8 +110,8 @@ class SelfCritical:
         """An epoch's batches of (inputs, image indices), in an order of its own; the sampling generator and the
         sentence rules of the epoch's steps are set here."""
         seed = self.config.train.seed
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-        self.generator = torch.Generator(device=device).manual_seed(seed * 104729 + epoch)
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(derived(seed * 7919 + epoch)))
+        self.generator = torch.Generator(device=device).manual_seed(derived(seed * 104729 + epoch))
         _, self.rules = self.model.decoding(self.config.decode)
         return DataLoader(dataset, self.config.scst.batch_size, sampler=order.tolist(), collate_fn=collate_images)
 

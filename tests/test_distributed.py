@@ -124,3 +124,48 @@ def test_two_processes_resumed_after_an_epoch_end_as_an_uninterrupted_run(shapes
     assert len(rng) == 2 and not torch.equal(rng[0]["cpu"], rng[1]["cpu"])  # the ranks' streams differ
     for name, tensor in a["model"].items():
         torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0, msg=lambda text, name=name: name)
+
+
+def test_a_resume_on_another_number_of_ranks_gives_each_rank_its_own_random_state():
+    from captioner.training.steps import random_state, restore_random_state
+
+    cpu = torch.device("cpu")
+    torch.manual_seed(1)
+    one = [random_state(cpu)]  # saved by a single process
+    two = [random_state(cpu), {"cpu": torch.Generator().manual_seed(2).get_state()}]  # saved by two ranks
+
+    def draws(saved, rank, size):
+        restore_random_state(saved, World(rank, size), seed=0, step=40, device=cpu)
+        return torch.rand(4)
+
+    assert torch.equal(draws(two, 1, 2), torch.rand(4, generator=torch.Generator().manual_seed(2)))  # its own
+    on_two = [draws(one, rank, 2) for rank in (0, 1)]
+    assert not torch.equal(on_two[0], on_two[1])  # not rank 0's masks on every rank
+    assert torch.equal(draws(one, 1, 2), on_two[1])  # and the same again for the same rank and step
+
+
+def _failing_rank(rank: int, size: int, port: int, root: str, run_dir: str, errors) -> None:
+    from captioner.training.run_folder import RunFolder
+
+    def full_disk(self, payload, best):
+        raise OSError(28, "No space left on device")
+
+    RunFolder.save = full_disk  # rank 0 is the one that writes
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    world = World(rank, size)
+    distributed.join(world, torch.device("cpu"))
+    try:
+        fit(_config(root, run_dir, 16), log=lambda *_: None, world=world)
+    except Exception as error:  # noqa: BLE001 - what each rank raised is the test's answer
+        errors.put((rank, type(error).__name__, str(error)))
+    distributed.leave(together=False)
+
+
+def test_a_failed_save_on_rank_0_stops_every_rank_at_once(shapes_root, tmp_path):
+    errors = mp.get_context("spawn").SimpleQueue()
+    args = (2, _free_port(), str(shapes_root), str(tmp_path / "run"), errors)
+    mp.start_processes(_failing_rank, args=args, nprocs=2, start_method="spawn")  # returns: nobody waits forever
+    raised = sorted(errors.get() for _ in range(2))
+    assert raised[0][:2] == (0, "OSError") and "No space left" in raised[0][2]
+    assert raised[1][:2] == (1, "DistributedError") and "rank 0 failed while writing" in raised[1][2]

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "captioner"
 # Bottom to top: a module may import from its own layer or those below it, never from one above.
 LAYERS = [
     {"errors", "files", "text", "vocab", "config", "checkpoint", "decoding", "metrics", "rewards", "distributed"}
-    | {"device", "visualize", "class_words", "reference"},
+    | {"device", "visualize", "class_words", "reference", "seeds"},
     {"data", "models"},
     {"training", "scoring", "scst"},
     {"tasks", "pipeline", "report", "serve", "music", "neurons"},

@@ -167,3 +167,14 @@ def test_a_resumed_epoch_replays_the_augmentation_of_worker_processes(shapes_roo
     a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "resumed" / "last.pt")
     for name, tensor in a["model"].items():
         torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0)
+
+
+def test_any_seed_in_range_trains_with_augmentation_and_one_outside_is_refused(shapes_root, tmp_path):
+    # every use of the seed (an item's augmentation, an epoch's order, a rank's dropout) stays in torch's range
+    for seed in (18447, 2**63 - 1):
+        config = tiny_config(shapes_root, tmp_path / str(seed), epochs=1, max_steps=1, seed=seed)
+        config.data.train_crop, config.data.hflip = 0.8, True
+        fit(config, log=lambda _: None)
+    for seed in (-1, 2**63):
+        with pytest.raises(ConfigError, match="train.seed must be from 0 to 2\\*\\*63 - 1"):
+            tiny_config(shapes_root, tmp_path / "refused", seed=seed)

@@ -172,3 +172,15 @@ def test_a_resumed_translator_ends_as_an_uninterrupted_one(tmp_path, capsys):
         torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0)
     rows = [line for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3
+
+
+def test_the_shuffle_follows_train_seed(tmp_path):
+    from captioner.tasks.translation import TranslationTask
+    from captioner.training import start
+
+    seeds = []
+    for seed in (0, 7):
+        config = small_config(tmp_path / str(seed))
+        config.train.seed = seed
+        seeds.append(TranslationTask(start(config, log=lambda _: None)).order.generator.initial_seed())
+    assert seeds == [0, 7]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from captioner.errors import ConfigError
+from captioner.seeds import SEED_LIMIT
 
 Amp = Literal["none", "bf16", "fp16", "auto"]
 Schedule = Literal["constant", "cosine", "linear"]
@@ -51,6 +52,7 @@ class TrainSection:
         require(self.batch_size >= 1, f"train.batch_size must be at least 1, not {self.batch_size}")
         require(self.learning_rate > 0, f"train.learning_rate must be above 0, not {self.learning_rate}")
         require(self.grad_clip >= 0 and self.weight_decay >= 0, "train.grad_clip and train.weight_decay must be >= 0")
+        require(0 <= self.seed < SEED_LIMIT, f"train.seed must be from 0 to 2**63 - 1, not {self.seed}")
         for name in ("epochs", "max_steps", "max_minutes"):
             value = getattr(self, name)
             require(value is None or value >= 0, f"train.{name} must be at least 0 (or null), not {value}")

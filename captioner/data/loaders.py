@@ -27,8 +27,9 @@ from captioner.data.manifest import (
     collate_captions,
     image_sizes,
 )
-from captioner.distributed import World, barrier
+from captioner.distributed import World, barrier, on_main
 from captioner.errors import ConfigError, DataError
+from captioner.seeds import derived
 from captioner.text import tokenize
 from captioner.vocab import CLASS_PREFIX, SPECIALS, Vocab, is_class_word
 
@@ -146,19 +147,22 @@ class TrainingData:
         path = cache_file(self.manifest.root, self.config, records, split, self.encoder)
         if not path.is_file():
             self.log(f"caching {self.config.encoder.backbone} grids of {len(records)} {split} images in {path}")
-        grids = None
-        for builder in (True, False):  # rank 0 builds the file, then the other ranks read it
-            if builder == self.world.main:
-                grids = build_feature_cache(
-                    self.encoder,
-                    records,
-                    self.transform,
-                    path,
-                    self.device,
-                    self.config.train.eval_batch_size,
-                    self.config.data.num_workers,
-                )
-            barrier(self.world)
+
+        def build():
+            return build_feature_cache(
+                self.encoder,
+                records,
+                self.transform,
+                path,
+                self.device,
+                self.config.train.eval_batch_size,
+                self.config.data.num_workers,
+            )
+
+        grids = on_main(build, self.world, f"caching the {split} grids in {path}")  # rank 0 builds the file
+        if not self.world.main:
+            grids = build()  # the others read it
+        barrier(self.world)
         return grids
 
 
@@ -191,7 +195,7 @@ class EpochSampler(Sampler):
         if isinstance(self.order, DistributedSampler):
             self.order.set_epoch(epoch)
         else:
-            self.order.generator.manual_seed(self.seed * 100_003 + epoch)
+            self.order.generator.manual_seed(derived(self.seed * 100_003 + epoch))
 
     def __iter__(self):
         return ((self.epoch, index) for index in self.order)

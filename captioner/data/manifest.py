@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from captioner.class_words import caption_tokens
 from captioner.data.images import ImageTransform, load_image
 from captioner.errors import DataError
+from captioner.seeds import derived
 from captioner.text import tokenize
 from captioner.vocab import Vocab
 
@@ -123,7 +124,7 @@ class CaptionTrainingSet(Dataset):
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A seed of its own for every (run seed, epoch, item): augmentation that replays exactly."""
-    return (seed * 1_000_003 + epoch) * 1_000_000_007 + index
+    return derived((seed * 1_000_003 + epoch) * 1_000_000_007 + index)
 
 
 class ImageSet(Dataset):

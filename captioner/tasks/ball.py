@@ -87,7 +87,7 @@ class BallTask(ShuffledTask):
     headline = {"val_ade": "val ADE {:.3f} m", "val_fde": "FDE {:.3f} m"}
 
     def __init__(self, run: training.Run):
-        super().__init__(run, run.config.train.seed)
+        super().__init__(run)
         config, self.vocabularies = run.config, {}
         splits = load_flights(config.data.root)
         source = f"{config.data.root}/flights.npz"

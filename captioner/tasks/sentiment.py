@@ -79,7 +79,7 @@ class SentimentTask(ShuffledTask):
     headline = {"val_accuracy": "val accuracy {:.1f}", "val_macro_f1": "macro-F1 {:.1f}"}
 
     def __init__(self, run: training.Run):
-        super().__init__(run, run.config.train.seed)
+        super().__init__(run)
         config = run.config
         training_texts, validation = read_split(config.data.root, "train"), read_split(config.data.root, "val")
         if run.checkpoint is not None:

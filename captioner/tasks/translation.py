@@ -95,7 +95,7 @@ class TranslationTask(ShuffledTask):
     headline = {"val_bleu4": "val BLEU-4 {:.1f}", "val_exact": "exact {:.1f}%"}
 
     def __init__(self, run: training.Run):
-        super().__init__(run, 0)
+        super().__init__(run)
         config = run.config
         self.splits = load_splits(config.data)
         resumed = run.checkpoint["vocabularies"] if run.checkpoint is not None else None

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from captioner.config import TrainSection
 from captioner.device import autocast, grad_scaler, resolve_device
-from captioner.distributed import SINGLE, World, from_main, gather_objects
+from captioner.distributed import SINGLE, World, from_main, gather_objects, on_main
 from captioner.errors import CheckpointError
 from captioner.training.run_folder import RunFolder, silent
 from captioner.training.steps import (
@@ -25,8 +25,9 @@ from captioner.training.steps import (
     check_loss,
     check_precision,
     random_state,
+    rank_seed,
+    restore_random_state,
     schedule_factor,
-    set_random_state,
 )
 from captioner.training.task import Run, Stage, Task
 
@@ -90,7 +91,7 @@ class Trainer:
         if checkpoint is not None:
             self.resume(checkpoint["training"])
         elif self.world.distributed:  # each rank its own dropout masks (the weights are the same, synced by DDP)
-            torch.manual_seed(self.train.seed + 1_000_003 * (self.world.rank + 1))
+            torch.manual_seed(rank_seed(self.train.seed, self.world.rank))
         run.folder.start(task.config, task.vocabularies, self.progress.step if checkpoint is not None else None)
 
     def resume(self, saved: dict) -> None:
@@ -98,8 +99,7 @@ class Trainer:
         self.optimizer.load_state_dict(saved["optimizer"])
         if self.scaler is not None and saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
-        rng = saved["rng"]  # one per rank; a run resumed on another number of ranks takes rank 0's
-        set_random_state(rng[self.world.rank] if len(rng) == self.world.size else rng[0], self.device)
+        restore_random_state(saved["rng"], self.world, self.train.seed, saved["step"], self.device)
         for name in Progress.FIELDS:
             setattr(self.progress, name, saved[name])
         if self.progress.epoch is None:  # a version-1 char LM checkpoint knew its step only
@@ -240,16 +240,19 @@ class Trainer:
         rng = gather_objects(random_state(self.device), self.world)
         stop = self.spent()
         progress.last_validation = progress.elapsed  # before the checkpoint holds it
-        if self.world.main:
-            row = self.row(scores)
-            self.folder.log_metrics(row)
-            self.log(log_line(row, task.headline))
-            best = self.is_best(row, final)  # before the checkpoint holds the best score
-            self.folder.save(self.checkpoint(row, rng), best=best)
+        on_main(lambda: self.record(scores, rng, final), self.world, f"writing {self.folder.last}")
         progress.sums = {}
         if stop and self.budget()[0]:
             self.log(f"stopping: {progress.elapsed / 60:.1f} minutes of training reached train.max_minutes")
         return stop
+
+    def record(self, scores: dict, rng: list[dict], final: bool) -> None:
+        """Rank 0's part of a validation: the metrics row, the log line and the checkpoints."""
+        row = self.row(scores)
+        self.folder.log_metrics(row)
+        self.log(log_line(row, self.task.headline))
+        best = self.is_best(row, final)  # before the checkpoint holds the best score
+        self.folder.save(self.checkpoint(row, rng), best=best)
 
     def row(self, scores: dict) -> dict:
         """The metrics.jsonl row of a validation: where the run stands, the means since the latest one, scores."""

@@ -12,7 +12,9 @@ import torch
 from torch import Tensor, nn
 
 from captioner.device import amp_dtype
+from captioner.distributed import World
 from captioner.errors import ConfigError, TrainingError
+from captioner.seeds import derived
 
 
 def check_precision(model: nn.Module, device: torch.device, amp: str) -> None:
@@ -90,6 +92,23 @@ def set_random_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["cpu"])
     if state.get("cuda") is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """A rank's own seed for its dropout masks in a distributed run from train.seed; a run resumed on another
+    number of ranks mixes in the step it resumes at, so that it does not replay the masks of its start."""
+    return derived(seed + 1_000_003 * (rank + 1) + 7_919 * step)
+
+
+def restore_random_state(saved: list[dict], world: World, seed: int, step: int, device: torch.device) -> None:
+    """Set this rank's generators from a checkpoint's, saved one per rank. Resumed on another number of ranks,
+    no saved state is this rank's own: each rank takes rank 0's (its GPU generator) and seeds its CPU and GPU
+    generators with its own rank_seed, so that the ranks do not all draw the same dropout masks."""
+    if len(saved) == world.size:
+        set_random_state(saved[world.rank], device)
+        return
+    set_random_state(saved[0], device)
+    torch.manual_seed(rank_seed(seed, world.rank, step))
 
 
 def resumed_batches(loader: Iterable, skip: int) -> Iterable:

@@ -101,11 +101,12 @@ class Run:
 
 
 class ShuffledTask(Task):
-    """A task that draws its examples in a new order every epoch, from a generator a checkpoint saves (EpochOrder)."""
+    """A task that draws its examples in a new order every epoch, from a generator seeded by train.seed that a
+    checkpoint saves (EpochOrder)."""
 
-    def __init__(self, run: Run, seed: int):
+    def __init__(self, run: Run):
         super().__init__(run)
-        self.order = EpochOrder(seed)
+        self.order = EpochOrder(run.config.train.seed)
 
     def index_stage(self, count: int, loss: Callable, unit: str) -> Stage:
         """The one stage of a task whose batches are the indices of its `count` examples, train.batch_size at a
