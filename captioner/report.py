@@ -36,13 +36,28 @@ def viewer_entry(result: ImageCaption) -> dict:
     """What the viewer draws of a result: its words, every word's map (of each candidate too) and the picture."""
     entry = result.to_dict(attention=True)
     entry.pop("attention_png", None)
+    entry["image"] = shown_path(entry["image"])
     entry["picture"] = picture_url(result.picture)
     return entry
 
 
 def script_json(data) -> str:
-    """JSON safe inside a <script> element: no "</" (which would end the element) nor HTML comment openers."""
-    return json.dumps(data, separators=(",", ":")).replace("</", "<\\/").replace("<!--", "<\\!--")
+    """JSON safe inside a <script> element and still JSON: every <, > and & written as a \\u escape, so no text
+    (a file name holding "</script>" or "<!--") can end the element or open a comment in it."""
+    text = json.dumps(data, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as a page may show it: relative to the working folder when inside it, else its file name alone (a
+    report is sent to others, and an absolute path tells them about this machine)."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return path.name
 
 
 def _escape(text: str) -> str:

@@ -4,6 +4,7 @@ of concurrent good and broken uploads against a real `captioner serve` process."
 from __future__ import annotations
 
 import io
+import json
 import threading
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from starlette.testclient import TestClient
 
 import captioner
 from captioner.cli import main
-from captioner.report import REPORT_POLICY, SERVE_POLICY, report_html
+from captioner.report import REPORT_POLICY, SERVE_POLICY, report_html, shown_path
 from captioner.serve import ServeOptions, create_app
 from tests.servers import ProcessServer, load
 
@@ -56,6 +57,18 @@ def test_the_report_fills_its_page_once_and_escapes_what_it_is_given():
     assert "<title>&lt;{{style}}&gt;</title>" in text and "<p>{{results}} &amp; more</p>" in text
     assert '"caption":"{{script}}"' in text and f'content="{REPORT_POLICY}"' in text
     assert text.count("captioner.card") == 1 and "{{head}}" not in text and "{{policy}}" not in text
+    # a name that would end the script element or open a comment in it is JSON the page reads back as written
+    entries = [{"image": "<!--a--></script><img src=x onerror=alert(1)>.png", "caption": "a & b"}]
+    text = report_html(entries)
+    start = text.index('id="captioner-results">') + len('id="captioner-results">')
+    embedded = text[start : text.index("</script>", start)]
+    assert json.loads(embedded) == entries and "<" not in embedded
+
+
+def test_the_report_shows_no_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert shown_path(tmp_path / "photos" / "cat.jpg") == "photos/cat.jpg"
+    assert shown_path("/elsewhere/runs/best.pt") == "best.pt" and shown_path("cat.jpg") == "cat.jpg"
 
 
 def test_what_is_not_a_usable_picture_gets_its_reason(model, picture, tmp_path):

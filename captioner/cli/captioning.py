@@ -93,13 +93,13 @@ def caption(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     if args.html:
-        from captioner.report import write_report
+        from captioner.report import shown_path, write_report
 
         beam = max(args.beam_size, args.n_best)
         write_report(
             args.html,
             entries,
-            summary=f"{len(entries)} pictures captioned by {model.checkpoint}, beam {beam}",
+            summary=f"{len(entries)} pictures captioned by {shown_path(model.checkpoint)}, beam {beam}",
         )
         print(f"report: {args.html}", file=sys.stderr)
     if failures:
