@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from captioner.config import Config
 from captioner.data.manifest import ImageRecord, collate_images
 from captioner.decoding import Rules, sample
+from captioner.distributed import SINGLE, World
 from captioner.models.captioner import Captioner
 from captioner.rewards import CiderD
 from captioner.seeds import derived
@@ -106,19 +107,32 @@ class SelfCritical:
         ]
         return torch.tensor(scores)
 
-    def batches(self, dataset: Dataset, epoch: int, device: torch.device) -> DataLoader:
-        """An epoch's batches of (inputs, image indices), in an order of its own; the sampling generator and the
-        sentence rules of the epoch's steps are set here."""
-        seed = self.config.train.seed
+    def batches(self, dataset: Dataset, epoch: int, device: torch.device, world: World = SINGLE) -> DataLoader:
+        """An epoch's batches of (inputs, image indices), in an order of its own, scst.batch_size images at a
+        time over all ranks: each rank takes its share of every batch (a last batch smaller than the ranks
+        repeats its images). The sentence rules of the epoch's steps are set here."""
+        seed, size = self.config.train.seed, self.config.scst.batch_size
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(derived(seed * 7919 + epoch)))
-        self.generator = torch.Generator(device=device).manual_seed(derived(seed * 104729 + epoch))
+        order = order.tolist()
+        shares = []
+        for start in range(0, len(order), size):
+            batch = order[start : start + size]
+            shares.append([batch[i % len(batch)] for i in range(world.rank, max(len(batch), world.size), world.size)])
+        self.epoch, self.world = epoch, world
+        self.generator = torch.Generator(device=device)
         _, self.rules = self.model.decoding(self.config.decode)
-        return DataLoader(dataset, self.config.scst.batch_size, sampler=order.tolist(), collate_fn=collate_images)
+        return DataLoader(dataset, batch_sampler=shares, collate_fn=collate_images)
 
-    def loss(self, inputs: Tensor, indices: list[int]) -> tuple[Tensor, dict]:
-        """Sample, score and weigh a batch of images' captions: the policy-gradient loss and its statistics. The
-        model is in eval mode (no dropout): the samples and their log-probabilities come from one policy."""
+    def loss(self, number: int, inputs: Tensor, indices: list[int]) -> tuple[Tensor, dict]:
+        """Sample, score and weigh the epoch's batch `number` of images' captions: the policy-gradient loss and its
+        statistics. The model is in eval mode (no dropout): the samples and their log-probabilities come from one
+        policy. The samples are drawn from a generator seeded by (train.seed, epoch, batch, rank), so that a
+        resumed epoch draws them again without a saved state."""
         scst, model, decoder, rules = self.config.scst, self.model, self.model.decoder, self.rules
+        seed = self.config.train.seed
+        self.generator.manual_seed(
+            derived(((seed * 104729 + self.epoch) * 1_000_003 + number) * 8191 + self.world.rank)
+        )
         n, B = scst.samples, inputs.size(0)
         memory = model.encoder(inputs)  # with gradients into the backbone only when it is fine-tuned
         repeated = memory.repeat_interleave(n, 0)

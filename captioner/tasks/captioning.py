@@ -64,12 +64,10 @@ class CaptioningTask(Task):
         super().__init__(run)
         config, world = run.config, run.world
         self.world, self.best_metric = world, f"val_{config.train.best_metric}"
-        if config.scst.epochs and world.distributed:
-            raise ConfigError("self-critical training (scst.epochs) runs in one process; torchrun is not supported yet")
-        if config.train.batch_size % world.size:
-            raise ConfigError(
-                f"train.batch_size {config.train.batch_size} does not split evenly over {world.size} processes"
-            )
+        for name in ("train", "scst"):
+            size = getattr(config, name).batch_size
+            if size % world.size and (name == "train" or config.scst.epochs):
+                raise ConfigError(f"{name}.batch_size {size} does not split evenly over {world.size} processes")
         self.manifest = load_manifest(config.data.root)
         config.decoder.class_words = resolve_class_words(config)  # auto -> what it means here, saved so
         resumed = run.checkpoint["vocabularies"]["vocab"] if run.checkpoint is not None else None
@@ -88,7 +86,6 @@ class CaptioningTask(Task):
         if leads is not None:
             self.model.decoder.set_class_leads(leads, lead_start)
         self.data = TrainingData(config, self.manifest, vocab, self.model.encoder, self.device, world, self.log)
-        self.sampling = None  # self-critical sampling's generator state in a resumed epoch
         first_epoch = run.checkpoint["training"]["epoch"] if run.checkpoint is not None else 0
         self.loader = training_loader(self.datasets(first_epoch)[0], config, self.device, world)
         if config.train.compile:
@@ -138,14 +135,15 @@ class CaptioningTask(Task):
                 Stage(
                     f"self-critical training ({scst.baseline} baseline, CIDEr-D reward)",
                     self.scst_batches,
-                    lambda model, batch: self.self_critical.loss(batch[0].to(self.device), batch[1]),
-                    lambda batch: len(batch[1]),
+                    lambda model, batch: self.self_critical.loss(batch[0], batch[1][0].to(self.device), batch[1][1]),
+                    lambda batch: len(batch[1][1]),
                     math.ceil(len(self.data.train_records) / scst.batch_size),
                     scst.epochs,
                     unit="images",
                     learning_rate=scst.learning_rate,
                     train_mode=False,
                     mixed_precision=False,
+                    data_parallel=False,  # the loss calls the model's parts itself; the loop averages gradients
                     warnings=scst_warnings,
                 )
             )
@@ -177,19 +175,11 @@ class CaptioningTask(Task):
         return loss, {"xent": xent.item()}
 
     def scst_batches(self, epoch: int, skip: int):
+        """The self-critical epoch's batches after its first `skip`, each with its number in the epoch (which
+        seeds its samples: a resumed epoch needs no saved sampling state)."""
         self.datasets(epoch)
-        loader = self.self_critical.batches(self.data.training_images(), epoch, self.device)
-        if skip and self.sampling is not None:  # mid-epoch: the samples go on where the checkpoint left them
-            self.self_critical.generator.set_state(self.sampling)
-        yield from resumed_batches(loader, skip)
-
-    def state_dict(self) -> dict:
-        """Self-critical sampling's generator, for a resume in the middle of one of its epochs."""
-        scst = getattr(self, "self_critical", None)
-        return {"sampling": scst.generator.get_state()} if scst is not None and scst.generator is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampling = state.get("sampling")
+        loader = self.self_critical.batches(self.data.training_images(), epoch, self.device, self.world)
+        yield from enumerate(resumed_batches(loader, skip), start=skip)
 
     def validate(self, final: bool) -> dict[str, float]:
         """Caption the validation images (all ranks share the work) and score them (rank 0)."""

@@ -21,6 +21,7 @@ from captioner.distributed import SINGLE, World, from_main, gather_objects, on_m
 from captioner.errors import CheckpointError
 from captioner.training.run_folder import RunFolder, silent
 from captioner.training.steps import (
+    average_gradients,
     backward_and_step,
     check_loss,
     check_precision,
@@ -146,7 +147,9 @@ class Trainer:
 
     def begin(self, stage: Stage) -> None:
         changed = stage.begin(self.progress.epoch) if stage.begin is not None else False
-        if self.world.distributed and (changed or self.model is self.task.model):
+        if not stage.data_parallel:
+            self.model = self.task.model
+        elif self.world.distributed and (changed or self.model is self.task.model):
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.task.model, device_ids=ids)
         if len(self.stages) > 1:
@@ -196,7 +199,9 @@ class Trainer:
         value = loss.item()
         check_loss(value, f"epoch {progress.epoch + 1}, step {progress.step + 1}")
         scaler = self.scaler if stage.mixed_precision else None
-        if backward_and_step(loss, self.optimizer, self.model.parameters(), train.grad_clip, scaler):
+        average = self.world.distributed and not stage.data_parallel
+        synced = (lambda parameters: average_gradients(parameters, self.world)) if average else None
+        if backward_and_step(loss, self.optimizer, self.model.parameters(), train.grad_clip, scaler, synced):
             progress.updates += 1
         self.task.after_step()
         progress.step += 1

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from captioner.device import amp_dtype
-from captioner.distributed import World
+from captioner.distributed import World, sum_over_ranks
 from captioner.errors import ConfigError, TrainingError
 from captioner.seeds import derived
 
@@ -27,9 +27,10 @@ def check_precision(model: nn.Module, device: torch.device, amp: str) -> None:
 
 
 def backward_and_step(
-    loss: Tensor, optimizer: torch.optim.Optimizer, parameters, grad_clip: float, scaler=None
+    loss: Tensor, optimizer: torch.optim.Optimizer, parameters, grad_clip: float, scaler=None, synced=None
 ) -> bool:
-    """Zero the gradients, backpropagate, clip to grad_clip (0: no clipping) and step.
+    """Zero the gradients, backpropagate, synced(parameters) where given (average_gradients), clip to grad_clip
+    (0: no clipping) and step.
 
     With a GradScaler the loss is scaled and the gradients unscaled before clipping; a step whose fp16
     gradients overflowed is skipped (and the scale lowered): the result is then False, so that the
@@ -39,11 +40,15 @@ def backward_and_step(
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
+        if synced is not None:
+            synced(parameters)
         if grad_clip > 0:
             nn.utils.clip_grad_norm_(parameters, grad_clip)
         optimizer.step()
         return True
     scaler.scale(loss).backward()
+    if synced is not None:
+        synced(parameters)
     scaler.unscale_(optimizer)
     if grad_clip > 0:
         nn.utils.clip_grad_norm_(parameters, grad_clip)
@@ -51,6 +56,21 @@ def backward_and_step(
     scaler.step(optimizer)
     scaler.update()
     return scaler.get_scale() >= scale
+
+
+def average_gradients(parameters: list[Tensor], world: World) -> None:
+    """Average the gradients over the ranks, as DistributedDataParallel would, for a loss computed outside its
+    forward. A parameter without a gradient on some rank counts as zero there; one without any stays without."""
+    trainable = [p for p in parameters if p.requires_grad]
+    present = torch.tensor([p.grad is not None for p in trainable], dtype=torch.float32, device=trainable[0].device)
+    present = sum_over_ranks(present, world)
+    synced = [p for p, count in zip(trainable, present.tolist(), strict=True) if count > 0]
+    for parameter in synced:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+    flat = sum_over_ranks(torch.cat([p.grad.reshape(-1) for p in synced]), world) / world.size  # one collective
+    for parameter, grad in zip(synced, flat.split([p.numel() for p in synced]), strict=True):
+        parameter.grad.copy_(grad.view_as(parameter))
 
 
 def check_loss(value: float, where: str) -> None:

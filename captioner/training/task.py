@@ -34,6 +34,8 @@ class Stage:
     validate_every: float | None = None  # minutes of training between validations; None: after every epoch
     train_mode: bool = True  # False: dropout off while training (self-critical sampling)
     mixed_precision: bool = True  # train.amp applies to this stage's steps
+    data_parallel: bool = True  # under torchrun the loss gets the DDP wrapper; False: the loss calls the task's
+    # model (or its parts) itself, and the loop averages the gradients over the ranks after backward
     begin: Callable[[int], bool] | None = None  # at the stage's start (its epoch); True: trainable parameters changed
     warnings: Callable[[dict], list[str]] | None = None  # what an epoch's mean statistics say may be wrong
 
