@@ -120,3 +120,21 @@ def test_a_malformed_folder_is_one_line_naming_the_culprit(tmp_path, metadata, c
     assert not (folder / "captions.json").exists()
     with pytest.raises(DataError):
         read_folder(tmp_path / "no_such")
+
+
+@pytest.mark.parametrize("kind", ["bomb", "fraction"])
+def test_a_picture_pillow_refuses_with_any_error_is_one_line(tmp_path, kind, capsys):
+    """Pillow refuses some headers with DecompressionBombError or ValueError, not OSError: still one line."""
+    from tests.test_images import tiff_with_a_fraction, write_png_header_only
+
+    folder = tmp_path / "mine"
+    (folder / "pics").mkdir(parents=True)
+    name = {"bomb": "pics/huge.png", "fraction": "pics/wide.tif"}[kind]
+    if kind == "bomb":
+        write_png_header_only(folder / name, 20_000, 20_000)
+    else:
+        (folder / name).write_bytes(tiff_with_a_fraction(256))
+    (folder / "metadata.jsonl").write_text(json.dumps({"file_name": name, "text": "a cat"}) + "\n")
+    assert main(["data", "folder", str(folder)]) == 2
+    error = capsys.readouterr().err
+    assert f"{name} is listed in the metadata but is not an image (" in error and error.count("\n") == 1

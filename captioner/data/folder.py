@@ -17,9 +17,10 @@ import csv
 import json
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from captioner.data.coco import Entry, prepare_captions, summary
+from captioner.data.images import failure_reason
 from captioner.data.manifest import SPLITS
 from captioner.data.stamps import stamp_split
 from captioner.errors import DataError
@@ -110,8 +111,10 @@ def check_picture(path: Path) -> None:
     try:
         with Image.open(path) as image:
             image.size  # noqa: B018 - the header is parsed on open; reading the size is the check
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataError(f"{path} is listed in the metadata but is not an image ({error})") from None
+    except MemoryError:
+        raise
+    except Exception as error:  # Pillow refuses some headers with ValueError, DecompressionBombError, ...
+        raise DataError(f"{path} is listed in the metadata but is not an image ({failure_reason(error)})") from None
 
 
 def prepare_folder(
