@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -17,7 +18,8 @@ def atomic_path(path: str | Path, sync: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block ends without error it replaces `path`.
 
     On an error (or an interrupt) the temporary file is removed and `path` is left as it was. sync
-    flushes the file to the disk before the rename (checkpoints: survive a power cut, not only a crash).
+    (checkpoints: survive a power cut, not only a crash) flushes the file to the disk before the rename,
+    and the folder after it, so that the rename itself is on the disk when the block ends.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,6 +38,21 @@ def atomic_path(path: str | Path, sync: bool = False) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if sync:
+        sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder, making the renames and creations in it durable; a no-op on the file systems that cannot
+    sync a folder (EINVAL or ENOTSUP)."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from captioner.data.feature_cache import build_feature_cache, cache_file
-from captioner.data.images import ImageTransform
+from captioner.data.images import ImageTransform, load_image
 from captioner.data.manifest import load_manifest
 from captioner.models.image_encoder import ImageEncoder
 from captioner.models.registry import restore
@@ -36,7 +39,7 @@ def test_cached_grids_equal_the_encoder_and_are_reused(shapes_root, tmp_path):
     modified = path.stat().st_mtime_ns
     build_feature_cache(encoder, records, transform, path, torch.device("cpu"))  # reused, not rebuilt
     assert path.stat().st_mtime_ns == modified
-    assert [p.name for p in path.parent.iterdir()] == ["val.npy"]  # no temporary file left
+    assert sorted(p.name for p in path.parent.iterdir()) == ["val.npy", "val.npy.stamps"]  # no temporary file left
     key = cache_file(shapes_root, config, records, "val", encoder)
     assert key != cache_file(shapes_root, config, records[:-1], "val", encoder)
     other = ImageEncoder("small_cnn", None, grid_size=4, fine_tune_stages=0, width=16)  # another random init
@@ -64,11 +67,11 @@ def test_resuming_a_cached_run_reuses_its_cache(shapes_root, tmp_path):
     config = frozen_config(shapes_root, tmp_path / "run", epochs=1)
     config.encoder.backbone, config.encoder.weights, config.encoder.grid_size = "efficientnet_lite0", "DEFAULT", 1
     fit(config, log=lambda _: None)
-    caches = sorted(p.name for p in (shapes_root / "cache").iterdir() if "efficientnet" in p.name)
+    caches = sorted(p.name for p in (shapes_root / "cache").glob("*.npy") if "efficientnet" in p.name)
     assert len(caches) == 2  # train and val
     config.train.epochs = 2
     fit(config, resume=True, log=lambda _: None)
-    assert sorted(p.name for p in (shapes_root / "cache").iterdir() if "efficientnet" in p.name) == caches
+    assert sorted(p.name for p in (shapes_root / "cache").glob("*.npy") if "efficientnet" in p.name) == caches
 
 
 def test_cache_refuses_to_start_without_disk_room(shapes_root, tmp_path, monkeypatch):
@@ -83,3 +86,35 @@ def test_cache_refuses_to_start_without_disk_room(shapes_root, tmp_path, monkeyp
     with pytest.raises(DataError, match=r"needs 0\.0 GiB and only 0\.0 GiB is free.*cache_features=false"):
         build_feature_cache(encoder, records, transform, tmp_path / "cache" / "val.npy", torch.device("cpu"))
     assert not any((tmp_path / "cache").iterdir())  # nothing written
+
+
+def test_a_relative_and_an_absolute_path_to_the_data_share_one_cache(shapes_root, tmp_path, monkeypatch):
+    encoder = ImageEncoder("small_cnn", None, grid_size=4, fine_tune_stages=0, width=16)
+    config = frozen_config(shapes_root, tmp_path / "run")
+    monkeypatch.chdir(shapes_root.parent)
+    relative = Path(shapes_root.name)
+    keys = {
+        cache_file(root, config, load_manifest(root).split("val"), "val", encoder).name
+        for root in (relative, shapes_root, Path("..") / shapes_root.parent.name / shapes_root.name)
+    }
+    assert len(keys) == 1, keys
+
+
+def test_an_image_replaced_in_place_has_its_grid_computed_again(shapes_root, tmp_path):
+    """Same path, new picture: its row is computed again (the others are kept), and no second cache is made."""
+    records = load_manifest(shapes_root).split("val")[:4]
+    for record in records:
+        shutil.copy(record.path, tmp_path / record.path.name)
+        record.path = tmp_path / record.path.name
+    encoder = ImageEncoder("small_cnn", None, grid_size=4, fine_tune_stages=0, width=16).eval()
+    transform = ImageTransform(size=32, mean=encoder.mean, std=encoder.std)
+    path = tmp_path / "cache" / "val.npy"
+    before = np.array(build_feature_cache(encoder, records, transform, path, torch.device("cpu")))
+    shutil.copy(load_manifest(shapes_root).split("test")[0].path, records[2].path)  # another picture, same name
+    after = np.array(build_feature_cache(encoder, records, transform, path, torch.device("cpu")))
+    with torch.no_grad():
+        expected = encoder.grid(transform(load_image(records[2].path)).unsqueeze(0))[0]
+    torch.testing.assert_close(torch.from_numpy(after[2]).float(), expected, rtol=2e-3, atol=2e-3)
+    assert not np.array_equal(after[2], before[2])
+    assert np.array_equal(np.delete(after, 2, 0), np.delete(before, 2, 0))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["val.npy", "val.npy.stamps"]

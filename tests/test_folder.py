@@ -120,3 +120,67 @@ def test_a_malformed_folder_is_one_line_naming_the_culprit(tmp_path, metadata, c
     assert not (folder / "captions.json").exists()
     with pytest.raises(DataError):
         read_folder(tmp_path / "no_such")
+
+
+def pictures(folder: Path, *names: str) -> None:
+    from PIL import Image
+
+    (folder / "pics").mkdir(parents=True)
+    for name in names:
+        Image.new("RGB", (8, 8)).save(folder / "pics" / name)
+
+
+def test_a_quoted_multi_line_csv_caption_is_read_whole_its_break_a_space(tmp_path):
+    """A line break inside a caption becomes one space, as tokenization would make of it."""
+    folder = tmp_path / "mine"
+    pictures(folder, "a.png", "b.png")
+    with open(folder / "metadata.csv", "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["file_name", "text"])
+        writer.writerows([("pics/a.png", "a cat\non a mat"), ("pics/b.png", "a dog\r\n  on a rug ")])
+    captions = {e.image_id: e.captions for e in read_folder(folder)}
+    assert captions == {"pics/a.png": ["a cat on a mat"], "pics/b.png": ["a dog on a rug"]}
+
+
+def test_a_jsonl_line_holding_a_line_separator_is_read_whole(tmp_path):
+    """U+2028 is legal inside a JSON string (json.dumps writes it as is with ensure_ascii=False)."""
+    folder = tmp_path / "mine"
+    pictures(folder, "c.png")
+    record = {"file_name": "pics/c.png", "text": "a bird\u2028in a tree"}
+    (folder / "metadata.jsonl").write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert [e.captions for e in read_folder(folder)] == [["a bird in a tree"]]
+
+
+def test_a_csv_row_after_a_multi_line_caption_is_named_by_its_line(tmp_path):
+    folder = tmp_path / "mine"
+    (folder / "pics").mkdir(parents=True)
+    (folder / "metadata.csv").write_text('file_name,text\npics/a.png,"a cat\non a mat"\npics/b.png, . \n')
+    with pytest.raises(DataError, match=r"metadata\.csv, line 4: the caption \(text\) of pics/b\.png has no words"):
+        read_folder(folder)
+
+
+@pytest.mark.parametrize("kind", ["bomb", "fraction"])
+def test_a_picture_pillow_refuses_with_any_error_is_one_line(tmp_path, kind, capsys):
+    """Pillow refuses some headers with DecompressionBombError or ValueError, not OSError: still one line."""
+    from tests.test_images import tiff_with_a_fraction, write_png_header_only
+
+    folder = tmp_path / "mine"
+    (folder / "pics").mkdir(parents=True)
+    name = {"bomb": "pics/huge.png", "fraction": "pics/wide.tif"}[kind]
+    if kind == "bomb":
+        write_png_header_only(folder / name, 20_000, 20_000)
+    else:
+        (folder / name).write_bytes(tiff_with_a_fraction(256))
+    (folder / "metadata.jsonl").write_text(json.dumps({"file_name": name, "text": "a cat"}) + "\n")
+    assert main(["data", "folder", str(folder)]) == 2
+    error = capsys.readouterr().err
+    assert f"{name} is listed in the metadata but is not an image (" in error and error.count("\n") == 1
+
+
+def test_a_csv_the_csv_module_refuses_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    pictures(folder, "a.png")
+    (folder / "metadata.csv").write_text(f'file_name,text\npics/a.png,a cat\npics/a.png,"{"a " * 100_000}"\n')
+    assert main(["data", "folder", str(folder)]) == 2
+    error = capsys.readouterr().err
+    assert "metadata.csv, line 3: not CSV (field larger than field limit" in error and error.count("\n") == 1

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.data.images import ImageLoadError, ImageTransform, load_image
+from captioner.cli import main
+from captioner.data.images import ImageLoadError, ImageTransform, image_from_bytes, load_image
 
 
 def write_png_header_only(path, width, height):
@@ -83,3 +84,63 @@ def test_transform_normalises_and_resizes():
     tensor = transform(Image.new("RGB", (40, 20), (255, 0, 128)))
     assert tensor.shape == (3, 16, 16)
     assert tensor[0].min() == pytest.approx(1.0) and tensor[1].max() == pytest.approx(-1.0)
+
+
+def tiff_with_a_fraction(tag: int = 273) -> bytes:
+    """A 4 x 4 grey TIFF whose tag `tag` holds a RATIONAL, its value + 1/2, where an integer belongs. StripOffsets
+    (273): Pillow opens it and raises TypeError ('IFDRational' object cannot be interpreted as an integer) when it
+    reads the pixels; ImageWidth (256): ValueError when it opens it."""
+    header, entries = 8, 2 + 12 * 9 + 4
+    rational, pixels = header + entries, header + entries + 8
+    # width, height, 8 bits, no compression, grey, where the pixels are, 1 sample, 4 rows a strip, 16 bytes
+    tags = {256: 4, 257: 4, 258: 8, 259: 1, 262: 1, 273: pixels, 277: 1, 278: 4, 279: 16}
+    ifd = b"".join(
+        struct.pack("<HHII", t, 4, 1, value) if t != tag else struct.pack("<HHII", t, 5, 1, rational)
+        for t, value in sorted(tags.items())
+    )
+    return (
+        b"II*\x00"
+        + struct.pack("<IH", header, len(tags))
+        + ifd
+        + b"\0\0\0\0"
+        + struct.pack("<II", 2 * tags[tag] + 1, 2)
+        + bytes(range(16))
+    )
+
+
+def test_a_file_that_makes_pillow_raise_anything_is_refused_by_name(tmp_path):
+    """Pillow raises TypeError, not OSError, on some malformed TIFFs; every decode path refuses it by name."""
+    data = tiff_with_a_fraction()
+    (tmp_path / "bad.tif").write_bytes(data)
+    with pytest.raises(ImageLoadError, match=r"bad\.tif: corrupt or truncated image \(TypeError: 'IFDRational'"):
+        load_image(tmp_path / "bad.tif")
+    with pytest.raises(ImageLoadError, match=r"^upload\.tif: corrupt or truncated image \(TypeError: .*\)$"):
+        image_from_bytes(data, "upload.tif", target_size=32)
+    with pytest.raises(ImageLoadError, match=r"^wide\.tif: corrupt or truncated image \(Invalid dimensions\)$"):
+        image_from_bytes(tiff_with_a_fraction(256), "wide.tif")
+
+
+def test_a_broken_image_among_good_ones_is_skipped_in_one_line(caption_checkpoint, shapes_root, tmp_path, capsys):
+    (tmp_path / "bad.tif").write_bytes(tiff_with_a_fraction())
+    good = next((shapes_root / "images").glob("test_*.png"))
+    assert main(["caption", str(tmp_path / "bad.tif"), str(good), "--checkpoint", str(caption_checkpoint)]) == 1
+    captured = capsys.readouterr()
+    assert [line.split("\t")[0] for line in captured.out.splitlines()] == [str(good)]
+    assert captured.err.splitlines() == [
+        f"captioner: skipped {tmp_path / 'bad.tif'}: corrupt or truncated image (TypeError: 'IFDRational' object "
+        "cannot be interpreted as an integer)",
+        "captioner: 1 of 2 images could not be captioned",
+    ]
+
+
+def test_running_out_of_memory_while_decoding_is_not_called_a_bad_file(tmp_path, monkeypatch):
+    from PIL import ImageOps
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "fine.png")
+
+    def exhausted(image):
+        raise MemoryError
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", exhausted)
+    with pytest.raises(MemoryError):
+        load_image(tmp_path / "fine.png")

@@ -71,8 +71,11 @@ def sentiment_recipe(tmp_path: Path, shapes_root: Path) -> dict:
     }
 
 
-def ball_recipe(tmp_path: Path, shapes_root: Path) -> dict:
-    build_flights(tmp_path / "flights", FlightSpec(seed=3, train=320, val=32, test=32, steps=30), log=lambda _: None)
+def ball_recipe(tmp_path: Path, shapes_root: Path, build: bool = True) -> dict:
+    if build:
+        build_flights(
+            tmp_path / "flights", FlightSpec(seed=3, train=320, val=32, test=32, steps=30), log=lambda _: None
+        )
     return {
         "data": {"root": str(tmp_path / "flights"), "observed": 10, "horizon": 20},
         "model": {"hidden_dim": 16, "num_layers": 1},
@@ -191,3 +194,40 @@ def test_a_run_out_of_time_stays_stopped_when_resumed(tmp_path, shapes_root):
     ball.fit(CONFIGS["ball"].from_dict(later), resume=True, log=logs.append)
     assert any("nothing to train" in line for line in logs), logs
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["training"]["step"] == before["step"]
+
+
+def test_a_metrics_file_cut_off_in_its_last_line_still_resumes(tmp_path, shapes_root):
+    """A full disk or a power cut while metrics.jsonl was appended to leaves a torn last line: --resume drops it
+    with a one-line warning naming the file, and the file holds whole rows again."""
+    build_flights(tmp_path / "flights", FlightSpec(seed=3, train=32, val=16, test=16, steps=30), log=lambda _: None)
+    recipe = ball_recipe(tmp_path, shapes_root, build=False)
+    ball.fit(CONFIGS["ball"].from_dict(recipe | {"train": recipe["train"] | {"epochs": 1}}), log=lambda _: None)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    rows = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(rows) + "\n" + rows[-1][:25])  # the next row, cut off
+    logs = []
+    ball.fit(
+        CONFIGS["ball"].from_dict(recipe | {"train": recipe["train"] | {"epochs": 2}}), resume=True, log=logs.append
+    )
+    warnings = [line for line in logs if "cut off" in line]
+    assert len(warnings) == 1 and str(metrics) in warnings[0] and "\n" not in warnings[0], logs
+    after = metrics.read_text()
+    assert after.endswith("\n") and after.startswith("\n".join(rows) + "\n")
+    assert [json.loads(line)["epoch"] for line in after.splitlines()] == [1, 2]
+
+
+def test_a_malformed_metrics_line_before_the_last_is_an_error_naming_it(tmp_path):
+    from captioner.errors import TrainingError
+    from captioner.training import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.metrics.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
+    with pytest.raises(TrainingError, match=r"metrics\.jsonl, line 2: not JSON .*delete that line"):
+        folder.start(tiny_config(tmp_path, tmp_path / "run"), {}, resumed_step=3)
+    folder.metrics.write_text('{"step": 1}\n[2]\n')
+    with pytest.raises(TrainingError, match=r"metrics\.jsonl, line 2: not a JSON object"):
+        folder.start(tiny_config(tmp_path, tmp_path / "run"), {}, resumed_step=3)
+    folder.metrics.write_text('{"step": 1}\n{"step": 2, "note": "a\u2028b"}\n{"step": 4}')  # whole, newline cut
+    folder.start(tiny_config(tmp_path, tmp_path / "run"), {}, resumed_step=4)
+    assert folder.metrics.read_text() == '{"step": 1}\n{"step": 2, "note": "a\u2028b"}\n{"step": 4}\n'

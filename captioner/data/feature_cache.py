@@ -2,14 +2,18 @@
 
 Decoder-only training then reads (P, D) fp16 grids from a memory-mapped .npy file instead of
 decoding images and running the CNN every epoch. The file name carries a key of everything that
-determines the grids (backbone, a fingerprint of its weights, image size, grid, the image list and
-the manifest's time stamp), so a changed setting builds a new cache; the file is written under a temporary name and
-renamed when complete, so an interrupted build is simply redone.
+determines the grids but the images' content (backbone, a fingerprint of its weights, image size, grid,
+the image list by paths relative to the data set, so that a relative and an absolute spelling of it
+share one cache). Beside it, FILE.stamps holds each image file's size and modification time (ns) as
+they were when its grid was computed: an image replaced since has its grid computed again, in place,
+and only its. The file is written under a temporary name and renamed when complete, so an interrupted
+build is simply redone.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -36,16 +40,62 @@ def weights_fingerprint(encoder: nn.Module) -> str:
 
 
 def cache_file(root: str | Path, config: Config, records: list[ImageRecord], split: str, encoder: nn.Module) -> Path:
-    """Where the grids of these records (of the data set in `root`) live: ROOT/cache/SPLIT-...-KEY.npy."""
+    """Where the grids of these records (of the data set in `root`) live: ROOT/cache/SPLIT-...-KEY.npy.
+
+    The records are keyed by their paths relative to root (how the manifest names them), so the key does not
+    depend on how root is spelled, nor on captions.json being written again."""
     root = Path(root)
     enc = config.encoder
-    manifest = root / "captions.json"
-    stamp = manifest.stat().st_mtime_ns if manifest.exists() else 0
-    key = f"{enc.backbone}|{weights_fingerprint(encoder)}|{config.data.image_size}|{enc.grid_size}|{stamp}|"
-    key += "|".join(str(r.path) for r in records)
+    key = f"{enc.backbone}|{weights_fingerprint(encoder)}|{config.data.image_size}|{enc.grid_size}|"
+    key += "|".join(relative_names(records, root))
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     size, grid = config.data.image_size, enc.grid_size
     return root / "cache" / f"{split}-{enc.backbone}-{size}px-{grid}x{grid}-{digest}.npy"
+
+
+def relative_names(records: list[ImageRecord], root: Path) -> list[str]:
+    """Each record's path relative to root where it lies under root, else absolute; lexical (symbolic links are
+    not followed), and the same whether root and the paths are spelled relative or absolute."""
+    cwd = os.getcwd()
+    base = os.path.normpath(os.path.join(cwd, root)) + os.sep
+    names = []
+    for record in records:
+        path = os.path.normpath(os.path.join(cwd, record.path))  # an absolute record.path ignores cwd
+        names.append(path[len(base) :] if path.startswith(base) else path)
+    return names
+
+
+def stamps_file(path: Path) -> Path:
+    """The stamps of a cache file's rows: PATH.stamps (not .npy, so that no glob for caches finds it)."""
+    return path.with_name(path.name + ".stamps")
+
+
+def image_stamps(records: list[ImageRecord]) -> np.ndarray:
+    """(N, 2) int64: every record's file size and modification time in ns (one stat each, no reading)."""
+    stamps = np.empty((len(records), 2), dtype=np.int64)
+    for i, record in enumerate(records):
+        try:
+            stat = os.stat(record.path)
+        except OSError as error:
+            raise DataError(f"{record.path}: cannot read the image ({error.strerror})") from None
+        stamps[i] = stat.st_size, stat.st_mtime_ns
+    return stamps
+
+
+def _read_stamps(path: Path, count: int) -> np.ndarray:
+    """The stamps a cache was built with; -1 (matching no file) for every row where they are missing or unreadable."""
+    try:
+        stamps = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        stamps = None
+    if stamps is None or stamps.shape != (count, 2) or stamps.dtype != np.int64:
+        return np.full((count, 2), -1, dtype=np.int64)
+    return stamps
+
+
+def _write_stamps(path: Path, stamps: np.ndarray) -> None:
+    with atomic_path(stamps_file(path)) as tmp, open(tmp, "wb") as file:
+        np.save(file, stamps, allow_pickle=False)
 
 
 @torch.no_grad()
@@ -58,12 +108,24 @@ def build_feature_cache(
     batch_size: int = 64,
     num_workers: int = 0,
 ) -> np.ndarray:
-    """Compute (or reuse) the grids of `records`: a read-only memory-mapped array (N, P, D) of fp16."""
+    """Compute (or reuse) the grids of `records`: a read-only memory-mapped array (N, P, D) of fp16.
+
+    A cache that is there is reused, but the grids of the images whose size or modification time changed
+    since they were computed are computed again first."""
     expected = (len(records), encoder.grid_size**2, encoder.out_dim)
+    stamps = image_stamps(records)  # before any image is read: a file changed during the build is stale next time
     if path.is_file():
         cached = np.load(path, mmap_mode="r")
         if cached.shape == expected:
-            return cached
+            stale = np.flatnonzero((_read_stamps(stamps_file(path), len(records)) != stamps).any(axis=1))
+            if len(stale):
+                del cached
+                array = np.load(path, mmap_mode="r+")
+                _compute(encoder, records, stale, transform, array, path, device, batch_size, num_workers)
+                array.flush()
+                del array
+                _write_stamps(path, stamps)  # after the grids: stamps never vouch for a row not yet written
+            return np.load(path, mmap_mode="r")
     path.parent.mkdir(parents=True, exist_ok=True)
     needed = 2 * int(np.prod(expected))  # fp16
     free = shutil.disk_usage(path.parent).free
@@ -72,37 +134,55 @@ def build_feature_cache(
             f"the feature cache {path} needs {needed / 2**30:.1f} GiB and only {free / 2**30:.1f} GiB is free there: "
             f"free some space, or set data.cache_features=false to run the frozen CNN every step instead"
         )
+    with atomic_path(path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=expected)
+        rows = np.arange(len(records))
+        _compute(encoder, records, rows, transform, array, path, device, batch_size, num_workers)
+        array.flush()
+        del array
+        _write_stamps(path, stamps)  # before the rename: a cache file is never there without its stamps
+    return np.load(path, mmap_mode="r")
+
+
+def _compute(
+    encoder: nn.Module,
+    records: list[ImageRecord],
+    rows: np.ndarray,
+    transform: ImageTransform,
+    array: np.ndarray,
+    path: Path,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int,
+) -> None:
+    """Write the grids of records[rows] into array[rows], the encoder in eval mode meanwhile."""
     was_training = encoder.training
     encoder.eval()
     # Its own generator: building a cache must not move the global random stream that training uses.
     loader = DataLoader(
-        ImageSet(records, transform),
+        ImageSet([records[i] for i in rows], transform),
         batch_size,
         num_workers=num_workers,
         collate_fn=collate_images,
         generator=torch.Generator(),
     )
     try:
-        with atomic_path(path) as tmp:
-            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=expected)
-            for images, indices in tqdm(loader, desc=f"caching {path.name}", unit="batch", disable=None):
-                grids = encoder.grid(images.to(device)).half()  # (B, P, D)
-                _check_finite(grids, indices, path)
-                array[indices[0] : indices[-1] + 1] = grids.cpu().numpy()
-            array.flush()
-            del array
+        for images, indices in tqdm(loader, desc=f"caching {path.name}", unit="batch", disable=None):
+            grids = encoder.grid(images.to(device)).half()  # (B, P, D)
+            batch_rows = rows[indices]
+            _check_finite(grids, batch_rows, path)
+            array[batch_rows] = grids.cpu().numpy()
     finally:
         encoder.train(was_training)
-    return np.load(path, mmap_mode="r")
 
 
-def _check_finite(grids: Tensor, indices: list[int], path: Path) -> None:
+def _check_finite(grids: Tensor, rows: np.ndarray, path: Path) -> None:
     """Refuse grids that fp16 cannot hold: training on them would only ever see a loss of nan."""
     bad = int((~torch.isfinite(grids)).sum())
     if bad:
         raise EncoderError(
-            f"the encoder's grids of images {indices[0]}-{indices[-1]} for {path.name} hold {bad:,} values beyond "
-            f"fp16's range (|x| > 65504), which the feature cache stores: nothing was cached; use pretrained "
+            f"the encoder's grids of images {rows[0]}-{rows[-1]} for {path.name} hold {bad:,} values beyond "
+            f"fp16's range (|x| > 65504), which the feature cache stores: they were not cached; use pretrained "
             f"backbone weights (encoder.weights), or set data.cache_features=false to train from images"
         )
 

@@ -14,12 +14,14 @@ and OUT/vocab.json as the other sources do (data/coco.prepare_captions).
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from captioner.data.coco import Entry, prepare_captions, summary
+from captioner.data.images import failure_reason
 from captioner.data.manifest import SPLITS
 from captioner.data.stamps import stamp_split
 from captioner.errors import DataError
@@ -43,14 +45,18 @@ def metadata_files(root: Path) -> list[tuple[Path, str | None]]:
 
 
 def read_rows(path: Path) -> list[tuple[int, dict]]:
-    """(line number, row) of a metadata.jsonl or metadata.csv; DataError naming the file and line if malformed."""
+    """(line number, row) of a metadata.jsonl or metadata.csv; DataError naming the file and line if malformed.
+
+    JSON lines end at a line feed only (U+2028 and its kin are legal inside a JSON string; str.splitlines would
+    split there); a CSV is read as the csv module asks, so a quoted field may hold a newline (a row that spans
+    lines is numbered by its last)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise DataError(f"{path} is not UTF-8 text: {error}") from None
     rows = []
     if path.suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), 1):
+        for number, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue
             try:
@@ -61,11 +67,14 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
                 raise DataError(f"{path}, line {number}: must be a JSON object with file_name and text")
             rows.append((number, row))
         return rows
-    reader = csv.DictReader(text.splitlines())
-    columns = reader.fieldnames or []
-    if "file_name" not in columns or "text" not in columns:
-        raise DataError(f"{path}: needs the columns file_name and text, has {', '.join(columns) or 'none'}")
-    return [(number, row) for number, row in enumerate(reader, 2)]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        columns = reader.fieldnames or []
+        if "file_name" not in columns or "text" not in columns:
+            raise DataError(f"{path}: needs the columns file_name and text, has {', '.join(columns) or 'none'}")
+        return [(reader.line_num, row) for row in reader]
+    except csv.Error as error:
+        raise DataError(f"{path}, line {reader.reader.line_num}: not CSV ({error})") from None
 
 
 def read_folder(root: str | Path, val_percent: int = 10, test_percent: int = 10) -> list[Entry]:
@@ -86,6 +95,7 @@ def read_folder(root: str | Path, val_percent: int = 10, test_percent: int = 10)
                 raise DataError(f"{where}: needs a file_name")
             if not isinstance(text, str) or not tokenize(text):
                 raise DataError(f"{where}: the caption (text) of {name} has no words")
+            caption = " ".join(text.split())  # line breaks and runs of spaces inside a caption: one space each
             given = row.get("split") or folder_split
             if given is not None and str(given).lower() not in SPLIT_NAMES:
                 raise DataError(f"{where}: split must be train, val (validation) or test, got {given!r}")
@@ -93,11 +103,11 @@ def read_folder(root: str | Path, val_percent: int = 10, test_percent: int = 10)
             split = SPLIT_NAMES[str(given).lower()] if given else stamp_split(name, val_percent, test_percent)
             entry = entries.get(image)
             if entry is None:
-                entries[image] = Entry(image, split, [text.strip()], name)
+                entries[image] = Entry(image, split, [caption], name)
             elif entry.split != split:
                 raise DataError(f"{where}: {name} is in the {entry.split} split already, not {split}")
             else:
-                entry.captions.append(text.strip())
+                entry.captions.append(caption)
     for entry in entries.values():
         check_picture(entry.path)
     return list(entries.values())
@@ -110,8 +120,10 @@ def check_picture(path: Path) -> None:
     try:
         with Image.open(path) as image:
             image.size  # noqa: B018 - the header is parsed on open; reading the size is the check
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataError(f"{path} is listed in the metadata but is not an image ({error})") from None
+    except MemoryError:
+        raise
+    except Exception as error:  # Pillow refuses some headers with ValueError, DecompressionBombError, ...
+        raise DataError(f"{path} is listed in the metadata but is not an image ({failure_reason(error)})") from None
 
 
 def prepare_folder(

@@ -58,6 +58,7 @@ def image_from_bytes(
 
 
 def _decode(source: Path | io.BytesIO, name: str, target_size: int | None, max_pixels: int) -> Image.Image:
+    """Open, check, load and convert one image; any failure of Pillow's on a bad file becomes ImageLoadError."""
     try:
         with _open_unlimited(source) as image:
             if image.format == "JPEG" and target_size is not None:
@@ -71,12 +72,21 @@ def _decode(source: Path | io.BytesIO, name: str, target_size: int | None, max_p
             image = ImageOps.exif_transpose(image)  # also loads the pixels
             image.load()
             return _to_rgb(image)
+    except (ImageLoadError, MemoryError):
+        raise
     except UnidentifiedImageError:
         raise ImageLoadError(f"{name}: not an image (unrecognised file format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        if isinstance(error, ImageLoadError):
-            raise
-        raise ImageLoadError(f"{name}: corrupt or truncated image ({error})") from None
+    except Exception as error:  # Pillow's plugins raise TypeError, struct.error, KeyError, ... on bad files
+        raise ImageLoadError(f"{name}: corrupt or truncated image ({failure_reason(error)})") from None
+
+
+def failure_reason(error: Exception) -> str:
+    """An exception of Pillow's as a one-line reason of at most 160 characters: its message, led by its type's
+    name unless that is OSError, SyntaxError or ValueError (whose messages say what went wrong on their own)."""
+    message = " ".join(str(error).split()) or "no message"
+    if not isinstance(error, (OSError, SyntaxError, ValueError)):
+        message = f"{type(error).__name__}: {message}"
+    return message if len(message) <= 160 else message[:157] + "..."
 
 
 _PIL_LIMIT = threading.Lock()  # Image.MAX_IMAGE_PIXELS is global: threads (the web server's) take turns

@@ -93,7 +93,9 @@ class Trainer:
             self.resume(checkpoint["training"])
         elif self.world.distributed:  # each rank its own dropout masks (the weights are the same, synced by DDP)
             torch.manual_seed(rank_seed(self.train.seed, self.world.rank))
-        run.folder.start(task.config, task.vocabularies, self.progress.step if checkpoint is not None else None)
+        run.folder.start(
+            task.config, task.vocabularies, self.progress.step if checkpoint is not None else None, self.log
+        )
 
     def resume(self, saved: dict) -> None:
         """Restore the optimizer, loss scale, this rank's generators, the task's state and the progress."""

@@ -10,6 +10,8 @@ from captioner.errors import TrainingError
 from captioner.files import write_text, write_yaml
 from captioner.vocab import Vocab
 
+MEND = "mend or delete that line to resume the run"
+
 
 def silent(*args, **kwargs) -> None:
     """The log of processes other than rank 0, and of callers that want none."""
@@ -33,7 +35,7 @@ class RunFolder:
         """The last checkpoint, to continue a run from (CheckpointError, naming the file, if there is none)."""
         return load_checkpoint(self.last, kind=kind)
 
-    def start(self, config, vocabs: dict[str, Vocab], resumed_step: int | None = None) -> None:
+    def start(self, config, vocabs: dict[str, Vocab], resumed_step: int | None = None, log=silent) -> None:
         """Write config.yaml and NAME.json for every vocabulary; a new run also starts metrics.jsonl afresh.
 
         A run resumed from a checkpoint written after resumed_step steps keeps those steps' metrics rows only,
@@ -45,12 +47,43 @@ class RunFolder:
         if resumed_step is None or not self.metrics.is_file():
             self.metrics.write_text("")
         else:
-            rows = [line for line in self.metrics.read_text().splitlines() if line.strip()]
-            kept = [line for line in rows if json.loads(line).get("step", 0) <= resumed_step]
-            write_text(self.metrics, "".join(line + "\n" for line in kept))
+            rows = self.metric_rows(log)
+            kept = [line for line, row in rows if row.get("step", 0) <= resumed_step]
+            write_text(self.metrics, "".join(line + "\n" for line in kept))  # a torn last line goes too
         write_yaml(self.path / "config.yaml", config.to_dict())
         for name, vocab in vocabs.items():
             vocab.save(self.path / f"{name}.json")
+
+    def metric_rows(self, log=silent) -> list[tuple[str, dict]]:
+        """(line, row) of every row of metrics.jsonl. A last line cut off before its end (no newline after it: the
+        run stopped while writing it, by a full disk or a power cut) is left out with a warning; a line that is not
+        a JSON object anywhere else is a TrainingError naming the file and the line."""
+        lines = self.metrics.read_bytes().decode("utf-8", errors="replace").split("\n")  # not splitlines: U+2028
+        last = lines.pop()  # "" when the file ends in a newline
+        if last.strip():
+            try:
+                whole = isinstance(json.loads(last), dict)  # cut off just before its newline
+            except json.JSONDecodeError:
+                whole = False
+            if whole:
+                lines.append(last)
+            else:
+                log(
+                    f"warning: {self.metrics}: left out its last line, cut off before its end by a run stopped while "
+                    f"writing it"
+                )
+        rows = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise TrainingError(f"{self.metrics}, line {number}: not JSON ({error}); {MEND}") from None
+            if not isinstance(row, dict):
+                raise TrainingError(f"{self.metrics}, line {number}: not a JSON object; {MEND}")
+            rows.append((line, row))
+        return rows
 
     def log_metrics(self, row: dict) -> None:
         """Append one JSON line to metrics.jsonl."""
