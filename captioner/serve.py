@@ -52,59 +52,96 @@ class QueueFullError(Exception):
     """The queue is full."""
 
 
+class StoppingError(Exception):
+    """The server is stopping: the picture will not be captioned."""
+
+
 class Batcher:
-    """The model's own thread: takes the waiting pictures, up to batch_size, and captions them together."""
+    """The model's own thread: takes the waiting pictures, up to batch_size, and captions them together.
+
+    A future is taken with set_running_or_notify_cancel, the protocol of concurrent.futures: a request given up
+    while its picture waited (its task cancelled) is skipped, and one being captioned can no longer be given up,
+    so setting a result never fails and the thread lives as long as the server."""
 
     def __init__(self, model: CaptionModel, options: ServeOptions):
         self.model, self.options = model, options
         self.settings = model.settings(None, options.max_len)
         self.queue: queue.Queue = queue.Queue(maxsize=options.queue_size)
         self.batches = 0  # captioned so far, for the health endpoint and the tests
+        self.stopping = False
+        self.lock = threading.Lock()  # submit and close take turns: nothing is queued after the thread's last look
         self.thread = threading.Thread(target=self._run, name="captioner-model", daemon=True)
         self.thread.start()
 
     def submit(self, prepared: Prepared) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
-        try:
-            self.queue.put_nowait((prepared, future))
-        except queue.Full:
-            raise QueueFullError from None
+        with self.lock:
+            if self.stopping:
+                raise StoppingError
+            try:
+                self.queue.put_nowait((prepared, future))
+            except queue.Full:
+                raise QueueFullError from None
         return future
 
     def close(self) -> None:
-        self.queue.put(None)
+        """Stop: the batch being captioned is answered, the pictures still waiting fail with StoppingError, and
+        the thread ends."""
+        with self.lock:
+            self.stopping = True
+            with contextlib.suppress(queue.Full):  # a full queue: the thread is busy and looks again after its batch
+                self.queue.put_nowait(None)
         self.thread.join(timeout=30)
 
     def _run(self) -> None:
         while True:
             job = self.queue.get()
-            if job is None:
+            if job is None or self.stopping:
+                self._refuse([job])
                 return
-            jobs = [job]
+            jobs = [job] if job[1].set_running_or_notify_cancel() else []
             while len(jobs) < self.options.batch_size:
                 try:
                     job = self.queue.get_nowait()
                 except queue.Empty:
                     break
-                if job is None:
-                    self.queue.put(None)  # stop after this batch
+                if job is None:  # close() was called: this batch is the last
                     break
-                jobs.append(job)
-            try:
-                results = self.model.caption_prepared(
-                    [p for p, _ in jobs],
-                    self.options.beam_size,
-                    self.options.n_best,
-                    self.options.max_len,
-                    self.settings,
-                )
-            except Exception as error:  # noqa: BLE001 - a failed batch fails its requests, never the server
-                for _, future in jobs:
-                    future.set_exception(error)
-                continue
-            self.batches += 1
-            for (_, future), result in zip(jobs, results, strict=True):
-                future.set_result(result)
+                if job[1].set_running_or_notify_cancel():
+                    jobs.append(job)
+            if jobs:
+                self._caption(jobs)
+
+    def _caption(self, jobs: list) -> None:
+        try:
+            results = self.model.caption_prepared(
+                [p for p, _ in jobs],
+                self.options.beam_size,
+                self.options.n_best,
+                self.options.max_len,
+                self.settings,
+            )
+        except Exception as error:  # noqa: BLE001 - a failed batch fails its requests, never the server
+            for _, future in jobs:
+                future.set_exception(error)
+            return
+        self.batches += 1
+        for (_, future), result in zip(jobs, results, strict=True):
+            future.set_result(result)
+
+    def _refuse(self, jobs: list) -> None:
+        """Fail the given jobs and every job still waiting with StoppingError."""
+        while True:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    jobs.append(self.queue.get_nowait())
+            for job in jobs:
+                if job is not None and job[1].set_running_or_notify_cancel():
+                    job[1].set_exception(StoppingError())
+            with self.lock:  # submit refuses from now on; anything queued before is taken here
+                if self.queue.empty():
+                    return
+            jobs = []
 
 
 def _error(status: int, message: str, **headers: str) -> JSONResponse:
@@ -125,7 +162,7 @@ def create_app(model: CaptionModel, options: ServeOptions | None = None) -> Star
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         yield
-        handlers.batcher.close()
+        await run_in_threadpool(handlers.batcher.close)
 
     app = Starlette(
         routes=[
@@ -184,8 +221,12 @@ class _Handlers:
         except QueueFullError:
             busy = f"busy: {self.options.queue_size} pictures are waiting; try again shortly"
             return _error(503, busy, **{"Retry-After": "1"})
+        except StoppingError:
+            return _error(503, f"{name}: the server is stopping; it was not captioned")
         try:
             result: ImageCaption = await asyncio.wrap_future(future)
+        except StoppingError:
+            return _error(503, f"{name}: the server is stopping; it was not captioned")
         except Exception as error:  # noqa: BLE001
             return _error(500, f"{name}: captioning failed ({type(error).__name__}: {error})")
         if request.query_params.get("picture") in ("1", "true"):

@@ -1,10 +1,15 @@
-"""`captioner serve`: the JSON endpoint's answers and refusals, batching, a full queue, a failing batch, and a load
-of concurrent good and broken uploads against a real `captioner serve` process."""
+"""`captioner serve`: the JSON endpoint's answers and refusals, batching, a full queue, a failing batch, requests
+cancelled while they wait and a stop with pictures waiting, and a load of concurrent good and broken uploads
+against a real `captioner serve` process."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
+import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +20,7 @@ import captioner
 from captioner.cli import main
 from captioner.report import REPORT_POLICY, SERVE_POLICY, report_html
 from captioner.serve import ServeOptions, create_app
-from tests.servers import ProcessServer, load
+from tests.servers import ProcessServer, asgi, load
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +156,91 @@ def test_a_failing_batch_fails_its_requests_not_the_server(model, picture, monke
     assert failed.status_code == 500
     assert failed.json()["error"] == "a.png: captioning failed (RuntimeError: out of memory)"
     assert good.status_code == 200
+
+
+def hold(model, monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """The model thread held in its first batch: (entered, release)."""
+    entered, release = threading.Event(), threading.Event()
+    original = model.caption_prepared
+
+    def held(prepared, *args):
+        entered.set()
+        release.wait(30)
+        return original(prepared, *args)
+
+    monkeypatch.setattr(model, "caption_prepared", held)
+    return entered, release
+
+
+@contextlib.contextmanager
+def served(model, **options):
+    """An app called directly (no server, no lifespan); its model thread is stopped afterwards."""
+    app = create_app(model, ServeOptions(**options))
+    try:
+        yield app
+    finally:
+        app.state.batcher.close()
+
+
+async def until(condition, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def post(app, name: str, data: bytes, **kwargs):
+    return asgi(app, "POST", f"/api/caption?name={name}", data, **kwargs)
+
+
+def test_a_request_cancelled_while_its_picture_waits_leaves_the_model_thread_serving(model, picture, monkeypatch):
+    """A request's task cancelled while its picture waits for the model (a timeout around the app, a shutdown):
+    the model thread skips the picture and goes on answering."""
+    entered, release = hold(model, monkeypatch)
+    data = picture.read_bytes()
+    with served(model) as app:
+
+        async def scenario():
+            first = asyncio.create_task(post(app, "a.png", data))
+            await asyncio.to_thread(entered.wait, 30)
+            second = asyncio.create_task(post(app, "b.png", data))
+            await until(lambda: app.state.batcher.queue.qsize() == 1)
+            second.cancel()
+            release.set()
+            answered = await first
+            with pytest.raises(asyncio.CancelledError):
+                await second
+            return answered, await asyncio.wait_for(post(app, "c.png", data), 20)
+
+        first, later = asyncio.run(scenario())
+    assert first[0] == 200 and later[0] == 200 and json.loads(later[2])["image"] == "c.png"
+
+
+def test_stopping_answers_the_waiting_requests_503_and_ends_the_model_thread(model, picture, monkeypatch):
+    """Stopped while a batch is being captioned and two pictures wait: the batch is answered, the waiting
+    pictures are answered 503, the thread ends, and a request after that is answered 503 too (never left waiting)."""
+    entered, release = hold(model, monkeypatch)
+    data = picture.read_bytes()
+    app = create_app(model, ServeOptions())
+    batcher = app.state.batcher
+
+    async def scenario():
+        tasks = [asyncio.create_task(post(app, "a.png", data))]
+        await asyncio.to_thread(entered.wait, 30)
+        tasks += [asyncio.create_task(post(app, name, data)) for name in ("b.png", "c.png")]
+        await until(lambda: batcher.queue.qsize() == 2)
+        closing = asyncio.create_task(asyncio.to_thread(batcher.close))
+        await until(lambda: batcher.queue.qsize() == 3)  # close() has told the thread to stop
+        release.set()
+        answers = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+        await closing
+        return answers, await asyncio.wait_for(post(app, "d.png", data), 20)
+
+    answers, later = asyncio.run(scenario())
+    assert [status for status, _, _ in answers] == [200, 503, 503]
+    assert json.loads(answers[1][2]) == {"error": "b.png: the server is stopping; it was not captioned"}
+    assert later[0] == 503 and "stopping" in json.loads(later[2])["error"]
+    assert not batcher.thread.is_alive()
 
 
 def test_load_of_good_and_broken_uploads_on_a_real_server(caption_checkpoint, shapes_root, capsys):
