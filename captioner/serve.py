@@ -7,9 +7,12 @@
     GET  /api/health    {"status": "ok", "checkpoint", "queued"}
 
 One thread owns the model. Requests wait in a bounded queue and are captioned together, up to batch_size at a
-time; when the queue is full a request is answered 503 at once, so memory stays bounded: an upload is at most
-max_upload bytes, at most `decoders` pictures are decoded at a time, and a queued picture is only its input
-tensor and a small copy. A file that is not a usable image gets 422 with the one-line reason the command line
+time. Memory is bounded by the options, not by the clients: a request is admitted before a byte of its upload
+is read, while fewer than queue_size + batch_size are in the server (being read, decoded, waiting or
+captioned), and the others are answered 503 at once; an upload is at most max_upload bytes; at most `decoders`
+pictures are decoded at a time, by threads of their own, holding at most decode_pixels decoded pixels
+together (the size is read from the file's header first); a queued picture is only its input tensor and a
+small copy. A file that is not a usable image gets 422 with the one-line reason the command line
 gives. The server listens on 127.0.0.1 unless told otherwise.
 """
 
@@ -18,11 +21,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import io
+import os
 import queue
+import sys
 import threading
 from dataclasses import dataclass
 
-from captioner.data.images import image_from_bytes
+from captioner.data.images import _open_unlimited, image_from_bytes
 from captioner.errors import ConfigError, ImageLoadError
 from captioner.pipeline import CaptionModel, ImageCaption, Prepared
 
@@ -35,6 +41,8 @@ try:
 except ImportError:  # the optional extra: pip install 'captioner[serve]'
     Starlette = None
 
+PILLOW_BLOCK = 64 * 1024 * 1024  # bytes; see serve()
+
 
 @dataclass
 class ServeOptions:
@@ -42,10 +50,11 @@ class ServeOptions:
     n_best: int = 3
     max_len: int = 30
     batch_size: int = 8  # pictures captioned together at most
-    queue_size: int = 32  # pictures waiting at most; more are refused with 503
+    queue_size: int = 32  # pictures waiting at most; with batch_size, the requests admitted at a time
     max_upload: int = 10 * 1024 * 1024  # bytes
     max_pixels: int = 40_000_000  # decoded size limit (a JPEG counts after reduced-size decoding)
     decoders: int = 2  # pictures decoded at the same time at most
+    decode_pixels: int = 40_000_000  # decoded pixels of the pictures being decoded together at most
 
 
 class QueueFullError(Exception):
@@ -144,6 +153,61 @@ class Batcher:
             jobs = []
 
 
+class PixelBudget:
+    """At most `capacity` decoded pixels held by the pictures being decoded together: a decode waits (in its
+    worker thread) until its pixels fit; a picture above the whole budget waits until it can have all of it."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.used = capacity, 0
+        self.changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int):
+        pixels = min(pixels, self.capacity)
+        with self.changed:
+            self.changed.wait_for(lambda: self.used + pixels <= self.capacity)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.used -= pixels
+                self.changed.notify_all()
+
+
+class Admission:
+    """Requests in the server (from before their upload is read to their answer) at most `limit`."""
+
+    def __init__(self, limit: int):
+        self.limit, self.count = limit, 0
+        self.lock = threading.Lock()
+
+    def enter(self) -> bool:
+        with self.lock:
+            if self.count >= self.limit:
+                return False
+            self.count += 1
+            return True
+
+    def leave(self) -> None:
+        with self.lock:
+            self.count -= 1
+
+
+def decoded_pixels(data: bytes, target_size: int, max_pixels: int) -> int:
+    """The pixels that decoding `data` will hold, from the file's header alone (a JPEG at its reduced-size
+    decoding, as image_from_bytes decodes it); 0 where the header says nothing will be decoded (not an image
+    this reads, or above max_pixels: refused from the header too)."""
+    try:
+        with _open_unlimited(io.BytesIO(data)) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (target_size, target_size))
+            pixels = image.width * image.height
+    except Exception:  # noqa: BLE001 - whatever the header's fault, the decode itself says it, in one line
+        return 0
+    return pixels if pixels <= max_pixels else 0
+
+
 def _error(status: int, message: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
@@ -162,7 +226,7 @@ def create_app(model: CaptionModel, options: ServeOptions | None = None) -> Star
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         yield
-        await run_in_threadpool(handlers.batcher.close)
+        await run_in_threadpool(handlers.close)
 
     app = Starlette(
         routes=[
@@ -185,7 +249,13 @@ class _Handlers:
 
         self.model, self.options = model, options
         self.batcher = Batcher(model, options)
-        self.decoding = threading.BoundedSemaphore(options.decoders)
+        self.admission = Admission(options.queue_size + options.batch_size)
+        # The decoders' own threads: decoded pictures are allocated and freed in these alone, so the memory that
+        # the C allocator keeps per thread after a large picture is kept by `decoders` threads at most.
+        self.decoders = concurrent.futures.ThreadPoolExecutor(
+            options.decoders, thread_name_prefix="captioner-decode", initializer=_yielding
+        )
+        self.pixels = PixelBudget(options.decode_pixels)
         self.page = page("serve.html", "captioner", SERVE_POLICY, limit=f"{options.max_upload / 1024 / 1024:g} MB")
 
     async def home(self, request: Request) -> HTMLResponse:
@@ -203,6 +273,16 @@ class _Handlers:
 
     async def caption(self, request: Request) -> JSONResponse:
         """POST /api/caption: the upload's caption, or the status and one-line reason it has none."""
+        if not self.admission.enter():  # before a byte of the upload is read
+            limit = self.admission.limit
+            busy = f"busy: {limit} pictures are in the server (read, decoded, waiting or captioned); try again shortly"
+            return _error(503, busy, **{"Retry-After": "1"})
+        try:
+            return await self._caption(request)
+        finally:
+            self.admission.leave()
+
+    async def _caption(self, request: Request) -> JSONResponse:
         from captioner.report import viewer_entry
 
         try:
@@ -234,10 +314,30 @@ class _Handlers:
         return JSONResponse(result.to_dict(attention=True))
 
     def decode(self, data: bytes, name: str) -> Prepared:
-        """The picture ready for the model (in a worker thread)."""
-        with self.decoding:
-            picture = image_from_bytes(data, name, self.model.config.data.image_size, self.options.max_pixels)
-            return self.model.prepare(name, picture)
+        """The picture ready for the model (from a worker thread, which waits): its pixels wait for room in the
+        budget, then it is decoded by one of the decoders, so a picture waiting for room never holds a decoder
+        that a smaller one could use."""
+        size = self.model.config.data.image_size
+        with self.pixels.hold(decoded_pixels(data, size, self.options.max_pixels)):
+            return self.decoders.submit(self._prepare, data, name, size).result()
+
+    def _prepare(self, data: bytes, name: str, size: int) -> Prepared:
+        picture = image_from_bytes(data, name, size, self.options.max_pixels)
+        return self.model.prepare(name, picture)
+
+    def close(self) -> None:
+        """Stop the model thread (the waiting pictures are answered 503) and the decoders."""
+        self.batcher.close()
+        self.decoders.shutdown(wait=False)
+
+
+def _yielding() -> None:
+    """A decoder thread gives way to the model thread and the event loop when the processor is short: a large
+    picture's decoding then delays the pictures behind it, not the captions already under way. (Linux sets a
+    thread's own niceness this way; elsewhere the call would name a process, so it is left out.)"""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 async def _read_upload(request: Request, max_upload: int) -> tuple[bytes, str]:
@@ -271,7 +371,13 @@ class _RefusedError(Exception):
 def serve(model: CaptionModel, host: str = "127.0.0.1", port: int = 8000, options: ServeOptions | None = None) -> None:
     """Serve until interrupted."""
     import uvicorn
+    from PIL import Image
 
+    # Pillow holds a decoded picture in blocks (16 MiB by default). After glibc frees one mapped block it serves
+    # blocks of that size from the heap of the thread that asked, and keeps them when they are freed, so every
+    # worker thread that once decoded a large picture would go on holding its memory. Blocks above glibc's
+    # largest mapping threshold (32 MiB) are always mapped on their own and given back when the picture is freed.
+    Image.core.set_block_size(PILLOW_BLOCK)
     app = create_app(model, options)
     print(f"captioner serve: http://{host}:{port}/ (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,6 +1,6 @@
 """`captioner serve`: the JSON endpoint's answers and refusals, batching, a full queue, a failing batch, requests
-cancelled while they wait and a stop with pictures waiting, and a load of concurrent good and broken uploads
-against a real `captioner serve` process."""
+cancelled while they wait and a stop with pictures waiting, requests refused before their body is read, the pixel
+budget of decoding, and a load of concurrent good and broken uploads against a real `captioner serve` process."""
 
 from __future__ import annotations
 
@@ -243,23 +243,96 @@ def test_stopping_answers_the_waiting_requests_503_and_ends_the_model_thread(mod
     assert not batcher.thread.is_alive()
 
 
+def test_a_request_beyond_those_admitted_is_answered_503_before_its_body_is_read(model, picture, monkeypatch):
+    """A queue of 1 and batches of 1 admit two requests: one captioned, one waiting. A third is refused without
+    a byte of its upload read, so uploads in memory are bounded by the admitted, not by the connections."""
+    entered, release = hold(model, monkeypatch)
+    data = picture.read_bytes()
+    with served(model, queue_size=1, batch_size=1) as app:
+
+        async def scenario():
+            first = asyncio.create_task(post(app, "a.png", data))
+            await asyncio.to_thread(entered.wait, 30)
+            second = asyncio.create_task(post(app, "b.png", data))
+            await until(lambda: app.state.batcher.queue.qsize() == 1)
+            reads: list[int] = []
+            refused = await asyncio.wait_for(post(app, "c.png", data, reads=reads), 20)
+            release.set()
+            return refused, reads, await first, await second
+
+        refused, reads, first, second = asyncio.run(scenario())
+    assert refused[0] == 503 and refused[1]["retry-after"] == "1" and reads == []
+    assert json.loads(refused[2]) == {
+        "error": "busy: 2 pictures are in the server (read, decoded, waiting or captioned); try again shortly"
+    }
+    assert first[0] == 200 and second[0] == 200
+
+
+def test_concurrent_decodes_hold_at_most_the_pixel_budget(model, picture, monkeypatch):
+    """Four 1500 x 1500 pictures (2.25 megapixels each) sent at once to a server with four decoders and a budget
+    of 3 megapixels are decoded one at a time; small pictures are decoded beside them."""
+    import captioner.serve
+
+    original = captioner.serve.image_from_bytes
+    lock, held, most = threading.Lock(), [0], [0]
+
+    def counted(data, name, *args):
+        with Image.open(io.BytesIO(data)) as header:
+            pixels = header.width * header.height
+        with lock:
+            held[0] += pixels
+            most[0] = max(most[0], held[0])
+        try:
+            time.sleep(0.2)  # long enough for the others to start, were they let in
+            return original(data, name, *args)
+        finally:
+            with lock:
+                held[0] -= pixels
+
+    monkeypatch.setattr(captioner.serve, "image_from_bytes", counted)
+    large = io.BytesIO()
+    Image.new("RGB", (1500, 1500), (20, 120, 200)).save(large, format="PNG")
+    uploads = [large.getvalue()] * 4 + [picture.read_bytes()] * 2
+    statuses = {}
+    with client(model, decoders=4, decode_pixels=3_000_000) as web:
+
+        def send(i):
+            statuses[i] = web.post(f"/api/caption?name={i}.png", content=uploads[i]).status_code
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(uploads))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert statuses == {i: 200 for i in range(len(uploads))}
+    assert 2_250_000 <= most[0] <= 3_000_000
+
+
 def test_load_of_good_and_broken_uploads_on_a_real_server(caption_checkpoint, shapes_root, capsys):
     """200 requests, 8 at a time, a third of them broken files: no server error, every broken file answered with
-    its reason, bounded latency and memory (reported)."""
+    its reason, bounded latency and memory (reported). Then six large canvases at once, each decoded in a worker
+    thread: the memory they took is given back."""
     pictures = sorted((Path(shapes_root) / "images").glob("*.png"))[:4]
     files = [(p.name, p.read_bytes(), None) for p in pictures]
     files += [
         ("notes.txt", b"plain text", "notes.txt: not an image (unrecognised file format)"),
         ("empty.png", b"", "empty.png: empty file, not an image"),
     ]
+    canvas = io.BytesIO()
+    Image.new("RGB", (4000, 4000), "white").save(canvas, format="PNG")
     with ProcessServer(caption_checkpoint) as server:
         result = load(server.port, files, count=200, concurrency=8)
         peak = server.peak_memory_mb()
+        before = server.peak_memory_mb("VmRSS")
+        large = load(server.port, [("canvas.png", canvas.getvalue(), None)], count=6, concurrency=6)
+        kept = server.peak_memory_mb("VmRSS") - before
     with capsys.disabled():
         print(
             f"\nload test: {result.requests} requests at concurrency 8 in {result.seconds:.1f} s, statuses "
-            f"{result.statuses}, p50 {result.p50_ms:.0f} ms, p95 {result.p95_ms:.0f} ms, server peak {peak:.0f} MiB"
+            f"{result.statuses}, p50 {result.p50_ms:.0f} ms, p95 {result.p95_ms:.0f} ms, server peak {peak:.0f} MiB; "
+            f"six 4000 x 4000 canvases kept {kept:.0f} MiB"
         )
-    assert result.wrong == []
+    assert result.wrong == [] and large.wrong == []
     assert not any(status >= 500 for status in result.statuses)
     assert sum(result.statuses.values()) == 200
+    assert kept < 150  # MiB: a decoded canvas alone is 61 MiB (4 bytes a pixel), and each decode makes copies
