@@ -66,12 +66,15 @@ def free_port() -> int:
 
 
 class ThreadServer:
-    """A Starlette app served by uvicorn in a thread of this process, on a free port of 127.0.0.1."""
+    """An app of create_app served as `captioner serve` serves it (its uvicorn settings: timeouts, connection
+    cap), in a thread of this process, on a free port of 127.0.0.1."""
 
     def __init__(self, app):
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+        from captioner.serve import server_config
+
+        self.server = uvicorn.Server(server_config(app, "127.0.0.1", free_port()))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:

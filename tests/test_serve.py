@@ -1,13 +1,16 @@
 """`captioner serve`: the JSON endpoint's answers and refusals, batching, a full queue, a failing batch, requests
-cancelled while they wait and a stop with pictures waiting, requests refused before their body is read, the pixel
-budget of decoding, and a load of concurrent good and broken uploads against a real `captioner serve` process."""
+cancelled or refused before their body is read, the pixel budget of decoding, the guards of a server left running
+(Host allow-list, cross-origin posts, security headers, timeouts, the connection cap), and a load of concurrent
+good and broken uploads against a real `captioner serve` process."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import io
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -20,7 +23,7 @@ import captioner
 from captioner.cli import main
 from captioner.report import REPORT_POLICY, SERVE_POLICY, report_html
 from captioner.serve import ServeOptions, create_app
-from tests.servers import ProcessServer, asgi, load
+from tests.servers import ProcessServer, ThreadServer, asgi, load
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,7 @@ def picture(shapes_root) -> Path:
 
 
 def client(model, **options) -> TestClient:
-    return TestClient(create_app(model, ServeOptions(**options)))
+    return TestClient(create_app(model, ServeOptions(**options)), base_url="http://localhost")
 
 
 def test_a_picture_gets_the_caption_the_api_gives(model, picture):
@@ -306,6 +309,168 @@ def test_concurrent_decodes_hold_at_most_the_pixel_budget(model, picture, monkey
             thread.join(60)
     assert statuses == {i: 200 for i in range(len(uploads))}
     assert 2_250_000 <= most[0] <= 3_000_000
+
+
+def test_every_refusal_is_json_with_its_reason_in_one_line(model, picture):
+    png = ("a.png", picture.read_bytes(), "image/png")
+    form = {"content-type": "multipart/form-data; boundary=b"}
+    with client(model) as web:
+        answers = {
+            "two files": web.post("/api/caption", files=[("image", png), ("image", png)]),
+            "too many fields": web.post("/api/caption", files={"image": png}, data={f"f{i}": "x" for i in range(5)}),
+            "broken form": web.post(
+                "/api/caption", content=b"--b\r\nContent-Disposition: form-data\r\n\r\nx", headers=form
+            ),
+            "no boundary": web.post("/api/caption", content=b"x", headers={"content-type": "multipart/form-data"}),
+            "no such page": web.get("/nowhere"),
+            "wrong method": web.get("/api/caption"),
+        }
+    for what, answer in answers.items():
+        assert 400 <= answer.status_code < 500, what
+        assert answer.headers["content-type"] == "application/json", (what, answer.text)
+        assert list(answer.json()) == ["error"] and "\n" not in answer.json()["error"], what
+    assert (
+        answers["two files"].json()["error"] == "the form cannot be read: Too many files. Maximum number of files is 1."
+    )
+    assert answers["no such page"].status_code == 404 and answers["wrong method"].status_code == 405
+
+
+def test_every_answer_carries_the_security_headers(model, picture):
+    with client(model) as web:
+        answers = [
+            web.get("/"),
+            web.get("/api/health"),
+            web.post("/api/caption", content=picture.read_bytes()),
+            web.post("/api/caption", content=b"not a picture"),
+            web.get("/nowhere"),
+        ]
+    assert [a.status_code for a in answers] == [200, 200, 200, 422, 404]
+    for answer in answers:
+        assert answer.headers["content-security-policy"] == SERVE_POLICY + "; frame-ancestors 'none'"
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["x-frame-options"] == "DENY"
+        assert answer.headers["referrer-policy"] == "no-referrer"
+
+
+def test_only_the_host_names_of_the_listening_address_are_answered(model, picture):
+    """A page elsewhere whose name was made to point at 127.0.0.1 (DNS rebinding) sends its own name as the Host:
+    refused, so it can neither read the health check nor make the model work."""
+    from captioner.serve import allowed_hosts
+
+    loopback = ("localhost:8000", "127.0.0.1:8000", "[::1]:8000")
+    assert (
+        allowed_hosts("127.0.0.1", 8000) == allowed_hosts("localhost", 8000) == allowed_hosts("::1", 8000) == loopback
+    )
+    assert allowed_hosts("0.0.0.0", 8000) == allowed_hosts("::", 8000) == ("*",)
+    assert allowed_hosts("0.0.0.0", 8000, ["box.lan"]) == ("box.lan:8000", *loopback)
+    assert allowed_hosts("192.168.1.5", 80, ["box.lan:8080"]) == ("192.168.1.5:80", "box.lan:8080")
+    data = picture.read_bytes()
+    with served(model, allowed_hosts=loopback) as app:
+
+        async def scenario():
+            good = [await asgi(app, "GET", "/api/health", headers=[("host", h)]) for h in (*loopback, "LocalHost:8000")]
+            bad = ["attacker.example:8000", "localhost:9000", "localhost", "127.0.0.1:8000.attacker.example", ""]
+            refused = [await asgi(app, "GET", "/api/health", headers=[("host", h)]) for h in bad]
+            refused.append(await asgi(app, "GET", "/api/health", headers=[]))
+            refused.append(await post(app, "a.png", data, headers=[("host", "attacker.example:8000")]))
+            return good, refused
+
+        good, refused = asyncio.run(scenario())
+        assert app.state.batcher.batches == 0
+    assert [status for status, _, _ in good] == [200] * 4
+    assert [status for status, _, _ in refused] == [400] * 7
+    assert json.loads(refused[0][2]) == {
+        "error": "Host attacker.example:8000 is not this server's (captioner serve --allow-host NAME adds one)"
+    }
+    with served(model, allowed_hosts=allowed_hosts("127.0.0.1", 80)) as app:
+        status, _, _ = asyncio.run(asgi(app, "GET", "/api/health", headers=[("host", "localhost")]))
+    assert status == 200  # port 80 goes without saying
+
+
+def test_cross_origin_posts_are_refused(model, picture):
+    """A page elsewhere may post a picture to the server with a simple request (text/plain, no preflight): the
+    browser names its origin (Origin, Sec-Fetch-Site) and the server refuses it; the page itself and tools that
+    name no origin (curl) are answered."""
+    data, host = picture.read_bytes(), ("host", "localhost:8000")
+    plain = ("content-type", "text/plain")
+    with served(model) as app:
+
+        async def scenario():
+            refused = [
+                await post(app, "a.png", data, headers=[host, plain, ("origin", "http://attacker.example")]),
+                await post(app, "a.png", data, headers=[host, plain, ("origin", "null")]),
+                await post(app, "a.png", data, headers=[host, plain, ("origin", "http://localhost:9000")]),
+                await post(app, "a.png", data, headers=[host, plain, ("sec-fetch-site", "cross-site")]),
+                await post(app, "a.png", data, headers=[host, plain, ("sec-fetch-site", "same-site")]),
+            ]
+            answered = [
+                await post(app, "a.png", data, headers=[host, ("origin", "http://localhost:8000")]),
+                await post(app, "a.png", data, headers=[host, ("sec-fetch-site", "same-origin")]),
+                await post(app, "a.png", data, headers=[host]),
+            ]
+            return refused, answered
+
+        refused, answered = asyncio.run(scenario())
+        assert app.state.batcher.batches == len(answered)
+    assert [status for status, _, _ in refused] == [403] * 5
+    assert [status for status, _, _ in answered] == [200] * 3
+    error = json.loads(refused[0][2])["error"]
+    assert error == "a request from http://attacker.example, another site, is refused"
+
+
+def test_no_answer_names_an_absolute_path(model, picture):
+    folder = str(Path(model.checkpoint).resolve().parent)
+    with client(model) as web:
+        health = web.get("/api/health")
+        answers = [health, web.get("/"), web.post("/api/caption", content=picture.read_bytes())]
+    assert health.json()["checkpoint"] == Path(model.checkpoint).name
+    assert not any(folder in answer.text for answer in answers)
+
+
+def raw(port: int, data: bytes) -> socket.socket:
+    connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+    connection.sendall(data)
+    return connection
+
+
+def answer(connection: socket.socket) -> tuple[int, dict]:
+    response = http.client.HTTPResponse(connection)
+    response.begin()
+    return response.status, json.loads(response.read())
+
+
+def closed(connection: socket.socket) -> bool:
+    """Whether the server closed the connection (within the socket's timeout)."""
+    try:
+        return connection.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_half_sent_and_slow_clients_are_cut_off_and_connections_are_capped(model, picture):
+    """On a real server (uvicorn as `captioner serve` runs it): connections that send nothing or half their
+    headers are closed after the idle timeout, an upload that stalls is answered 408, a connection above the cap
+    is answered 503 and closed, and bytes that are not HTTP are answered 400, each as JSON."""
+    options = ServeOptions(idle_timeout=1.0, upload_timeout=1.0, max_connections=4)
+    with ThreadServer(create_app(model, options)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        start = time.monotonic()
+        waiting = [raw(port, b"") for _ in range(2)] + [raw(port, b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1")]
+        waiting.append(raw(port, b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))  # answered, then idle
+        extra = raw(port, b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        status, body = answer(extra)
+        assert status == 503 and body == {"error": "busy: 4 connections are open; try again shortly"}
+        assert closed(extra)
+        assert answer(waiting[-1])[0] == 200
+        assert all(closed(connection) for connection in waiting)
+        assert time.monotonic() - start < 5
+        slow = raw(port, b"POST /api/caption HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        status, body = answer(slow)
+        assert status == 408 and body == {"error": "upload: not received within 1 s; send it faster or smaller"}
+        assert closed(slow)
+        assert answer(raw(port, b"NOT HTTP AT ALL\r\n\r\n")) == (400, {"error": "not an HTTP/1.1 request"})
+        good = raw(port, b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert answer(good)[0] == 200
 
 
 def test_load_of_good_and_broken_uploads_on_a_real_server(caption_checkpoint, shapes_root, capsys):
