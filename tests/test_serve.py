@@ -1,12 +1,13 @@
 """`captioner serve`: the JSON endpoint's answers and refusals, batching, a full queue, a failing batch, requests
 cancelled or refused before their body is read, the pixel budget of decoding, the guards of a server left running
-(Host allow-list, cross-origin posts, security headers, timeouts, the connection cap), and a load of concurrent
-good and broken uploads against a real `captioner serve` process."""
+(Host allow-list, cross-origin posts, security headers, timeouts, the connection cap), the page in a browser, and a
+load of concurrent good and broken uploads against a real `captioner serve` process."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import http.client
 import io
 import json
@@ -23,7 +24,7 @@ import captioner
 from captioner.cli import main
 from captioner.report import REPORT_POLICY, SERVE_POLICY, report_html
 from captioner.serve import ServeOptions, create_app
-from tests.servers import ProcessServer, ThreadServer, asgi, load
+from tests.servers import ProcessServer, ThreadServer, asgi, browser_missing, chromium, load
 
 
 @pytest.fixture(scope="module")
@@ -471,6 +472,56 @@ def test_idle_half_sent_and_slow_clients_are_cut_off_and_connections_are_capped(
         assert answer(raw(port, b"NOT HTTP AT ALL\r\n\r\n")) == (400, {"error": "not an HTTP/1.1 request"})
         good = raw(port, b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert answer(good)[0] == 200
+
+
+BROWSER = browser_missing()
+
+
+@pytest.mark.skipif(BROWSER is not None, reason=BROWSER or "")
+def test_the_page_retries_the_same_file_fits_tall_pictures_and_lists_each_caption_once(model, tmp_path, monkeypatch):
+    """A 40 x 1200 picture is drawn within the window, not thousands of pixels high; two candidates of the same
+    text are listed once; choosing the same file again (after a 503, say) sends it again."""
+    tall = tmp_path / "tall.png"
+    Image.new("RGB", (40, 1200), (200, 40, 40)).save(tall)
+    original = model.caption_prepared
+
+    def doubled(prepared, *args):
+        results = original(prepared, *args)
+        for result in results:
+            best = result.candidates[0]
+            result.candidates.insert(1, dataclasses.replace(best, score=best.score - 0.5))
+        return results
+
+    monkeypatch.setattr(model, "caption_prepared", doubled)
+    browser = chromium(1200, 900)
+    try:
+        with ThreadServer(create_app(model)) as url:
+            browser.get(url)
+            upload = browser.find_element("id", "file")
+
+            def cards():
+                return browser.find_elements("css selector", ".cap-card")
+
+            upload.send_keys(str(tall))
+            wait_for(lambda: len(cards()) == 1)
+            card = cards()[0]
+            height = browser.execute_script(
+                "return arguments[0].querySelector('canvas').getBoundingClientRect().height", card
+            )
+            assert 100 < height <= 600
+            options = [option.text for option in card.find_elements("css selector", ".cap-candidate")]
+            assert len(options) == len(set(options)) >= 1
+            upload.send_keys(str(tall))
+            wait_for(lambda: len(cards()) == 2)
+    finally:
+        browser.quit()
+
+
+def wait_for(condition, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def test_load_of_good_and_broken_uploads_on_a_real_server(caption_checkpoint, shapes_root, capsys):
