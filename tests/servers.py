@@ -1,8 +1,9 @@
 """Helpers shared by the web tests and scripts/serve_benchmark.py: a server in a thread or a process, a browser,
-and a load of concurrent requests."""
+a request made by calling the app directly, and a load of concurrent requests."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -65,12 +66,15 @@ def free_port() -> int:
 
 
 class ThreadServer:
-    """A Starlette app served by uvicorn in a thread of this process, on a free port of 127.0.0.1."""
+    """An app of create_app served as `captioner serve` serves it (its uvicorn settings: timeouts, connection
+    cap), in a thread of this process, on a free port of 127.0.0.1."""
 
     def __init__(self, app):
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+        from captioner.serve import server_config
+
+        self.server = uvicorn.Server(server_config(app, "127.0.0.1", free_port()))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:
@@ -134,6 +138,61 @@ def request(host: str, port: int, method: str, path: str, body: bytes | None = N
         return response.status, json.loads(response.read() or b"{}")
     finally:
         connection.close()
+
+
+async def asgi(
+    app,
+    method: str,
+    target: str,
+    body: bytes | list[bytes] = b"",
+    headers: list[tuple[str, str]] | None = None,
+    reads: list[int] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request made by calling the ASGI app directly (no server between): the status, the response headers
+    (names lower-case) and the body. `body` is sent as given, in pieces if a list; `headers` default to a Host
+    of localhost; the client is reported gone once the whole body was read. Each time the app asks for the
+    body, the number of bytes handed to it is appended to `reads`."""
+    path, _, query = target.partition("?")
+    raw = [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in (headers if headers is not None else [("host", "localhost")])
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode("utf-8"),
+        "query_string": query.encode("latin-1"),
+        "root_path": "",
+        "headers": raw,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    pieces = list(body) if isinstance(body, list) else [body]
+    messages = [
+        {"type": "http.request", "body": piece, "more_body": i < len(pieces) - 1} for i, piece in enumerate(pieces)
+    ]
+    start, parts = {}, []
+
+    async def receive() -> dict:
+        await asyncio.sleep(0)
+        message = messages.pop(0) if messages else {"type": "http.disconnect"}
+        if reads is not None:
+            reads.append(len(message.get("body", b"")))
+        return message
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+        elif message["type"] == "http.response.body":
+            parts.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    names = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in start.get("headers", [])}
+    return start["status"], names, b"".join(parts)
 
 
 @dataclass

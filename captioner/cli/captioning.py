@@ -109,7 +109,7 @@ def caption(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     from captioner.pipeline import load
-    from captioner.serve import ServeOptions, require_extra, serve
+    from captioner.serve import ServeOptions, allowed_hosts, require_extra, serve
 
     options = ServeOptions(
         beam_size=args.beam_size,
@@ -118,6 +118,10 @@ def serve(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         queue_size=args.queue,
         max_upload=int(args.max_upload_mb * 1024 * 1024),
+        upload_timeout=args.upload_timeout,
+        idle_timeout=args.idle_timeout,
+        max_connections=args.max_connections,
+        allowed_hosts=allowed_hosts(args.host, args.port, args.allow_host),
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"captioner serve: listening on {args.host}: other machines can reach the model", file=sys.stderr)
@@ -292,6 +296,30 @@ def add_serve(commands) -> None:
     )
     parser.add_argument(
         "--max-upload-mb", type=positive_float, default=10.0, help="largest upload accepted (default: 10)"
+    )
+    parser.add_argument(
+        "--upload-timeout",
+        type=positive_float,
+        default=30.0,
+        help="seconds an upload may take to arrive; a slower one is answered 408 (default: 30)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=positive_float,
+        default=5.0,
+        help="seconds a connection may stay open without sending a request's headers (default: 5)",
+    )
+    parser.add_argument(
+        "--max-connections", type=positive_int, default=100, help="open connections at most; more are answered 503"
+    )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests naming this host (NAME or NAME:PORT; repeatable). By default only the names of "
+        "--host are answered (127.0.0.1: localhost, 127.0.0.1, [::1]; 0.0.0.0: any), so that a page elsewhere "
+        "cannot reach the server by pointing its own name at this machine",
     )
     add_device(parser)
 

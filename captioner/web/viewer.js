@@ -111,7 +111,11 @@ const captioner = (() => {
       draw();
     }
 
-    const options = result.candidates && result.candidates.length > 1 ? result.candidates : null;
+    // Two candidates may read the same (two token sequences, such as a class word and the same word spelled out,
+    // or "a" and "an" before a class word): each text is listed once, with its best score, which comes first.
+    const seen = new Set();
+    const distinct = (result.candidates || []).filter((c) => !seen.has(c.caption) && seen.add(c.caption));
+    const options = distinct.length > 1 ? distinct : null;
     if (options) {
       const list = element("ol", "cap-nbest");
       list.setAttribute("aria-label", "the n best captions");
