@@ -105,7 +105,7 @@ def damaged_bytes(draw, data: bytes) -> bytes:
 
 
 @given(kind=st.sampled_from(KINDS), version=st.sampled_from([1, 2]), draw=st.data())
-@fuzz_settings(ci=60, weight=0.5)
+@fuzz_settings(ci=200, weight=0.5)
 def test_damaged_bytes_give_a_model_or_a_checkpoint_error(tmp_path, kind, version, draw):
     path = tmp_path / "damaged.pt"
     path.write_bytes(draw.draw(damaged_bytes(seeds()[kind, version]), label="bytes"))
@@ -189,7 +189,7 @@ def apply(data: dict, changes: list[tuple[tuple, object]]) -> dict:
 
 
 @given(kind=st.sampled_from(KINDS), version=st.sampled_from([1, 2]), draw=st.data())
-@fuzz_settings(ci=60, weight=0.5)
+@fuzz_settings(ci=200, weight=0.5)
 def test_wrong_entries_give_a_model_or_a_checkpoint_error(tmp_path, kind, version, draw):
     changes = draw.draw(edits(trees()[kind, version]), label="edits")
     path = tmp_path / "wrong.pt"

@@ -186,7 +186,7 @@ def check(result, error, damaged_file, out) -> None:
 
 
 @given(which=st.sampled_from(["train", "val"]), draw=st.data())
-@fuzz_settings(ci=150)
+@fuzz_settings(ci=300, weight=0.5)
 def test_a_damaged_coco_file_gives_a_manifest_or_names_the_file(images, tmp_path, which, draw):
     files = {"train": coco_file("train2014", TRAIN_IDS), "val": coco_file("val2014", VAL_IDS)}
     files[which] = draw.draw(damaged(files[which]), label=which)
@@ -205,7 +205,7 @@ def test_a_damaged_coco_file_gives_a_manifest_or_names_the_file(images, tmp_path
 
 
 @given(draw=st.data())
-@fuzz_settings(ci=150)
+@fuzz_settings(ci=300, weight=0.5)
 def test_a_damaged_karpathy_file_gives_a_manifest_or_names_the_file(images, tmp_path, draw):
     path = tmp_path / "dataset_coco.json"
     path.write_bytes(draw.draw(damaged_bytes(dump(draw.draw(damaged(karpathy_file()), label="tree"))), label="bytes"))

@@ -215,7 +215,7 @@ def check(recipe: Path, result, error, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 @given(draw=st.data())
-@fuzz_settings(ci=25, weight=1 / len(RECIPES))
+@fuzz_settings(ci=40, weight=1 / len(RECIPES))
 def test_overrides_give_a_config_or_a_one_line_error(recipe, tmp_path, draw):
     items = draw.draw(overrides(recipe), label="overrides")
     result, error = attempt(SURFACE, lambda: load_and_build(recipe, items), ALLOWED)
@@ -223,7 +223,7 @@ def test_overrides_give_a_config_or_a_one_line_error(recipe, tmp_path, draw):
 
 
 @given(items=st.lists(st.tuples(st.sampled_from(dotted_keys(Config)), VALUES).map("=".join), max_size=3))
-@fuzz_settings(ci=40)
+@fuzz_settings(ci=60, weight=0.1)
 @example(items=["train.batch_size=["])
 def test_overrides_without_a_recipe_give_a_config_or_a_one_line_error(tmp_path, items):
     result, error = attempt(SURFACE, lambda: load_and_build(None, items), ALLOWED)
