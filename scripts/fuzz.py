@@ -121,9 +121,9 @@ def failures(output: str) -> list[str]:
                 break
             block.append(text)
         found.append("\n".join(text[:300] for text in block[:40]))
-    if "Timeout (" in output or "Fatal Python error" in output:  # faulthandler: a stuck input ended the process
-        start = output.find("Timeout (") if "Timeout (" in output else output.find("Fatal Python error")
-        found.append("a hang ended the process; where it was:\n" + "\n".join(output[start:].splitlines()[:40]))
+    if "Fatal Python error" in output:  # a crash, or our SIGABRT at the cap: faulthandler says where
+        start = output.find("Fatal Python error")
+        found.append("the process ended; where it was:\n" + "\n".join(output[start:].splitlines()[:40]))
     return found
 
 
@@ -159,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((surface, counter, run["seconds"], status))
         known += [line for line in run["output"].splitlines() if line.startswith(("XFAIL ", "XPASS "))]
         found = failures(run["output"])
+        hang = Path(str(run["log"]) + ".hang")
+        if hang.is_file() and hang.stat().st_size:  # tests/fuzzing.py: an input stuck past twice its limit
+            found.append(
+                "an input hung and ended the process; where it was:\n" + "\n".join(hang.read_text().splitlines()[:40])
+            )
         if run["returncode"] != 0:
             if not found:  # a failure the parser did not recognise: show the end of pytest's output
                 found = ["\n".join(run["output"].splitlines()[-30:])]

@@ -9,9 +9,10 @@ setting CAPTIONER_FUZZ_EXAMPLES (inputs per surface, times the surface's `weight
 JSON-lines file that every input's outcome is appended to), then prints what was tried and what went wrong.
 
 `attempt` runs one input under a time limit (CAPTIONER_FUZZ_INPUT_SECONDS, default 20): an input that takes
-longer fails as a HangError, so a loop that never ends, or a decode that takes minutes, is a finding like a crash. One
-stuck in C code past twice the limit ends the process with every thread's traceback (faulthandler); in a
-campaign each input is first written to CAPTIONER_FUZZ_LOG + ".input", so the one that hung is left there.
+longer fails as a HangError, so a loop that never ends, or a decode that takes minutes, is a finding like a
+crash. One stuck in C code past twice the limit ends the process (exit status 1) after faulthandler has written
+every thread's traceback to HANG_FILE (pytest's capture would lose it); in a campaign that is CAPTIONER_FUZZ_LOG +
+".hang", and each input is first written to CAPTIONER_FUZZ_LOG + ".input", so the one that hung is left there.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import faulthandler
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -57,6 +59,9 @@ def record(surface: str, outcome: str) -> None:
 
 
 INPUT_SECONDS = float(os.environ.get("CAPTIONER_FUZZ_INPUT_SECONDS", "20"))
+_LOG = os.environ.get("CAPTIONER_FUZZ_LOG")
+HANG_FILE = _LOG + ".hang" if _LOG else os.path.join(tempfile.gettempdir(), "captioner-fuzz.hang")
+_hang_output = None  # HANG_FILE, opened (and emptied) by the first input
 
 T = TypeVar("T")
 
@@ -77,7 +82,10 @@ def time_limit(seconds: float = INPUT_SECONDS) -> Iterator[None]:
     if alarm:
         previous = signal.signal(signal.SIGALRM, interrupt)
         signal.setitimer(signal.ITIMER_REAL, seconds)
-    faulthandler.dump_traceback_later(2 * seconds, exit=True)  # stuck where SIGALRM cannot interrupt
+    global _hang_output
+    if _hang_output is None:
+        _hang_output = open(HANG_FILE, "w")  # noqa: SIM115 - open for the process's life: faulthandler writes to it
+    faulthandler.dump_traceback_later(2 * seconds, exit=True, file=_hang_output)  # where SIGALRM cannot interrupt
     start = time.perf_counter()
     try:
         yield
@@ -100,7 +108,8 @@ def attempt(
 ) -> tuple[T | None, Exception | None]:
     """Run one input of a surface: (its result, None) or (None, the allowed error it raised), recorded as
     "result" or the error's class name. Any other exception, and a HangError, is recorded as "unexpected" and raised
-    for Hypothesis to shrink. `sample`: the input as bytes or text, written beside a campaign's log first."""
+    for Hypothesis to shrink. `sample`: the input as bytes or text, written beside a campaign's log first. One input
+    at a time: faulthandler's timer is one for the process, and SIGALRM only reaches the main thread."""
     log = os.environ.get("CAPTIONER_FUZZ_LOG")
     if log and sample is not None:
         with open(log + ".input", "wb") as file:

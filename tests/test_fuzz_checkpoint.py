@@ -108,8 +108,9 @@ def damaged_bytes(draw, data: bytes) -> bytes:
 @fuzz_settings(ci=200, weight=0.5)
 def test_damaged_bytes_give_a_model_or_a_checkpoint_error(tmp_path, kind, version, draw):
     path = tmp_path / "damaged.pt"
-    path.write_bytes(draw.draw(damaged_bytes(seeds()[kind, version]), label="bytes"))
-    result, error = attempt(SURFACE, lambda: use(path, kind), (CheckpointError,))
+    data = draw.draw(damaged_bytes(seeds()[kind, version]), label="bytes")
+    path.write_bytes(data)
+    result, error = attempt(SURFACE, lambda: use(path, kind), (CheckpointError,), sample=data)
     check(result, error, path)
 
 

@@ -200,6 +200,7 @@ def test_a_damaged_coco_file_gives_a_manifest_or_names_the_file(images, tmp_path
         SURFACE,
         lambda: prepare_coco(out, images, train_json=paths_["train"], val_json=paths_["val"], log=lambda _: None),
         (DataError,),
+        sample=paths_[which].read_bytes(),
     )
     check(result, error, paths_[which], out)
 
@@ -212,7 +213,10 @@ def test_a_damaged_karpathy_file_gives_a_manifest_or_names_the_file(images, tmp_
     out = tmp_path / "out"
     shutil.rmtree(out, ignore_errors=True)
     result, error = attempt(
-        SURFACE, lambda: prepare_coco(out, images, karpathy=path, min_word_freq=1, log=lambda _: None), (DataError,)
+        SURFACE,
+        lambda: prepare_coco(out, images, karpathy=path, min_word_freq=1, log=lambda _: None),
+        (DataError,),
+        sample=path.read_bytes(),
     )
     check(result, error, path, out)
 

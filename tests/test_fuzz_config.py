@@ -218,7 +218,8 @@ def check(recipe: Path, result, error, tmp_path: Path) -> None:
 @fuzz_settings(ci=40, weight=1 / len(RECIPES))
 def test_overrides_give_a_config_or_a_one_line_error(recipe, tmp_path, draw):
     items = draw.draw(overrides(recipe), label="overrides")
-    result, error = attempt(SURFACE, lambda: load_and_build(recipe, items), ALLOWED)
+    sample = "\n".join([recipe.name, *items])
+    result, error = attempt(SURFACE, lambda: load_and_build(recipe, items), ALLOWED, sample=sample)
     check(recipe, result, error, tmp_path)
 
 

@@ -200,7 +200,9 @@ TARGETS = st.sampled_from([None, 32, 224])
 @fuzz_settings(ci=200, weight=0.5)
 @example(data=b"")
 def test_random_bytes_are_refused_by_name(data):
-    result, error = attempt(SURFACE, lambda: image_from_bytes(data, "upload.bin", 224, 40_000_000), (ImageLoadError,))
+    result, error = attempt(
+        SURFACE, lambda: image_from_bytes(data, "upload.bin", 224, 40_000_000), (ImageLoadError,), sample=data
+    )
     check(result, error, "upload.bin", 40_000_000)
 
 
@@ -218,7 +220,9 @@ ITEM_5 = pytest.mark.xfail(
 @fuzz_settings(ci=200, weight=0.5)
 def test_damaged_uploads_give_a_picture_or_a_refusal(fmt, draw, max_pixels, target):
     data, name = draw.draw(damaged(SEEDS[fmt]), label="data"), f"upload.{fmt.lower()}"
-    result, error = attempt(SURFACE, lambda: image_from_bytes(data, name, target, max_pixels), (ImageLoadError,))
+    result, error = attempt(
+        SURFACE, lambda: image_from_bytes(data, name, target, max_pixels), (ImageLoadError,), sample=data
+    )
     check(result, error, name, max_pixels)
 
 
@@ -235,7 +239,7 @@ def test_the_seeds_are_pictures():
 def test_damaged_files_on_disk_give_a_picture_or_a_refusal(tmp_path, data, suffix):
     path = tmp_path / f"picture{suffix}"  # one folder for every input: each overwrites the last
     path.write_bytes(data)
-    result, error = attempt(SURFACE, lambda: load_image(path, 224), (ImageLoadError,))
+    result, error = attempt(SURFACE, lambda: load_image(path, 224), (ImageLoadError,), sample=data)
     check(result, error, str(path), MAX_FULL_DECODE_PIXELS)
 
 
