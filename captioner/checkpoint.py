@@ -89,7 +89,16 @@ def upgrade(data: dict, path: Path) -> dict:
     if not isinstance(version, int) or not 1 <= version <= VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {version!r}, this code reads 1 to {VERSION}")
     while version < VERSION:
-        data = MIGRATIONS[version](data)
+        try:
+            data = MIGRATIONS[version](data)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:
+            # a migration reads the old layout's entries; a file without them, or with entries of other types,
+            # is a damaged checkpoint of that version, not a bug of the migration
+            if isinstance(error, KeyError):
+                fault = f"lacks the entry {str(error.args[0])[:80]!r}"
+            else:
+                fault = f"has a malformed entry ({type(error).__name__}: {' '.join(str(error).split())[:120]})"
+            raise CheckpointError(f"checkpoint {path} of version {version} {fault}: it cannot be upgraded") from None
         version = data["version"] = version + 1
     return data
 

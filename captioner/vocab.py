@@ -95,7 +95,10 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, data: dict) -> Vocab:
+        """A vocabulary from to_dict's {"itos": [token, ...]}; ValueError, KeyError or TypeError if it is not one."""
         itos = data["itos"]
-        if list(itos[: len(SPECIALS)]) != list(SPECIALS):
+        if not isinstance(itos, list) or not all(isinstance(token, str) for token in itos):
+            raise ValueError("vocabulary 'itos' must be a list of strings")
+        if itos[: len(SPECIALS)] != list(SPECIALS):
             raise ValueError("vocabulary does not start with the special tokens <pad> <bos> <eos> <unk>")
         return cls(itos[len(SPECIALS) :])

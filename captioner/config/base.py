@@ -19,6 +19,7 @@ from captioner.seeds import SEED_LIMIT
 
 Amp = Literal["none", "bf16", "fp16", "auto"]
 Schedule = Literal["constant", "cosine", "linear"]
+Cell = Literal["lstm", "gru", "rnn"]  # the names of models.core.CELLS
 
 
 def require(condition: bool, message: str) -> None:
@@ -62,14 +63,32 @@ class TrainSection:
         )
 
 
+def require_widths(section: object, name: str, *fields: str) -> None:
+    """A config check: each of the section's `fields` (layer widths, counts of layers) is at least 1."""
+    for field in fields:
+        value = getattr(section, field)
+        require(value >= 1, f"{name}.{field} must be at least 1, not {value}")
+
+
+def require_share(value: float, key: str) -> None:
+    """A config check: a dropout rate is a share in [0, 1) (not 1: nothing would pass; not a NaN)."""
+    require(0 <= value < 1, f"{key} must be at least 0 and below 1, not {value}")
+
+
 @dataclass
 class CoreSection:
     """What every model section holds of its recurrent core (models.core.RecurrentCore)."""
 
-    cell: str = "lstm"  # a name of models.core.CELLS: lstm, gru or rnn
+    SECTION: ClassVar[str] = "model"  # the section's name in a config, for messages
+
+    cell: Cell = "lstm"
     hidden_dim: int = 128
     num_layers: int = 1
     dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        require_widths(self, self.SECTION, "hidden_dim", "num_layers")
+        require_share(self.dropout, f"{self.SECTION}.dropout")
 
 
 class Sections:
@@ -130,9 +149,9 @@ def build(cls, data: dict, source: str, prefix: str):
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)  # YAML keys may be numbers, null, ...
     if unknown:
-        raise ConfigError(f"{where}: unknown key {prefix + unknown[0]!r} (known: {', '.join(sorted(names))})")
+        raise ConfigError(f"{where}: unknown key {prefix + str(unknown[0])!r} (known: {', '.join(sorted(names))})")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]

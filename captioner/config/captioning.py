@@ -6,7 +6,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from captioner.config.base import CoreSection, Schedule, Sections, TrainSection, build, require
+from captioner.config.base import (
+    CoreSection,
+    Schedule,
+    Sections,
+    TrainSection,
+    build,
+    require,
+    require_share,
+    require_widths,
+)
 from captioner.errors import ConfigError
 
 
@@ -22,6 +31,9 @@ class DataConfig:
     train_crop: float = 1.0  # training on images: resize to image_size / train_crop, random crop (1 = no crop)
     hflip: bool = False  # training on images: random horizontal flips (off: captions say "left" and "right")
 
+    def __post_init__(self) -> None:
+        require(0 < self.train_crop <= 1, f"data.train_crop must be above 0 and at most 1, not {self.train_crop}")
+
 
 @dataclass
 class EncoderConfig:
@@ -35,9 +47,17 @@ class EncoderConfig:
     channels_last: bool = True  # NHWC layout for the CNN (faster with oneDNN on CPUs, and on GPUs with AMP)
     width: int = 64  # channel width of small_cnn and factored_cnn's form stream (ignored by the others)
 
+    def __post_init__(self) -> None:
+        require(  # the from-scratch nets' first stage has width / 2 channels, normalised in groups of 8
+            self.width >= 16 and self.width % 16 == 0,
+            f"encoder.width must be a multiple of 16 (small_cnn halves it, in groups of 8), not {self.width}",
+        )
+
 
 @dataclass
 class DecoderConfig(CoreSection):
+    SECTION = "decoder"
+
     embed_dim: int = 512
     hidden_dim: int = 512
     attention_dim: int = 512
@@ -53,6 +73,11 @@ class DecoderConfig(CoreSection):
     # how a class word said is fed back: shared (one learnt embedding for all, so a class word no training
     # caption had reads as familiar) or own (each its own embedding)
     class_input: Literal["shared", "own"] = "shared"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_widths(self, "decoder", "embed_dim", "attention_dim")
+        require_share(self.word_dropout, "decoder.word_dropout")
 
 
 @dataclass

@@ -16,6 +16,21 @@ CONFIGS: dict[str, type[Sections]] = {
 }
 
 
+def yaml_problem(error: Exception) -> str:
+    """What is wrong with some YAML, in one line: the parser's problem and where, without its excerpt."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem:
+        mark = error.problem_mark
+        return error.problem + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark else "")
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+# How yaml.safe_load fails: bad syntax or a character YAML forbids (YAMLError), an integer of too many digits or
+# a tag's bad value (ValueError), nesting deeper than the parser's recursion (RecursionError).
+YAML_ERRORS = (yaml.YAMLError, ValueError, RecursionError)
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `section.key=value` overrides (values parsed as YAML) to a nested dict."""
     for item in overrides:
@@ -28,7 +43,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {key!r} is not a section")
-        node[keys[-1]] = yaml.safe_load(raw)
+        try:
+            node[keys[-1]] = yaml.safe_load(raw)
+        except YAML_ERRORS as error:
+            raise ConfigError(f"override {item!r}: the value is not YAML: {yaml_problem(error)}") from None
     return data
 
 
@@ -42,9 +60,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except YAML_ERRORS as error:  # UnicodeDecodeError is a ValueError
+            raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(error)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
     data = apply_overrides(data, overrides or [])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from captioner.config.base import CoreSection, Sections, TrainSection, require
+from captioner.config.base import CoreSection, Sections, TrainSection, require, require_widths
 
 # ---------------------------------------------------------------- the character-level language model
 
@@ -23,6 +23,10 @@ class LMModelConfig(CoreSection):
     embed_dim: int = 64
     hidden_dim: int = 512
     num_layers: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_widths(self, "model", "embed_dim")
 
 
 @dataclass
@@ -79,6 +83,10 @@ class TranslateModelConfig(CoreSection):
     bidirectional: bool = True  # the encoder
     dropout: float = 0.2
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_widths(self, "model", "embed_dim", "attention_dim")
+
 
 @dataclass
 class TranslateTrainConfig(TrainSection):
@@ -116,6 +124,10 @@ class SentimentModelConfig(CoreSection):
     embed_dim: int = 128
     attention_dim: int = 64
     dropout: float = 0.4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_widths(self, "model", "embed_dim", "attention_dim")
 
 
 @dataclass

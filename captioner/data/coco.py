@@ -3,22 +3,22 @@
 Two sources are read:
 
 - The official COCO caption files, captions_{train,val}2014.json or captions_{train,val}2017.json
-  (https://cocodataset.org/#download), through pycocotools: {"images": [{"id", "file_name"}],
-  "annotations": [{"image_id", "caption"}]}. Images are looked up in IMAGES/<train2014 ...>/file_name
+  (https://cocodataset.org/#download): {"images": [{"id", "file_name"}], "annotations": [{"image_id",
+  "caption"}]}, ids integers or strings. Images are looked up in IMAGES/<train2014 ...>/file_name
   (the folder named like the file) or IMAGES/file_name.
 - The Karpathy split files dataset_coco.json, dataset_flickr8k.json, dataset_flickr30k.json
   (Karpathy & Fei-Fei 2015): {"images": [{"filepath"?, "filename", "split", "sentences": [{"raw"}]}]}
   with split train / restval / val / test; restval is folded into train, as every paper since does.
 
-`prepare_captions` checks every file and image first, then writes ROOT/captions.json (the split index:
-every image once, with its split and all its captions) and ROOT/vocab.json (from the training split's
-captions only), each under a temporary name and renamed when complete.
+Every field is checked before it is used: a malformed file is refused by a DataError naming it and the field
+(values and file names quoted, so that the message stays one line). `prepare_captions` checks every file and
+image first, then writes ROOT/captions.json (the split index: every image once, with its split and all its
+captions) and ROOT/vocab.json (from the training split's captions only), each under a temporary name and
+renamed when complete.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 from collections import Counter
@@ -47,55 +47,77 @@ def _read_json(path: Path, what: str) -> dict:
         raise DataError(f"{what} file {path} does not exist")
     try:
         data = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # also a number of too many digits, nesting too deep
         raise DataError(f"{what} file {path} is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise DataError(f"{what} file {path} must hold a JSON object, not a {type(data).__name__}")
     return data
 
 
+def _quoted(value, limit: int = 80) -> str:
+    """A value from a file as a message quotes it: repr (line breaks escaped), cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_id(value) -> bool:
+    """An image id: an integer (COCO's) or a string, something a manifest can hold and ids can be sorted by."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def is_file(path: Path) -> bool:
+    """Path.is_file, False also for a name the system cannot hold (too long, a NUL, not encodable)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _check_captions(path: Path, image: str, captions: list) -> list[str]:
     if not captions:
-        raise DataError(f"{path}: image {image} has no captions")
+        raise DataError(f"{path}: image {_quoted(image)} has no captions")
     for caption in captions:
         if not isinstance(caption, str) or not tokenize(caption):
-            raise DataError(f"{path}: image {image} has a caption with no words: {caption!r}")
+            raise DataError(f"{path}: image {_quoted(image)} has a caption with no words: {_quoted(caption)}")
     return captions
 
 
 def read_coco_captions(annotation_file: str | Path, images: str | Path, split: str) -> list[Entry]:
     """Every image of an official COCO captions file, with all its captions, as `split`."""
-    from pycocotools.coco import COCO
-
     path = Path(annotation_file)
     data = _read_json(path, "COCO captions")
-    if not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
-        if isinstance(data.get("images"), list) and data["images"] and "sentences" in data["images"][0]:
+    listed, annotations = data.get("images"), data.get("annotations")
+    if not isinstance(listed, list) or not isinstance(annotations, list):
+        if isinstance(listed, list) and listed and isinstance(listed[0], dict) and "sentences" in listed[0]:
             raise DataError(f"{path} is a Karpathy split file, not a COCO captions file: pass it with --karpathy")
         raise DataError(f"{path} is not a COCO captions file: it needs 'images' and 'annotations' lists")
-    for i, image in enumerate(data["images"]):
-        if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
-            raise DataError(f"{path}: images[{i}] needs an 'id' and a 'file_name'")
-    for i, ann in enumerate(data["annotations"]):
+    infos: dict[int | str, dict] = {}
+    for i, image in enumerate(listed):
+        if not isinstance(image, dict) or not _is_id(image.get("id")) or not isinstance(image.get("file_name"), str):
+            raise DataError(f"{path}: images[{i}] needs an 'id' (an integer or a string) and a 'file_name'")
+        if image["id"] in infos:
+            raise DataError(f"{path}: images[{i}] has the id {_quoted(image['id'])} of an image listed before it")
+        infos[image["id"]] = image
+    captions: dict[int | str, list] = {image_id: [] for image_id in infos}
+    unknown = []
+    for i, ann in enumerate(annotations):
         if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
             raise DataError(f"{path}: annotations[{i}] needs an 'image_id' and a 'caption' (instances file?)")
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-        coco.createIndex()
-    unknown = [ann["image_id"] for ann in data["annotations"] if ann["image_id"] not in coco.imgs]
+        if _is_id(ann["image_id"]) and ann["image_id"] in captions:
+            captions[ann["image_id"]].append(ann["caption"])
+        else:
+            unknown.append(ann["image_id"])
     if unknown:
-        raise DataError(f"{path}: {len(unknown)} captions belong to no listed image (image_id {unknown[0]})")
+        raise DataError(f"{path}: {len(unknown)} captions belong to no listed image (image_id {_quoted(unknown[0])})")
     folder = re.fullmatch(r"captions_(\w+)\.json", path.name)
     roots = [Path(images) / folder.group(1)] if folder else []
     roots.append(Path(images))
     entries = []
-    for image_id in sorted(coco.imgs):
-        info = coco.imgs[image_id]
-        captions = [ann["caption"] for ann in coco.imgToAnns.get(image_id, [])]
-        _check_captions(path, info["file_name"], captions)
-        file = next((root / info["file_name"] for root in roots if (root / info["file_name"]).is_file()), None)
-        entries.append(Entry(file or roots[0] / info["file_name"], split, captions, image_id))
+    for image_id in sorted(infos, key=lambda i: (isinstance(i, str), i)):
+        name = infos[image_id]["file_name"]
+        _check_captions(path, name, captions[image_id])
+        file = next((root / name for root in roots if is_file(root / name)), None)
+        entries.append(Entry(file or roots[0] / name, split, captions[image_id], image_id))
     return entries
 
 
@@ -111,18 +133,22 @@ def read_karpathy(split_file: str | Path, images: str | Path) -> list[Entry]:
     for i, image in enumerate(data["images"]):
         if not isinstance(image, dict) or not isinstance(image.get("filename"), str):
             raise DataError(f"{path}: images[{i}] needs a 'filename'")
-        if image.get("split") not in KARPATHY_SPLITS:
+        name = _quoted(image["filename"])
+        split = image.get("split")
+        if not isinstance(split, str) or split not in KARPATHY_SPLITS:
             raise DataError(
-                f"{path}: images[{i}] ({image['filename']}) has split {image.get('split')!r}, "
-                f"not one of {', '.join(KARPATHY_SPLITS)}"
+                f"{path}: images[{i}] ({name}) has split {_quoted(split)}, not one of {', '.join(KARPATHY_SPLITS)}"
             )
         sentences = image.get("sentences")
         if not isinstance(sentences, list) or not all(isinstance(s, dict) and "raw" in s for s in sentences):
-            raise DataError(f"{path}: images[{i}] ({image['filename']}) needs 'sentences' with a 'raw' caption each")
+            raise DataError(f"{path}: images[{i}] ({name}) needs 'sentences' with a 'raw' caption each")
         captions = _check_captions(path, image["filename"], [s["raw"] for s in sentences])
-        file = Path(images) / image.get("filepath", "") / image["filename"]
+        folder = image.get("filepath", "")
+        if not isinstance(folder, str):
+            raise DataError(f"{path}: images[{i}] ({name}) has a 'filepath' that is not a string: {_quoted(folder)}")
+        file = Path(images) / folder / image["filename"]
         image_id = image.get("cocoid", image.get("imgid", i))
-        entries.append(Entry(file, KARPATHY_SPLITS[image["split"]], captions, image_id))
+        entries.append(Entry(file, KARPATHY_SPLITS[split], captions, image_id))
     return entries
 
 
@@ -135,11 +161,11 @@ def split_off_test(entries: list[Entry]) -> list[Entry]:
 
 
 def check_images(entries: list[Entry], source: str) -> None:
-    missing = [e.path for e in entries if not e.path.is_file()]
+    missing = [e.path for e in entries if not is_file(e.path)]
     if missing:
         raise DataError(
-            f"{len(missing)} of the {len(entries)} images listed in {source} are missing, e.g. {missing[0]} "
-            f"(is --images the folder that holds them?)"
+            f"{len(missing)} of the {len(entries)} images listed in {source} are missing, e.g. "
+            f"{_quoted(str(missing[0]), 300)} (is --images the folder that holds them?)"
         )
 
 
@@ -152,7 +178,10 @@ def prepare_captions(
     seen: dict[Path, Entry] = {}
     for entry in entries:
         if entry.path in seen:
-            raise DataError(f"{source}: image {entry.path} is listed twice ({seen[entry.path].split}, {entry.split})")
+            raise DataError(
+                f"{source}: image {_quoted(str(entry.path), 300)} is listed twice ({seen[entry.path].split}, "
+                f"{entry.split})"
+            )
         seen[entry.path] = entry
     for split in SPLITS:
         if not any(e.split == split for e in entries):

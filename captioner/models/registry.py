@@ -18,7 +18,7 @@ from torch import nn
 from captioner.checkpoint import load_checkpoint, load_weights
 from captioner.config import CONFIGS, BallConfig, Config, LMConfig, SentimentConfig, TranslateConfig
 from captioner.config.sequences import SENTIMENT_LABELS
-from captioner.errors import CheckpointError
+from captioner.errors import CheckpointError, ConfigError, EncoderError
 from captioner.models.captioner import Captioner
 from captioner.models.char_lm import CharLM
 from captioner.models.decoder import AttentionDecoder
@@ -81,8 +81,8 @@ def restore(
     checkpoint must hold a model of that kind (CheckpointError naming the file if not)."""
     checkpoint = load_checkpoint(path, kind=kind)
     found = checkpoint.get("kind")
-    if found not in MODELS:
-        raise CheckpointError(f"checkpoint {path} holds a model of unknown kind {found!r}")
+    if not isinstance(found, str) or found not in MODELS:
+        raise CheckpointError(f"checkpoint {path} holds a model of unknown kind {repr(found)[:80]}")
     needed, build = MODELS[found]
     for name in needed:
         if name not in checkpoint["vocabularies"]:
@@ -92,6 +92,9 @@ def restore(
         vocabularies = {name: Vocab.from_dict(value) for name, value in checkpoint["vocabularies"].items()}
     except (ValueError, KeyError, TypeError) as error:  # ConfigError is a ValueError
         raise CheckpointError(f"checkpoint {path} has an unusable config or vocabulary: {error}") from None
-    model = build(config, vocabularies, False)
+    try:
+        model = build(config, vocabularies, False)
+    except (ConfigError, EncoderError) as error:  # what the config's values cannot build (a backbone's name, ...)
+        raise CheckpointError(f"checkpoint {path} has a config that builds no model: {error}") from None
     load_weights(model, checkpoint["model"], path)
     return model.to(device).eval(), config, vocabularies
