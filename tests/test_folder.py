@@ -77,7 +77,7 @@ def test_split_folders(shapes_root, tmp_path):
 @pytest.mark.parametrize(
     ("metadata", "content", "message"),
     [
-        ("metadata.csv", "name,caption\npics/a.png,a cat\n", "needs the columns file_name and text, has name, caption"),
+        ("metadata.csv", "name,caption\npics/a.png,a cat\n", "the columns file_name and text, has 'name', 'caption'"),
         ("metadata.jsonl", '{"file_name": "pics/a.png", "text": "a cat"}\n{oops\n', "metadata.jsonl, line 2: not JSON"),
         ("metadata.jsonl", '{"file_name": "pics/a.png", "text": " . "}\n', "line 1: the caption (text) of pics/a.png"),
         ("metadata.jsonl", '{"text": "a cat"}\n', "line 1: needs a file_name"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import unicodedata
 from pathlib import Path
 
 from PIL import Image
@@ -29,6 +30,11 @@ from captioner.text import tokenize
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 METADATA = ("metadata.jsonl", "metadata.csv")
+
+
+# Unicode categories no file name of a metadata row may hold: control characters (NUL, newline, ...), lone
+# surrogates (not encodable as a file name), line and paragraph separators.
+UNNAMEABLE = {"Cc", "Cs", "Zl", "Zp"}
 
 
 def metadata_files(root: Path) -> list[tuple[Path, str | None]]:
@@ -71,7 +77,8 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
     try:
         columns = reader.fieldnames or []
         if "file_name" not in columns or "text" not in columns:
-            raise DataError(f"{path}: needs the columns file_name and text, has {', '.join(columns) or 'none'}")
+            has = ", ".join(repr(column) for column in columns) or "none"
+            raise DataError(f"{path}: needs the columns file_name and text, has {has}")
         return [(reader.line_num, row) for row in reader]
     except csv.Error as error:
         raise DataError(f"{path}, line {reader.reader.line_num}: not CSV ({error})") from None
@@ -93,6 +100,8 @@ def read_folder(root: str | Path, val_percent: int = 10, test_percent: int = 10)
             name, text = row.get("file_name"), row.get("text")
             if not isinstance(name, str) or not name.strip():
                 raise DataError(f"{where}: needs a file_name")
+            if any(unicodedata.category(char) in UNNAMEABLE for char in name):
+                raise DataError(f"{where}: the file_name {name!r} holds a control character or a line break")
             if not isinstance(text, str) or not tokenize(text):
                 raise DataError(f"{where}: the caption (text) of {name} has no words")
             caption = " ".join(text.split())  # line breaks and runs of spaces inside a caption: one space each
@@ -115,7 +124,11 @@ def read_folder(root: str | Path, val_percent: int = 10, test_percent: int = 10)
 
 def check_picture(path: Path) -> None:
     """A listed picture must be there and be an image (its header is read, not its pixels)."""
-    if not path.is_file():
+    try:
+        there = path.is_file()
+    except OSError as error:  # a name longer than the file system allows, ...
+        raise DataError(f"{path} is listed in the metadata but cannot be a file here ({error.strerror})") from None
+    if not there:
         raise DataError(f"{path} is listed in the metadata but missing")
     try:
         with Image.open(path) as image:
