@@ -5,7 +5,8 @@ A group is one setting of the first four switches. It trains a tiny recipe strai
 epoch, then a self-critical one where that is on), and again stopped mid-run and resumed; then checks:
 - straight: training ran every step with finite losses, best.pt reloads (captioner.models.registry.restore)
   and its captions of the validation split, decoded under the same precision, score exactly what training
-  logged for it; captioner.load captions a picture with beam search under that precision;
+  logged for it (every BLEU of both variants, and grounding); captioner.load captions a picture with beam
+  search under that precision;
 - resumed: the resumed run's weights are bit-identical to the straight run's.
 
 tests/test_combinations.py runs a sample of the groups in the suite; scripts/combinations.py runs them all and
@@ -168,14 +169,16 @@ def check_straight(group: Group, run_dir: Path, root: Path) -> str:
     )
     scores = score_captions(captions, records, manifest.object_words, config.encoder.grid_size, metrics="bleu")
     best = max(rows, key=lambda row: row["val_bleu4"])
-    assert scores["bleu4"] == best["val_bleu4"], f"reloaded BLEU-4 {scores['bleu4']} != logged {best['val_bleu4']}"
+    logged = {key: best[f"val_{key}"] for key in scores}
+    assert scores == logged, f"reloaded {scores} != logged {logged}"
+    assert scores["bleu1"] > 0, "BLEU-1 is 0: the comparison would say nothing"
     loaded = captioner.load(run_dir / "best.pt", device="cpu")
     dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[group.precision]
     picture = records[0].path
     with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         result = loaded.caption([picture], beam_size=3, n_best=2)[0]
     assert result.caption and math.isfinite(result.score), f"caption {result.caption!r}, score {result.score}"
-    return f"val BLEU-4 {scores['bleu4']:.1f} as logged; {result.caption!r}"
+    return f"val BLEU-1/4 {scores['bleu1']:.1f}/{scores['bleu4']:.1f} as logged; {result.caption!r}"
 
 
 def check_resumed(straight: Path, resumed: Path) -> str:
@@ -191,6 +194,7 @@ def check_resumed(straight: Path, resumed: Path) -> str:
 def run_group(group: Group, root: Path, folder: Path) -> dict[str, str]:
     """Train and check one group in folder; {"straight": what was seen, "resumed": ...} (AssertionError or the
     run's own error on a failure)."""
+    folder.mkdir(parents=True, exist_ok=True)
     weights = backbone_weights(folder)
     straight, resumed = folder / "straight", folder / "resumed"
     train(group, root, weights, straight, None, resume=False)
