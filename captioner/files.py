@@ -69,3 +69,18 @@ def write_json(path: str | Path, data, indent: int | None = 1) -> None:
 def write_yaml(path: str | Path, data: dict) -> None:
     """Write YAML (keys in their given order) atomically."""
     write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def json_objects(lines) -> Iterator[tuple[int, str, dict]]:
+    """(line number, line, object) of every line of a JSON-lines text that is not blank; ValueError saying which
+    line is not JSON or not a JSON object (the caller names the file)."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"line {number}: not JSON ({error})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"line {number}: not a JSON object")
+        yield number, line, row

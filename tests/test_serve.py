@@ -287,9 +287,9 @@ def test_a_request_beyond_those_admitted_is_answered_503_before_its_body_is_read
 def test_concurrent_decodes_hold_at_most_the_pixel_budget(model, picture, monkeypatch):
     """Four 1500 x 1500 pictures (2.25 megapixels each) sent at once to a server with four decoders and a budget
     of 3 megapixels are decoded one at a time; small pictures are decoded beside them."""
-    import captioner.serve
+    import captioner.serve.app
 
-    original = captioner.serve.image_from_bytes
+    original = captioner.serve.app.image_from_bytes
     lock, held, most = threading.Lock(), [0], [0]
 
     def counted(data, name, *args):
@@ -305,7 +305,7 @@ def test_concurrent_decodes_hold_at_most_the_pixel_budget(model, picture, monkey
             with lock:
                 held[0] -= pixels
 
-    monkeypatch.setattr(captioner.serve, "image_from_bytes", counted)
+    monkeypatch.setattr(captioner.serve.app, "image_from_bytes", counted)
     large = io.BytesIO()
     Image.new("RGB", (1500, 1500), (20, 120, 200)).save(large, format="PNG")
     uploads = [large.getvalue()] * 4 + [picture.read_bytes()] * 2

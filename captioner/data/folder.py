@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import unicodedata
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from captioner.data.images import failure_reason
 from captioner.data.manifest import SPLITS
 from captioner.data.stamps import stamp_split
 from captioner.errors import DataError
+from captioner.files import json_objects
 from captioner.text import tokenize
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -60,19 +60,11 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise DataError(f"{path} is not UTF-8 text: {error}") from None
-    rows = []
     if path.suffix == ".jsonl":
-        for number, line in enumerate(text.split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}, line {number}: not JSON ({error})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}, line {number}: must be a JSON object with file_name and text")
-            rows.append((number, row))
-        return rows
+        try:
+            return [(number, row) for number, _, row in json_objects(text.split("\n"))]
+        except ValueError as error:
+            raise DataError(f"{path}, {error}: each line is an object with file_name and text") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         columns = reader.fieldnames or []

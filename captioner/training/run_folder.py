@@ -7,7 +7,7 @@ from pathlib import Path
 
 from captioner.checkpoint import load_checkpoint, save_checkpoint
 from captioner.errors import TrainingError
-from captioner.files import write_text, write_yaml
+from captioner.files import json_objects, write_text, write_yaml
 from captioner.vocab import Vocab
 
 MEND = "mend or delete that line to resume the run"
@@ -72,18 +72,10 @@ class RunFolder:
                     f"warning: {self.metrics}: left out its last line, cut off before its end by a run stopped while "
                     f"writing it"
                 )
-        rows = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise TrainingError(f"{self.metrics}, line {number}: not JSON ({error}); {MEND}") from None
-            if not isinstance(row, dict):
-                raise TrainingError(f"{self.metrics}, line {number}: not a JSON object; {MEND}")
-            rows.append((line, row))
-        return rows
+        try:
+            return [(line, row) for _, line, row in json_objects(lines)]
+        except ValueError as error:
+            raise TrainingError(f"{self.metrics}, {error}; {MEND}") from None
 
     def log_metrics(self, row: dict) -> None:
         """Append one JSON line to metrics.jsonl."""
