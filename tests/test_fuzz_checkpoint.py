@@ -211,6 +211,7 @@ FOUND = {
     "a_vocabulary_token_that_is_not_a_string": ("captioner", 2, [(("vocabularies", "vocab", "itos", 5), None)]),
     "a_version_1_model_that_is_not_a_mapping": ("captioner", 1, [(("model",), None)]),
     "a_version_1_scheduler_that_is_a_number": ("translator", 1, [(("scheduler",), 5)]),
+    "an_image_size_of_0": ("captioner", 1, [(("config", "data", "image_size"), 0)]),
     "a_version_1_embedding_that_is_not_a_tensor": ("captioner", 1, [(("model", "decoder.embedding.weight"), 3)]),
     "a_backbone_without_a_name": ("captioner", 1, [(("config", "encoder", "backbone"), "")]),
     "a_kind_that_is_a_list": ("captioner", 2, [(("kind",), [])]),

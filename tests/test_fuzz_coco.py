@@ -291,6 +291,7 @@ FOUND = {
     "filepath_null": _karpathy(_set(("images", 0, "filepath"), None)),
     "filename_with_a_newline": _karpathy(_set(("images", 0, "filename"), "a\nb.png")),
     "filename_too_long": _karpathy(_set(("images", 0, "filename"), "x" * 300)),
+    "cocoid_a_lone_surrogate": _karpathy(_set(("images", 0, "cocoid"), "\ud800")),
 }
 
 

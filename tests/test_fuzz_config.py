@@ -240,6 +240,7 @@ FOUND = {
     "a_tag_for_python": ("shapes", ["train.epochs=!!python/object/apply:os.system ['true']"]),
     "a_bad_int_tag": ("shapes", ["train.epochs=!!int x"]),
     "a_number_key": ("shapes", ["train={1: 2}"]),
+    "negative_visual_word_groups": ("shapes", ["decoder.visual_word_groups=-1"]),
     "keys_of_two_types": ("shapes", ["train={1: 2, a: 3}"]),
     "too_many_digits": ("shapes", ["train.batch_size=" + "1" * 5000]),
     "too_deep": ("shapes", ["train.epochs=" + "[" * 5000 + "]" * 5000]),

@@ -189,7 +189,7 @@ def is_bad(files) -> bool:
 def check_error(error: DataError, root, files) -> None:
     """A one-line DataError naming the metadata file (in the folder) or the picture (where a row's name leads)."""
     message = one_line(error)
-    names = [str(root)]
+    names = [str(root), str(root.resolve().parent)]  # a damaged row may name "..": the folder above
     for location, _, drawn, _ in files:
         for row, _ in drawn:
             if isinstance(row.get("file_name"), str):
@@ -304,3 +304,12 @@ def test_a_caption_longer_than_the_csv_field_limit_is_read_or_refused(folder):
         assert tokenize(result[0].captions[0]) == tokenize(text)
     else:
         one_line(error, str(folder))
+
+
+def test_a_row_naming_the_folder_above_is_refused_as_a_folder(folder):
+    """What the campaign found: a damaged row naming ".." (the folder above), a folder and not a picture."""
+    clear(folder)
+    (folder / "metadata.csv").write_bytes(b"file_name,text\n..,/a.png,\n")
+    result, error = attempt(SURFACE, lambda: read_folder(folder), (DataError,))
+    assert error is not None, result
+    assert "a folder, not a picture" in one_line(error, str(folder.resolve().parent))

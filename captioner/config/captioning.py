@@ -33,6 +33,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         require(0 < self.train_crop <= 1, f"data.train_crop must be above 0 and at most 1, not {self.train_crop}")
+        require(self.image_size >= 1, f"data.image_size must be at least 1, not {self.image_size}")
 
 
 @dataclass
@@ -78,6 +79,9 @@ class DecoderConfig(CoreSection):
         super().__post_init__()
         require_widths(self, "decoder", "embed_dim", "attention_dim")
         require_share(self.word_dropout, "decoder.word_dropout")
+        require(
+            self.visual_word_groups >= 0, f"decoder.visual_word_groups must be 0 or more, not {self.visual_word_groups}"
+        )
 
 
 @dataclass

@@ -51,6 +51,10 @@ def _read_json(path: Path, what: str) -> dict:
         raise DataError(f"{what} file {path} is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise DataError(f"{what} file {path} must hold a JSON object, not a {type(data).__name__}")
+    try:  # a \ud800 escape is JSON but no text: it could be read, never written out again
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{what} file {path} holds a lone surrogate escape (such as \\ud800): not text") from None
     return data
 
 

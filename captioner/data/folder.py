@@ -121,7 +121,8 @@ def check_picture(path: Path) -> None:
     except OSError as error:  # a name longer than the file system allows, ...
         raise DataError(f"{path} is listed in the metadata but cannot be a file here ({error.strerror})") from None
     if not there:
-        raise DataError(f"{path} is listed in the metadata but missing")
+        what = "a folder, not a picture" if path.is_dir() else "missing"
+        raise DataError(f"{path} is listed in the metadata but {what}")
     try:
         with Image.open(path) as image:
             image.size  # noqa: B018 - the header is parsed on open; reading the size is the check
