@@ -75,6 +75,9 @@ def require_share(value: float, key: str) -> None:
     require(0 <= value < 1, f"{key} must be at least 0 and below 1, not {value}")
 
 
+MAX_LAYERS = 64  # stacked recurrent layers at most: far beyond any that trains, short of one that hangs
+
+
 @dataclass
 class CoreSection:
     """What every model section holds of its recurrent core (models.core.RecurrentCore)."""
@@ -89,6 +92,10 @@ class CoreSection:
     def __post_init__(self) -> None:
         require_widths(self, self.SECTION, "hidden_dim", "num_layers")
         require_share(self.dropout, f"{self.SECTION}.dropout")
+        require(
+            self.num_layers <= MAX_LAYERS,
+            f"{self.SECTION}.num_layers must be at most {MAX_LAYERS}, not {self.num_layers}",
+        )
 
 
 class Sections:

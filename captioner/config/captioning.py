@@ -18,6 +18,8 @@ from captioner.config.base import (
 )
 from captioner.errors import ConfigError
 
+MAX_SIDE = 16384  # pixels: the longest side a picture is resized to
+
 
 @dataclass
 class DataConfig:
@@ -34,6 +36,11 @@ class DataConfig:
     def __post_init__(self) -> None:
         require(0 < self.train_crop <= 1, f"data.train_crop must be above 0 and at most 1, not {self.train_crop}")
         require(self.image_size >= 1, f"data.image_size must be at least 1, not {self.image_size}")
+        require(  # the size a training picture is resized to before its crop
+            self.image_size / self.train_crop <= MAX_SIDE,
+            f"data.image_size / data.train_crop (the resize before the crop) must be at most {MAX_SIDE}, "
+            f"not {self.image_size / self.train_crop:g}",
+        )
 
 
 @dataclass
@@ -53,6 +60,7 @@ class EncoderConfig:
             self.width >= 16 and self.width % 16 == 0,
             f"encoder.width must be a multiple of 16 (small_cnn halves it, in groups of 8), not {self.width}",
         )
+        require(self.grid_size >= 1, f"encoder.grid_size must be at least 1, not {self.grid_size}")
 
 
 @dataclass
