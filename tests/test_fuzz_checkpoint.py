@@ -213,6 +213,7 @@ FOUND = {
     "a_version_1_scheduler_that_is_a_number": ("translator", 1, [(("scheduler",), 5)]),
     "an_image_size_of_0": ("captioner", 1, [(("config", "data", "image_size"), 0)]),
     "a_grid_of_size_0": ("captioner", 1, [(("config", "encoder", "grid_size"), 0)]),
+    "an_embedding_too_wide_to_allocate": ("sentiment", 1, [(("config", "model", "embed_dim"), 1_099_511_627_776)]),
     "a_grid_of_size_minus_1": ("captioner", 1, [(("config", "encoder", "grid_size"), -1)]),
     "a_version_1_embedding_that_is_not_a_tensor": ("captioner", 1, [(("model", "decoder.embedding.weight"), 3)]),
     "a_backbone_without_a_name": ("captioner", 1, [(("config", "encoder", "backbone"), "")]),

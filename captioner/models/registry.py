@@ -96,5 +96,9 @@ def restore(
         model = build(config, vocabularies, False)
     except (ConfigError, EncoderError) as error:  # what the config's values cannot build (a backbone's name, ...)
         raise CheckpointError(f"checkpoint {path} has a config that builds no model: {error}") from None
+    except (MemoryError, RuntimeError) as error:  # widths whose weights do not fit in memory (a damaged config)
+        if not isinstance(error, MemoryError) and "allocate" not in str(error):
+            raise
+        raise CheckpointError(f"checkpoint {path} has a config whose model does not fit in memory here") from None
     load_weights(model, checkpoint["model"], path)
     return model.to(device).eval(), config, vocabularies
