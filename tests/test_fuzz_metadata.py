@@ -121,7 +121,8 @@ def write_jsonl(rows_: list[dict], draw) -> bytes:
     if draw(st.booleans()):
         lines.insert(draw(st.integers(0, len(lines))), "  ")  # blank lines are skipped
     bom = "\ufeff" if draw(st.booleans()) else ""
-    return (bom + ending.join(lines) + (ending if draw(st.booleans()) else "")).encode()
+    text = bom + ending.join(lines) + (ending if draw(st.booleans()) else "")
+    return text.encode("utf-8", "surrogatepass")  # a lone surrogate: bytes that are not UTF-8
 
 
 def write_csv(rows_: list[dict], draw) -> bytes:
@@ -131,7 +132,7 @@ def write_csv(rows_: list[dict], draw) -> bytes:
     writer = csv.DictWriter(buffer, columns, lineterminator=draw(st.sampled_from(["\n", "\r\n"])), restval="")
     writer.writeheader()
     writer.writerows(rows_)
-    return buffer.getvalue().encode()
+    return buffer.getvalue().encode("utf-8", "surrogatepass")
 
 
 @st.composite
