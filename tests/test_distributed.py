@@ -159,7 +159,9 @@ def _failing_rank(rank: int, size: int, port: int, root: str, run_dir: str, erro
         fit(_config(root, run_dir, 16), log=lambda *_: None, world=world)
     except Exception as error:  # noqa: BLE001 - what each rank raised is the test's answer
         errors.put((rank, type(error).__name__, str(error)))
-    distributed.leave(together=False)
+    # What each rank raised is the answer; tearing gloo down while the peer does can abort (SIGABRT), so leave
+    # without it.
+    os._exit(0)
 
 
 def test_a_failed_save_on_rank_0_stops_every_rank_at_once(shapes_root, tmp_path):
