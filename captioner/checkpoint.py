@@ -26,7 +26,7 @@ from captioner.errors import CheckpointError
 from captioner.files import atomic_path
 
 FORMAT = "captioner"
-VERSION = 2
+VERSION = 3
 # The model used when no checkpoint is named: the one the README's main job (scripts/demo.sh) trains, looked
 # for in the current folder and in the checkout this package runs from.
 DEFAULT_RUN = Path("runs/stamps/best.pt")
@@ -213,4 +213,19 @@ _V1_TRAINING: dict[str, Callable[[dict], dict | None]] = {
     "ball": _v1_epochs,
     "char_lm": _v1_char_lm,
 }
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_version_1}  # version -> its step to the next
+
+
+# ---------------------------------------------------------------- version 2 -> 3
+
+
+def _from_version_2(data: dict) -> dict:
+    """Version 2's class words read the attended memory with the encoder's position embedding in it; version 3
+    reads the backbone's features, as its classifier does (decoder.class_reads grid). A captioner of version 2
+    keeps what it was trained with: class_reads memory."""
+    config = data.get("config")
+    if data.get("kind") == "captioner" and isinstance(config, dict) and isinstance(config.get("decoder"), dict):
+        data["config"] = {**config, "decoder": {"class_reads": "memory", **config["decoder"]}}
+    return data
+
+
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_version_1, 2: _from_version_2}  # version -> next

@@ -137,7 +137,7 @@ class SelfCritical:
         memory = model.encoder(inputs)  # with gradients into the backbone only when it is fine-tuned
         repeated = memory.repeat_interleave(n, 0)
         with torch.no_grad():
-            attended = decoder.prepare(repeated)
+            attended = decoder.prepare(repeated, class_offset=model.class_offset)
             start = torch.full((B * n,), Vocab.bos_id, dtype=torch.long, device=memory.device)
             drawn = sample(
                 lambda tokens, state: decoder.step(tokens, state, attended),
@@ -154,13 +154,20 @@ class SelfCritical:
             greedy = None
             if scst.baseline == "greedy":
                 greedy_tokens = decoder.decode(
-                    memory.detach(), None, Vocab.bos_id, Vocab.eos_id, 1, scst.max_len, rules=rules
+                    memory.detach(),
+                    None,
+                    Vocab.bos_id,
+                    Vocab.eos_id,
+                    1,
+                    scst.max_len,
+                    rules=rules,
+                    class_offset=model.class_offset,
                 )
                 greedy = self.rewards(greedy_tokens.tokens, list(indices))
             baseline = baselines(rewards, scst.baseline, greedy)
         advantages = (rewards - baseline).view(-1).to(memory.device)
         sequence_inputs, targets = padded(drawn.tokens, memory.device)
-        logits, _ = decoder(repeated, sequence_inputs)
+        logits, _ = decoder(repeated, sequence_inputs, class_offset=model.class_offset)
         word_log_probs, mask, entropy = sequence_log_probs(logits, targets, drawn.banned)
         loss = scst_loss(word_log_probs, mask, advantages)
         words = mask.sum(1).float() - 1  # the ending is not a word

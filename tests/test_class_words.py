@@ -230,6 +230,67 @@ def test_a_resnet_weights_file_with_its_classifier_gives_class_words(tmp_path):
         Captioner.from_config(config, len(vocab))
 
 
+def resnet18_with_classes(tmp_path, **decoder) -> tuple[Captioner, Vocab]:
+    """A ResNet-18 captioner (random weights, read from a file with their classifier) with class words over a 2 x 2
+    grid with a position embedding, large enough to change which class the whole picture's mean names."""
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pt")
+    encoder = {"backbone": "resnet18", "weights": str(tmp_path / "resnet18.pt"), "grid_size": 2}
+    sizes = {"embed_dim": 8, "hidden_dim": 8, "attention_dim": 8}
+    config = Config.from_dict({"encoder": {**encoder, "position_embedding": True}, "decoder": {**sizes, **decoder}})
+    vocab = with_class_words(Vocab(["a", "cat"]), "imagenet")
+    model = Captioner.from_config(config, len(vocab))
+    model.set_class_words(vocab)
+    with torch.no_grad():
+        model.encoder.position.normal_(0.0, 3.0)
+    return model.eval(), vocab
+
+
+def test_class_words_read_the_backbones_features_as_classify_does_under_a_position_embedding(tmp_path):
+    model, vocab = resnet18_with_classes(tmp_path)
+    assert model.class_reads == "grid"
+    decoder, images = model.decoder, torch.randn(4, 3, 64, 64)
+    grids = model.encoder.grid(images)  # (4, 4, 512): what the backbone's classifier reads
+    with torch.no_grad():
+        memory = model.encoder(images)  # the grids plus the position embedding: what attention reads
+        attended = decoder.prepare(memory, class_offset=model.class_offset)
+        whole = decoder.class_log_probs(grids.mean(1))
+        torch.testing.assert_close(attended.whole_classes, whole, atol=1e-4, rtol=1e-4)
+        assert attended.whole_classes.argmax(-1).tolist() == model.classify(images)[1].tolist()
+        # a step's class reading: the attention-weighted sum of the grids, without the position embedding
+        _, context, _, alpha, _ = decoder._recur(torch.zeros(4, 4 * 8), decoder.init_state(memory), attended)
+        torch.testing.assert_close(context, torch.einsum("bp,bpd->bd", alpha, grids), atol=1e-4, rtol=1e-4)
+        # with the position embedding in what they read, the classes differ: what version-2 checkpoints keep
+        old = decoder.prepare(memory)
+        assert not torch.allclose(old.whole_classes, whole, atol=1e-2)
+        assert decoder.prepare(memory, class_offset=None).whole_classes.argmax(-1).tolist() != whole.argmax(-1).tolist()
+
+
+def test_a_version_2_captioner_keeps_reading_the_memory_and_resumes_so(tmp_path):
+    from captioner.checkpoint import load_checkpoint
+    from captioner.models.registry import restore
+    from captioner.tasks.captioning import saved_class_reads
+
+    model, vocab = resnet18_with_classes(tmp_path)
+    encoder = {"backbone": "resnet18", "weights": None, "grid_size": 2, "position_embedding": True}
+    decoder = {"embed_dim": 8, "hidden_dim": 8, "attention_dim": 8, "class_words": "imagenet"}
+    stored = Config.from_dict({"encoder": encoder, "decoder": decoder}).to_dict()
+    del stored["decoder"]["class_reads"]  # version 2 had no such key
+    payload = {"kind": "captioner", "model": model.state_dict(), "config": stored, "vocabularies": {}}
+    payload["vocabularies"]["vocab"] = vocab.to_dict()
+    torch.save({"format": "captioner", "version": 2, **payload}, tmp_path / "old.pt")
+    restored, config, _ = restore(tmp_path / "old.pt")
+    assert config.decoder.class_reads == "memory" and restored.class_offset is None
+    images = torch.randn(2, 3, 64, 64)
+    expected = model.decoder.prepare(model.encoder(images)).whole_classes  # as version 2 read them
+    torch.testing.assert_close(restored.decoder.prepare(restored.encoder(images)).whole_classes, expected)
+    assert saved_class_reads(load_checkpoint(tmp_path / "old.pt"), "grid") == "memory"  # --resume keeps it
+    assert saved_class_reads({"config": {"decoder": {"class_reads": "grid"}}}, "memory") == "grid"
+    assert saved_class_reads({"config": "damaged"}, "grid") == "grid"
+
+
 def test_a_checkpoint_from_before_the_shared_class_input_loads_as_it_was_trained(tmp_path):
     from captioner.models.registry import restore
 

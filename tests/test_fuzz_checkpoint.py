@@ -1,7 +1,8 @@
-"""Fuzzing checkpoints (captioner/checkpoint.py, models/registry.restore, captioner.load): the tiny real checkpoint
-of every task in tests/fixtures/v1 (version 1, upgraded on reading) and the same as version 2, damaged as bytes
-(bits flipped, fields overwritten, cut off, pieces repeated; favouring the zip's headers and the pickled index),
-and as well-formed torch files with entries deleted, of the wrong type, or tensors of the wrong shape and dtype.
+"""Fuzzing checkpoints (captioner/checkpoint.py, models/registry.restore, captioner.load): the tiny real
+checkpoint of every task in tests/fixtures/v1 (version 1, upgraded on reading) and the same as this code writes
+it, damaged as bytes (bits flipped, fields overwritten, cut off, pieces repeated; favouring the zip's headers and
+the pickled index), and as well-formed torch files with entries deleted, of the wrong type, or tensors of the
+wrong shape and dtype.
 
 The only outcomes allowed: a model (for a captioner: one that captions a picture) or CheckpointError with a
 one-line message that names the file. Every input is read with torch.load(weights_only=True), as the code does.
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import captioner
-from captioner.checkpoint import load_checkpoint, save_checkpoint
+from captioner.checkpoint import VERSION, load_checkpoint, save_checkpoint
 from captioner.errors import CheckpointError
 from captioner.models.registry import MODELS, restore
 from tests.fuzzing import attempt, fuzz_settings, one_line
@@ -44,7 +45,7 @@ def seeds() -> dict[tuple[str, int], bytes]:
             data = load_checkpoint(FIXTURES / f"{kind}.pt")
             path = Path(folder) / f"{kind}.pt"
             save_checkpoint(path, {k: v for k, v in data.items() if k not in ("format", "version")})
-            found[kind, 2] = path.read_bytes()
+            found[kind, VERSION] = path.read_bytes()
     return found
 
 
@@ -104,7 +105,7 @@ def damaged_bytes(draw, data: bytes) -> bytes:
     return bytes(out)
 
 
-@given(kind=st.sampled_from(KINDS), version=st.sampled_from([1, 2]), draw=st.data())
+@given(kind=st.sampled_from(KINDS), version=st.sampled_from([1, VERSION]), draw=st.data())
 @fuzz_settings(ci=200, weight=0.5)
 def test_damaged_bytes_give_a_model_or_a_checkpoint_error(tmp_path, kind, version, draw):
     path = tmp_path / "damaged.pt"
@@ -189,7 +190,7 @@ def apply(data: dict, changes: list[tuple[tuple, object]]) -> dict:
     return data
 
 
-@given(kind=st.sampled_from(KINDS), version=st.sampled_from([1, 2]), draw=st.data())
+@given(kind=st.sampled_from(KINDS), version=st.sampled_from([1, VERSION]), draw=st.data())
 @fuzz_settings(ci=200, weight=0.5)
 def test_wrong_entries_give_a_model_or_a_checkpoint_error(tmp_path, kind, version, draw):
     changes = draw.draw(edits(trees()[kind, version]), label="edits")
@@ -200,7 +201,7 @@ def test_wrong_entries_give_a_model_or_a_checkpoint_error(tmp_path, kind, versio
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, VERSION])
 def test_the_seeds_restore(tmp_path, kind, version):
     (tmp_path / "seed.pt").write_bytes(seeds()[kind, version])
     use(tmp_path / "seed.pt", kind)
@@ -208,7 +209,7 @@ def test_the_seeds_restore(tmp_path, kind, version):
 
 # What the fuzz tests found, each kept as an example: (kind, version, edits).
 FOUND = {
-    "a_vocabulary_token_that_is_not_a_string": ("captioner", 2, [(("vocabularies", "vocab", "itos", 5), None)]),
+    "a_vocabulary_token_that_is_not_a_string": ("captioner", VERSION, [(("vocabularies", "vocab", "itos", 5), None)]),
     "a_version_1_model_that_is_not_a_mapping": ("captioner", 1, [(("model",), None)]),
     "a_version_1_scheduler_that_is_a_number": ("translator", 1, [(("scheduler",), 5)]),
     "an_image_size_of_0": ("captioner", 1, [(("config", "data", "image_size"), 0)]),
@@ -217,7 +218,7 @@ FOUND = {
     "a_grid_of_size_minus_1": ("captioner", 1, [(("config", "encoder", "grid_size"), -1)]),
     "a_version_1_embedding_that_is_not_a_tensor": ("captioner", 1, [(("model", "decoder.embedding.weight"), 3)]),
     "a_backbone_without_a_name": ("captioner", 1, [(("config", "encoder", "backbone"), "")]),
-    "a_kind_that_is_a_list": ("captioner", 2, [(("kind",), [])]),
+    "a_kind_that_is_a_list": ("captioner", VERSION, [(("kind",), [])]),
 }
 
 

@@ -82,6 +82,10 @@ class DecoderConfig(CoreSection):
     # how a class word said is fed back: shared (one learnt embedding for all, so a class word no training
     # caption had reads as familiar) or own (each its own embedding)
     class_input: Literal["shared", "own"] = "shared"
+    # what the class words read: grid (the backbone's features, what its classifier was trained on, also under
+    # encoder.position_embedding) or memory (the features plus the position embedding: checkpoints of format
+    # version 2 and older, which were trained so)
+    class_reads: Literal["grid", "memory"] = "grid"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -20,10 +20,22 @@ class Captioner(nn.Module):
 
     fused_recurrence = False  # the decoder steps its core word by word; it never calls the fused nn.LSTM
 
-    def __init__(self, encoder: ImageEncoder, decoder: AttentionDecoder, classes: str | None = None):
+    def __init__(
+        self, encoder: ImageEncoder, decoder: AttentionDecoder, classes: str | None = None, class_reads: str = "grid"
+    ):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
         self.classes = classes  # the class list of the decoder's class words (class_words.py), or None
+        self.class_reads = class_reads  # decoder.class_reads: grid, or memory (older checkpoints)
+
+    @property
+    def class_offset(self) -> Tensor | None:
+        """What the class words take off the memory they attend to (AttentionDecoder.prepare): the position
+        embedding, so that they read the backbone's features as its classifier does (classify); None without
+        class words, without a position embedding, or where decoder.class_reads says memory."""
+        if self.classes is None or self.class_reads != "grid":
+            return None
+        return self.encoder.position
 
     @classmethod
     def from_config(cls, config: Config, vocab_size: int, load_pretrained: bool = True) -> Captioner:
@@ -70,7 +82,7 @@ class Captioner(nn.Module):
             )
         except ValueError as error:
             raise ConfigError(f"decoder: {error}") from None
-        return cls(encoder, decoder, classes)
+        return cls(encoder, decoder, classes, dec.class_reads)
 
     @torch.no_grad()
     def classify(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -104,7 +116,7 @@ class Captioner(nn.Module):
 
         Returns logits (B, T, V) and attention weights alphas (B, T, P).
         """
-        return self.decoder(self.encoder(images), tokens)
+        return self.decoder(self.encoder(images), tokens, class_offset=self.class_offset)
 
     @torch.no_grad()
     def generate(
@@ -123,7 +135,9 @@ class Captioner(nn.Module):
         """
         norm, rules = self.decoding(decode, max_len)
         memory = self.encoder(images)
-        return self.decoder.decode(memory, None, Vocab.bos_id, Vocab.eos_id, beam_size, max_len, norm, rules, n_best)
+        return self.decoder.decode(
+            memory, None, Vocab.bos_id, Vocab.eos_id, beam_size, max_len, norm, rules, n_best, self.class_offset
+        )
 
     def can_end(self, end_share: float | None) -> Tensor | None:
         """(V,) bool: the words a caption may end after, under decode.end_share (None: no end rule)."""

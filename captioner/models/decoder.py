@@ -37,6 +37,9 @@ class AttendedMemory:
     # class words: the classes' log-probabilities (B, C) over the whole picture (the memory's mean, what the
     # classifier was trained on), the same at every step
     whole_classes: Tensor | None = None
+    # class words: the part of every memory row (P, D) they do not read (the image encoder's position embedding),
+    # taken off the attended context: the classifier reads the backbone's features as it was trained on them
+    class_offset: Tensor | None = None
     # free-running decoding: the output layer's weight transposed, (H, V) contiguous: a product with this copy
     # is faster on a CPU than x W^T over the stored (V, H) weight (docs/speed.md), and decoding runs it every step
     classifier_t: Tensor | None = None
@@ -173,14 +176,20 @@ class AttentionDecoder(WordGroups, nn.Module):
         self._recur = torch.compile(self._recur)
         self._compiled = True
 
-    def prepare(self, memory: Tensor, mask: Tensor | None = None, decoding: bool = False) -> AttendedMemory:
+    def prepare(
+        self, memory: Tensor, mask: Tensor | None = None, decoding: bool = False, class_offset: Tensor | None = None
+    ) -> AttendedMemory:
         """Project the attention keys once per memory. memory (B, P, D), mask (B, P) True where valid.
-        decoding: for free-running steps without gradients (the output layer's weight transposed once)."""
+        decoding: for free-running steps without gradients (the output layer's weight transposed once).
+        class_offset (P, D): what the class words do not read of each memory row (see AttendedMemory)."""
         weight = _cast_once(self.core.input_weight(start=self.embed_dim))
-        # class words: the whole picture's classes, once per memory rather than at every step
-        whole_classes = None if self.class_group is None else self._whole_classes(memory, mask)
+        if self.class_group is None:
+            whole_classes = class_offset = None
+        else:  # class words: the whole picture's classes, once per memory rather than at every step
+            whole_classes = self._whole_classes(memory if class_offset is None else memory - class_offset, mask)
         keys = self.attention.project_memory(memory)
         attended = AttendedMemory(memory, keys, mask, weight.contiguous(), whole_classes=whole_classes)
+        attended.class_offset = class_offset
         if decoding:
             attended.classifier_t = _cast_once(self.classifier.weight.t()).contiguous()
         return attended
@@ -203,12 +212,14 @@ class AttentionDecoder(WordGroups, nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, State]:
         """The sequential part of one step: attend with h_{t-1}, gate, run the core.
 
-        embed_gates (B, G * H) is the core's projection of the word embedding. Returns h_t (B, H),
-        the context (B, D), the gated context z_t = beta * context (B, D), alpha_t (B, P), the new state.
+        embed_gates (B, G * H) is the core's projection of the word embedding. Returns h_t (B, H), the context
+        the word groups read (B, D), the gated context z_t = beta * context (B, D), alpha_t (B, P), the new state.
         """
         query = state[0][:, -1]  # top layer's h_{t-1}: (B, H)
         context, alpha = self.attention(attended.keys, attended.memory, query, attended.mask)
         gated = torch.sigmoid(self.gate(query)) * context  # (B, D)
+        if attended.class_offset is not None:  # sum_p alpha_p (grid_p + offset_p) - sum_p alpha_p offset_p
+            context = context.float() - alpha.float() @ attended.class_offset.float()
         if attended.summed is not None:
             gates = embed_gates + attended.summed.linear(gated, attended.context_weight)
         else:
@@ -244,13 +255,15 @@ class AttentionDecoder(WordGroups, nn.Module):
             return logits
         return self._visual_scores(F.log_softmax(logits.float(), dim=-1), context)
 
-    def forward(self, memory: Tensor, tokens: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, memory: Tensor, tokens: Tensor, mask: Tensor | None = None, class_offset: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Teacher-forced decoding.
 
-        memory (B, P, D); tokens (B, T) the input words (BOS w1 ... w_{T-1}); mask (B, P).
-        Returns logits (B, T, V) predicting w1 ... w_T, and attention weights alphas (B, T, P).
+        memory (B, P, D); tokens (B, T) the input words (BOS w1 ... w_{T-1}); mask (B, P); class_offset (P, D)
+        see prepare. Returns logits (B, T, V) predicting w1 ... w_T, and attention weights alphas (B, T, P).
         """
-        attended = self.prepare(memory, mask)
+        attended = self.prepare(memory, mask, class_offset=class_offset)
         if torch.is_grad_enabled() and attended.context_weight.requires_grad and not self._compiled:
             attended.summed = SummedWeightGrad()
         state = self.init_state(memory, mask)
@@ -286,13 +299,15 @@ class AttentionDecoder(WordGroups, nn.Module):
         norm: Norm = SUMMED,
         rules: Rules | None = None,
         n_best: int = 1,
+        class_offset: Tensor | None = None,
     ) -> Generation:
         """Free-running decoding from a memory (B, P, D): greedy for beam_size 1, else batched beam search
-        (decoding.beam_search: norm ranks hypotheses, rules constrain them, n_best of them per input).
+        (decoding.beam_search: norm ranks hypotheses, rules constrain them, n_best of them per input);
+        class_offset (P, D): see prepare.
 
         The traces of the result are the attention weights (len_i, P) of every emitted token.
         """
-        attended = self.prepare(memory, mask, decoding=True)
+        attended = self.prepare(memory, mask, decoding=True, class_offset=class_offset)
         state = self.init_state(memory, mask)
         start = torch.full((memory.size(0),), bos_id, dtype=torch.long, device=memory.device)
         if beam_size > 1:  # K states per memory row; the memory itself is not copied

@@ -71,6 +71,8 @@ class CaptioningTask(Task):
         self.manifest = load_manifest(config.data.root)
         config.decoder.class_words = resolve_class_words(config)  # auto -> what it means here, saved so
         resumed = run.checkpoint["vocabularies"]["vocab"] if run.checkpoint is not None else None
+        if run.checkpoint is not None:  # a resumed run's class words go on reading what they were trained on
+            config.decoder.class_reads = saved_class_reads(run.checkpoint, config.decoder.class_reads)
         vocab = training_vocab(config, self.manifest, resumed and Vocab.from_dict(resumed), config.decoder.class_words)
         self.vocab, self.vocabularies = vocab, {"vocab": vocab}
         self.model: Captioner = build_model(config, self.vocabularies, pretrained=run.checkpoint is None).to(
@@ -314,3 +316,10 @@ def evaluate(
     if output:
         write_json(output, report)
     return report
+
+
+def saved_class_reads(checkpoint: dict, default: str) -> str:
+    """decoder.class_reads of a checkpoint's config (upgraded: version 2 and older say memory), else default."""
+    decoder = checkpoint.get("config", {}).get("decoder") if isinstance(checkpoint.get("config"), dict) else None
+    saved = decoder.get("class_reads") if isinstance(decoder, dict) else None
+    return saved if saved in ("grid", "memory") else default
