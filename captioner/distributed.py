@@ -11,6 +11,7 @@ single process, and every helper here is then a no-op.
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,25 @@ def leave(together: bool = True) -> None:
             gc.collect()
             dist.barrier()
         dist.destroy_process_group()
+
+
+# What a collective raises on a rank whose peer process went away: gloo's "Connection closed by peer" or
+# "Connection reset by peer" (a RuntimeError naming the gloo source file), torch's DistError family (NCCL, the store)
+GLOO_PEER = re.compile(r"\[[^\]]*gloo[^\]]*\]\s*(?P<what>Connection (?:closed|reset) by peer(?: \[[^\]]*\][:\d]*)?)")
+
+
+def peer_failure(error: BaseException, world: World) -> DistributedError | None:
+    """A one-line DistributedError for a rank whose collective failed because another process of the run ended
+    (that process prints the error that matters); None for any other error, and in a single process."""
+    if not world.distributed:
+        return None
+    found = GLOO_PEER.search(str(error))
+    if found is None and not isinstance(error, dist.DistError):
+        return None
+    what = found["what"] if found else " ".join(str(error).split())[:160]
+    return DistributedError(
+        f"rank {world.rank} stopped: another process of this run ended first ({what}); its own output says why"
+    )
 
 
 def barrier(world: World) -> None:

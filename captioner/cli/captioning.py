@@ -48,8 +48,11 @@ def train(args: argparse.Namespace) -> int:
     distributed.join(world, resolve_device(config.train.device))
     try:
         best = fit(config, resume=args.resume, world=world)
-    except BaseException:
+    except BaseException as error:
         distributed.leave(together=False)
+        lost = distributed.peer_failure(error, world)  # one line here; the process that failed tells why
+        if lost is not None:
+            raise lost from None
         raise
     distributed.leave()
     if world.main:

@@ -103,6 +103,13 @@ class Trainer:
         if self.scaler is not None and saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
         restore_random_state(saved["rng"], self.world, self.train.seed, saved["step"], self.device)
+        if len(saved["rng"]) != self.world.size:
+            now, before = (f"{n} process{'es' if n != 1 else ''}" for n in (self.world.size, len(saved["rng"])))
+            rest = ", and the rest of this epoch is drawn in the new order" if saved["position"] else ""
+            self.log(
+                f"resumed on {now} a run saved on {before}: from here the data order and the random streams "
+                f"(dropout, sampling) differ from an uninterrupted run's{rest}"
+            )
         for name in Progress.FIELDS:
             setattr(self.progress, name, saved[name])
         if self.progress.epoch is None:  # a version-1 char LM checkpoint knew its step only
