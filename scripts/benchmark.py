@@ -141,7 +141,7 @@ def _cached_loader(recipe: dict, config, grid: tuple[int, int], device, work: Pa
     import numpy as np
     import torch
 
-    from captioner.data.feature_cache import CachedCaptionSet
+    from captioner.data.feature_cache import CachedCaptionSet, GridFile
     from captioner.data.loaders import training_loader
     from captioner.distributed import SINGLE
     from captioner.vocab import Vocab
@@ -154,7 +154,7 @@ def _cached_loader(recipe: dict, config, grid: tuple[int, int], device, work: Pa
     grids.flush()
     del grids
     items = [(i, torch.tensor([Vocab.bos_id, *ids, Vocab.eos_id])) for i, ids in enumerate(_captions(recipe, IMAGES))]
-    dataset = CachedCaptionSet(SimpleNamespace(items=items), np.load(path, mmap_mode="r"))
+    dataset = CachedCaptionSet(SimpleNamespace(items=items), GridFile(path))
     return training_loader(dataset, config, device, SINGLE)
 
 

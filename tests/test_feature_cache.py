@@ -118,3 +118,31 @@ def test_an_image_replaced_in_place_has_its_grid_computed_again(shapes_root, tmp
     assert not np.array_equal(after[2], before[2])
     assert np.array_equal(np.delete(after, 2, 0), np.delete(before, 2, 0))
     assert sorted(p.name for p in path.parent.iterdir()) == ["val.npy", "val.npy.stamps"]
+
+
+def test_a_grid_file_reads_and_writes_rows_in_place_and_reopens_when_pickled(tmp_path):
+    import pickle
+
+    from captioner.data.feature_cache import GridFile
+    from captioner.errors import DataError
+
+    path = tmp_path / "grids.npy"
+    rows = GridFile.create(path, (5, 3, 4))
+    values = np.arange(2 * 12, dtype=np.float32).reshape(2, 3, 4)
+    rows[np.array([3, 1])] = values
+    rows.close()
+    grids = GridFile(path)
+    assert np.load(path).shape == (5, 3, 4)  # a .npy file numpy itself reads
+    np.testing.assert_array_equal(np.load(path)[[3, 1]], values)
+    np.testing.assert_array_equal(grids[3], values[0])
+    assert not grids[0].any() and grids.shape == (5, 3, 4) and len(grids) == 5
+    again = pickle.loads(pickle.dumps(grids))  # what a DataLoader worker receives
+    np.testing.assert_array_equal(again[1], values[1])
+    with pytest.raises(IndexError):
+        grids[5]
+    np.save(tmp_path / "other.npy", np.zeros((2, 3, 4), dtype=np.float32))
+    assert GridFile.open(tmp_path / "other.npy") is None  # not a cache file: built again
+    with open(path, "r+b") as file:
+        file.truncate(path.stat().st_size - 10)
+    with pytest.raises(DataError, match="cut off at row 4"):
+        GridFile(path)[4]
