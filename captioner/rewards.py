@@ -11,11 +11,15 @@ Rennie et al. (2017) do for the reward, rather than from the captions being scor
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 N = 4  # n-grams of 1 to 4 words
 SIGMA = 6.0
+# The reference vectors kept, the most recently used: a picture's references are scored against each of its
+# samples and its greedy caption one after another, and all of COCO's (616,767 captions, about 5 KiB each as
+# vectors) would hold 3 GiB in every training process.
+KEPT_REFERENCES = 20_000
 
 
 @dataclass
@@ -34,7 +38,7 @@ class CiderD:
         for references in corpus:
             self.frequency.update({gram for words in references for gram in _grams(words)})
         self.log_documents = math.log(float(max(1, len(corpus))))
-        self._references: dict[tuple[str, ...], _Vector] = {}
+        self._references: OrderedDict[tuple[str, ...], _Vector] = OrderedDict()
 
     def _vector(self, words: list[str]) -> _Vector:
         weights: list[dict[tuple[str, ...], float]] = [{} for _ in range(N)]
@@ -46,9 +50,14 @@ class CiderD:
 
     def _reference(self, words: list[str]) -> _Vector:
         key = tuple(words)
-        if key not in self._references:  # references recur every epoch: vectorise each once
-            self._references[key] = self._vector(words)
-        return self._references[key]
+        vector = self._references.get(key)
+        if vector is None:
+            vector = self._references[key] = self._vector(words)
+            if len(self._references) > KEPT_REFERENCES:
+                self._references.popitem(last=False)
+        else:
+            self._references.move_to_end(key)
+        return vector
 
     def score(self, candidate: list[str], references: list[list[str]]) -> float:
         """CIDEr-D of one caption against its references, on the toolkit's scale (about 0 to 10)."""

@@ -35,6 +35,22 @@ def test_cider_d_equals_the_coco_toolkit():
     assert max(scores) == scores[3]
 
 
+def test_cider_d_keeps_a_bounded_number_of_reference_vectors_and_scores_the_same(monkeypatch):
+    from captioner import rewards
+
+    rng = random.Random(1)
+    words = "a red car on the road blue sky big dog cat runs sits green tree".split()
+    corpus = [[rng.choices(words, k=rng.randint(2, 9)) for _ in range(3)] for _ in range(40)]
+    candidates = [rng.choices(words, k=rng.randint(1, 9)) for _ in range(40)]
+    unbounded = CiderD(corpus)
+    expected = [unbounded.score(c, refs) for c, refs in zip(candidates, corpus, strict=True)]
+    monkeypatch.setattr(rewards, "KEPT_REFERENCES", 4)
+    bounded = CiderD(corpus)
+    for _ in range(2):  # the second pass finds few of its vectors kept: computed again, the same
+        assert [bounded.score(c, refs) for c, refs in zip(candidates, corpus, strict=True)] == expected
+        assert len(bounded._references) <= 4
+
+
 def test_the_loss_gradient_equals_the_hand_computed_policy_gradient():
     """Two sampled sequences of a toy policy, a banned token in one position: the gradient of the loss with
     respect to the logits is -A (onehot(word) - softmax over the allowed tokens) / words, per position."""
