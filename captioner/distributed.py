@@ -75,8 +75,10 @@ def leave(together: bool = True) -> None:
 
 
 # What a collective raises on a rank whose peer process went away: gloo's "Connection closed by peer" or
-# "Connection reset by peer" (a RuntimeError naming the gloo source file), torch's DistError family (NCCL, the store)
+# "Connection reset by peer" (a RuntimeError naming the gloo source file), NCCL's and the store's words for a
+# peer that exited. Any other error of a collective is this rank's own, and keeps its traceback.
 GLOO_PEER = re.compile(r"\[[^\]]*gloo[^\]]*\]\s*(?P<what>Connection (?:closed|reset) by peer(?: \[[^\]]*\][:\d]*)?)")
+OTHER_PEER = re.compile(r"remote process exited|Connection was likely closed|peer (?:has )?(?:closed|exited)", re.I)
 
 
 def peer_failure(error: BaseException, world: World) -> DistributedError | None:
@@ -85,7 +87,7 @@ def peer_failure(error: BaseException, world: World) -> DistributedError | None:
     if not world.distributed:
         return None
     found = GLOO_PEER.search(str(error))
-    if found is None and not isinstance(error, dist.DistError):
+    if found is None and not (isinstance(error, dist.DistError) and OTHER_PEER.search(str(error))):
         return None
     what = found["what"] if found else " ".join(str(error).split())[:160]
     return DistributedError(

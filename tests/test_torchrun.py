@@ -119,3 +119,23 @@ def test_an_error_on_one_rank_ends_every_rank_and_is_printed_once(shapes_root, t
     other = 1 - failing
     assert f"captioner: error: rank {other} stopped: another process of this run ended first" in output
     assert not any(f"[rank{other}]: Traceback" in line for line in output.splitlines())  # one line, no traceback
+
+
+def test_only_a_lost_peer_becomes_the_one_line_error():
+    from captioner.distributed import World, peer_failure
+
+    gloo = RuntimeError(
+        "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+        "[127.0.0.1]:11651. This is typically caused by a remote worker crashing."
+    )
+    two = World(0, 2)
+    assert str(peer_failure(gloo, two)) == (
+        "rank 0 stopped: another process of this run ended first (Connection closed by peer "
+        "[127.0.0.1]:11651); its own output says why"
+    )
+    assert peer_failure(gloo, World()) is None  # one process: no peer
+    assert peer_failure(ValueError("Connection closed by peer"), two) is None  # not a collective's error
+    own = torch.distributed.DistBackendError("NCCL error: unhandled cuda error, this rank's own")
+    assert peer_failure(own, two) is None  # this rank's own failure keeps its traceback
+    store = torch.distributed.DistNetworkError("Failed to recv, got 0 bytes. Connection was likely closed.")
+    assert peer_failure(store, two) is not None

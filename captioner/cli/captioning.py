@@ -52,7 +52,7 @@ def train(args: argparse.Namespace) -> int:
         distributed.leave(together=False)
         lost = distributed.peer_failure(error, world)  # one line here; the process that failed tells why
         if lost is not None:
-            raise lost from None
+            raise lost from error
         raise
     distributed.leave()
     if world.main:
