@@ -142,7 +142,11 @@ def test_a_grid_file_reads_and_writes_rows_in_place_and_reopens_when_pickled(tmp
         grids[5]
     np.save(tmp_path / "other.npy", np.zeros((2, 3, 4), dtype=np.float32))
     assert GridFile.open(tmp_path / "other.npy") is None  # not a cache file: built again
+    with pytest.raises(ValueError, match="do not fit"):
+        GridFile(path, writable=True)[np.array([0])] = np.zeros((1, 3, 5))
+    opened = GridFile(path)
     with open(path, "r+b") as file:
         file.truncate(path.stat().st_size - 10)
-    with pytest.raises(DataError, match="cut off at row 4"):
-        GridFile(path)[4]
+    with pytest.raises(DataError, match="cut off at row 4"):  # cut off while open
+        opened[4]
+    assert GridFile.open(path) is None  # cut off before: not a cache file, built again

@@ -161,6 +161,8 @@ class GridFile:
             raise ValueError(f"{self.path} does not hold fp16 rows (N, P, D) in C order")
         self.shape: tuple[int, int, int] = tuple(shape)
         self.row_bytes = 2 * shape[1] * shape[2]
+        if self.path.stat().st_size != self.offset + shape[0] * self.row_bytes:
+            raise ValueError(f"{self.path} is not as long as its header says (cut off?)")
         self.fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
 
     @classmethod
@@ -192,9 +194,13 @@ class GridFile:
         return np.frombuffer(data, dtype=np.float16).reshape(self.shape[1:])
 
     def __setitem__(self, rows: np.ndarray, values: np.ndarray) -> None:
+        rows = np.asarray(rows).tolist()
         values = np.ascontiguousarray(values, dtype=np.float16)
-        for row, value in zip(np.asarray(rows).tolist(), values, strict=True):
-            os.pwrite(self.fd, value.tobytes(), self.offset + row * self.row_bytes)
+        if values.shape != (len(rows), *self.shape[1:]):
+            raise ValueError(f"rows of {values.shape} do not fit {self.path}'s {self.shape}")
+        for row, value in zip(rows, values, strict=True):
+            if os.pwrite(self.fd, value.tobytes(), self.offset + row * self.row_bytes) != self.row_bytes:
+                raise DataError(f"could not write row {row} of the feature cache {self.path} whole (disk full?)")
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         """Every row at once (tests and small sets)."""
