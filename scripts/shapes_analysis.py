@@ -44,6 +44,12 @@ def seen_partner(colour: str, shape: str) -> str:
 
 
 @torch.no_grad()
+def next_word(model, memory, ids, vocab) -> str:
+    """The word the teacher-forced decoder puts first after ids."""
+    logits, _ = model.decoder(memory, ids, class_offset=model.class_offset)
+    return vocab.itos[int(logits[0, -1].argmax())]
+
+
 def main(args: argparse.Namespace) -> None:
     model, config, vocabularies = restore(args.checkpoint, kind="captioner")
     vocab = vocabularies["vocab"]
@@ -61,10 +67,10 @@ def main(args: argparse.Namespace) -> None:
             at = next(k for k in range(len(words) - 1) if words[k : k + 2] == [colour, shape])
             ids = torch.tensor([[vocab.bos_id, *vocab.encode(words[: at + 1])]])
             row = counts["held-out pairs" if thing["phrase"] in held else "seen pairs"]
-            row[0] += vocab.itos[int(model.decoder(memory, ids)[0][0, -1].argmax())] == shape
+            row[0] += next_word(model, memory, ids, vocab) == shape
             if args.swap:
                 ids[0, -1] = vocab.stoi[seen_partner(colour, shape)]
-                row[1] += vocab.itos[int(model.decoder(memory, ids)[0][0, -1].argmax())] == shape
+                row[1] += next_word(model, memory, ids, vocab) == shape
             row[2] += 1
     print(f"{args.split} split, first {len(records)} images, teacher-forced next word after the colour:")
     for name, (right, swapped, total) in counts.items():

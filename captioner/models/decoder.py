@@ -219,7 +219,8 @@ class AttentionDecoder(WordGroups, nn.Module):
         context, alpha = self.attention(attended.keys, attended.memory, query, attended.mask)
         gated = torch.sigmoid(self.gate(query)) * context  # (B, D)
         if attended.class_offset is not None:  # sum_p alpha_p (grid_p + offset_p) - sum_p alpha_p offset_p
-            context = context.float() - alpha.float() @ attended.class_offset.float()
+            with torch.autocast(context.device.type, enabled=False):  # in float32, as the class words read it
+                context = context.float() - alpha.float() @ attended.class_offset.float()
         if attended.summed is not None:
             gates = embed_gates + attended.summed.linear(gated, attended.context_weight)
         else:
