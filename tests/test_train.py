@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from captioner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from captioner.checkpoint import VERSION, CheckpointError, load_checkpoint, save_checkpoint
 from captioner.device import amp_dtype
 from captioner.errors import ConfigError
 from captioner.models.registry import restore
@@ -30,7 +30,7 @@ def test_fit_writes_a_run_directory(shapes_root, tmp_path):
 def test_checkpoint_loads_with_weights_only_and_rebuilds_the_model(shapes_root, tmp_path):
     best = fit(tiny_config(shapes_root, tmp_path / "run", epochs=1), log=lambda _: None)
     raw = torch.load(best, weights_only=True)  # no pickled code anywhere inside
-    assert {"kind", "model", "config", "vocabularies", "metrics", "training"} <= set(raw) and raw["version"] == 2
+    assert {"kind", "model", "config", "vocabularies", "metrics", "training"} <= set(raw) and raw["version"] == VERSION
     assert {"step", "optimizer", "epoch"} <= set(raw["training"])
     model, config, vocabularies = restore(best)
     vocab = vocabularies["vocab"]
