@@ -18,12 +18,13 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from captioner.data.images import ImageTransform, load_image  # noqa: E402
-from captioner.data.manifest import load_manifest  # noqa: E402
+from captioner.data.images import ImageTransform  # noqa: E402
+from captioner.data.manifest import ImageSet, collate_images, load_manifest  # noqa: E402
 from captioner.models.registry import restore  # noqa: E402
 
 
@@ -40,8 +41,7 @@ def main() -> None:
     transform = ImageTransform(size=config.data.image_size, mean=model.encoder.mean, std=model.encoder.std)
     words = model.decoder.class_word_ids
     same_class = same_word = 0
-    for start in range(0, len(records), 32):
-        images = torch.stack([transform(load_image(record.path)) for record in records[start : start + 32]])
+    for images, _ in DataLoader(ImageSet(records, transform), batch_size=32, collate_fn=collate_images):
         with torch.no_grad():
             read = model.decoder.prepare(model.encoder(images), class_offset=model.class_offset).whole_classes
         first, classified = read.argmax(-1), model.classify(images)[1]

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/feed_rates.py --pictures /tmp/scale/n10000 --output rates.json
 
 Every rate is of one thread in one process (torch.set_num_threads(1)), through the code training runs:
-- cache read: CachedCaptionSet's item (a row of the fp16 memory-mapped cache turned into a float32 tensor) in
+- cache read: CachedCaptionSet's item (a row of the fp16 cache read by GridFile, made a float32 tensor) in
   the random order of an epoch, for a cache file of the cpu recipe's 7 x 7 x 1280 grids and one of the coco
   recipe's 14 x 14 x 2048 (written here at random, --cache-images rows each); "cold" after the file's pages were
   dropped from the page cache (posix_fadvise DONTNEED), "warm" when they are all in memory.
@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from captioner.data.feature_cache import CachedCaptionSet  # noqa: E402
+from captioner.data.feature_cache import CachedCaptionSet, GridFile  # noqa: E402
 from captioner.data.images import ImageTransform, load_image  # noqa: E402
 from captioner.rewards import CiderD  # noqa: E402
 
@@ -56,33 +57,31 @@ def drop_pages(path: Path) -> None:
 
 
 def cache_rates(folder: Path, rows: int) -> dict:
-    """Grids per second (and MB/s) read through CachedCaptionSet, cold and warm, for each recipe's grid."""
+    """Grids per second (and MB/s) read through CachedCaptionSet over a GridFile (what training reads), cold and
+    warm, for each recipe's grid."""
     result = {}
     for recipe, (positions, width) in GRIDS.items():
         path = folder / f"{recipe}.npy"
-        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(rows, positions, width))
+        written = GridFile.create(path, (rows, positions, width))
         for start in range(0, rows, 256):
-            array[start : start + 256] = np.random.default_rng(start).random((min(256, rows - start), positions, width))
-        array.flush()
-        del array
-        grids = np.load(path, mmap_mode="r")
+            block = np.arange(start, min(start + 256, rows))
+            written[block] = np.random.default_rng(start).random((len(block), positions, width))
+        written.close()
         items = [(i, None) for i in range(rows)]  # (record index, caption ids): one caption per picture here
-        dataset = CachedCaptionSet.__new__(CachedCaptionSet)
-        dataset.items, dataset.grids = items, grids
+        dataset = CachedCaptionSet(SimpleNamespace(items=items), GridFile(path))
         order = np.random.default_rng(0).permutation(rows)
-        row_bytes = positions * width * 2
         for state in ("cold", "warm"):
             if state == "cold":
                 os.sync()
                 drop_pages(path)
             else:
-                np.asarray(grids).sum(dtype=np.float32)  # every page read once
+                path.read_bytes()  # every page read once
             start = time.perf_counter()
             for index in order:
                 dataset[int(index)]
             rate = rows / (time.perf_counter() - start)
-            result[f"{recipe} {state}"] = {"grids_per_s": round(rate, 1), "mb_per_s": round(rate * row_bytes / 1e6, 1)}
-        del grids
+            mb = rate * positions * width * 2 / 1e6
+            result[f"{recipe} {state}"] = {"grids_per_s": round(rate, 1), "mb_per_s": round(mb, 1)}
         path.unlink()
     return result
 

@@ -32,17 +32,18 @@ captioner=.venv/bin/captioner
 work=${work:-$out/work}
 
 shapes() { "$captioner" data shapes --out "$work/shapes" --train 1024 --val 64 --test 64 --image-size 32; }
-# a small_cnn captioner on the shapes, small enough for an epoch in seconds
-train() {
-  "$captioner" train --config configs/shapes_small_cnn.yaml data.root="$work/shapes" data.image_size=32 \
-    encoder.grid_size=4 encoder.width=32 decoder.hidden_dim=128 train.batch_size=64 train.max_minutes=3 \
-    train.val_metrics=bleu train.device="$device" "$@"
+# a small_cnn captioner on the shapes, small enough for an epoch in seconds: its recipe (the array `recipe`,
+# set when a check runs: device and work are known then), trained in one process or in DDP
+set_recipe() {
+  recipe=(--config configs/shapes_small_cnn.yaml data.root="$work/shapes" data.image_size=32 encoder.grid_size=4
+    encoder.width=32 decoder.hidden_dim=128 train.batch_size=64 train.max_minutes=3 train.val_metrics=bleu
+    train.device="$device")
 }
+train() { set_recipe; "$captioner" train "${recipe[@]}" "$@"; }
 ddp() {
+  set_recipe
   OMP_NUM_THREADS=$threads .venv/bin/torchrun --standalone --nproc-per-node "$gpus" -m captioner train \
-    --config configs/shapes_small_cnn.yaml data.root="$work/shapes" data.image_size=32 encoder.grid_size=4 \
-    encoder.width=32 decoder.hidden_dim=128 train.batch_size=64 train.max_minutes=3 train.val_metrics=bleu \
-    train.device="$device" "$@"
+    "${recipe[@]}" "$@"
 }
 
 # Killed with SIGKILL once the first checkpoint (last.pt) is written, then resumed; compared with the same run

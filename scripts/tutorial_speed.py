@@ -25,6 +25,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,16 +34,11 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import benchmark  # noqa: E402 - scripts/benchmark.py: the coco recipe's caption lengths and its rows
 
 GRID, FEATURES, WIDTH, WORDS, BATCH = 14, 2048, 512, 10_000, 32
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("benchmark", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tutorial_models(checkout: Path):
@@ -136,10 +132,12 @@ def tutorial_beam(models, search, pictures: int) -> float:
 def ours(task: str, repeats: int) -> float:
     """This package's row of scripts/benchmark.py (coco recipe, fp32), in a process of its own."""
     command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--recipe", "coco", "--dtype", "fp32"]
-    command += ["--task", task, "--beams", "3", "--repeats", str(repeats)]
-    output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    row = next(line for line in output.splitlines() if line.startswith("| ") and " coco " in line)
-    return float(row.split("|")[7].split()[0].replace(",", ""))
+    with tempfile.TemporaryDirectory() as folder:
+        table = Path(folder) / "rows.md"
+        command += ["--task", task, "--beams", "3", "--repeats", str(repeats), "--output", str(table)]
+        subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+        [row] = json.loads(table.with_suffix(".json").read_text())
+    return round(row["throughput"], 1)
 
 
 def main() -> None:
@@ -152,7 +150,6 @@ def main() -> None:
     args = parser.parse_args()
     threads = torch.get_num_threads()
     models, search = tutorial_models(args.tutorial), tutorial_beam_search(args.tutorial)
-    benchmark = load_benchmark()
     lengths = [len(words) for words in benchmark._captions(benchmark.RECIPES["coco"], 768)]
     result = {"threads": threads}
     result["tutorial_train"] = round(tutorial_training(models, lengths, args.seconds), 1)

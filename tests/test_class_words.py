@@ -261,6 +261,7 @@ def test_class_words_read_the_backbones_features_as_classify_does_under_a_positi
         assert attended.whole_classes.argmax(-1).tolist() == model.classify(images)[1].tolist()
         # a step's class reading: the attention-weighted sum of the grids, without the position embedding
         _, context, _, alpha, _ = decoder._recur(torch.zeros(4, 4 * 8), decoder.init_state(memory), attended)
+        context = decoder._class_context(context, alpha, attended)
         torch.testing.assert_close(context, torch.einsum("bp,bpd->bd", alpha, grids), atol=1e-4, rtol=1e-4)
         # with the position embedding in what they read, the classes differ: what version-2 checkpoints keep
         old = decoder.prepare(memory)

@@ -5,7 +5,6 @@ changes; an error on any rank ends every rank, and only that rank prints it."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,10 +16,9 @@ import torch
 from captioner.checkpoint import load_checkpoint
 from captioner.files import write_yaml
 from captioner.tasks.captioning import fit
-from tests.conftest import tiny_config
+from tests.test_distributed import TRAIN_CAPTIONS, _config, _free_port  # one global batch: one step
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_CAPTIONS = 48  # the shapes_root fixture: one global batch of all of them is one step
 DEADLINE = 180  # seconds: every node's torchrun has ended by then, or the test fails
 
 # Imported by every Python process started with this folder on PYTHONPATH: the worker whose RANK is FAIL_RANK
@@ -35,18 +33,6 @@ if "RANK" in os.environ and os.environ["RANK"] == os.environ.get("FAIL_RANK"):
 
     loop.Trainer.step = failing
 """
-
-
-def _config(root, run_dir, **train):
-    config = tiny_config(root, run_dir, batch_size=TRAIN_CAPTIONS, lr_schedule="constant", **train)
-    config.decoder.dropout = 0.0  # one process and two draw different masks
-    return config
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _nodes(config_path: Path, *arguments: str, nodes: int = 2, env: dict | None = None) -> list[tuple[int, str]]:
@@ -76,8 +62,8 @@ def _nodes(config_path: Path, *arguments: str, nodes: int = 2, env: dict | None 
 
 
 def test_two_nodes_on_one_host_train_as_one_process(shapes_root, tmp_path):
-    fit(_config(shapes_root, tmp_path / "one", epochs=1), log=lambda *_: None)
-    write_yaml(tmp_path / "two.yaml", _config(shapes_root, tmp_path / "two", epochs=1).to_dict())
+    fit(_config(shapes_root, tmp_path / "one", TRAIN_CAPTIONS), log=lambda *_: None)
+    write_yaml(tmp_path / "two.yaml", _config(shapes_root, tmp_path / "two", TRAIN_CAPTIONS).to_dict())
     results = _nodes(tmp_path / "two.yaml")
     assert [code for code, _ in results] == [0, 0], results
     assert sum("2 processes" in output for _, output in results) == 1  # rank 0 logs, on whichever node it is
@@ -90,7 +76,7 @@ def test_two_nodes_on_one_host_train_as_one_process(shapes_root, tmp_path):
 
 
 def test_a_run_resumes_on_another_number_of_processes_and_says_what_changes(shapes_root, tmp_path):
-    config = _config(shapes_root, tmp_path / "run", epochs=1)
+    config = _config(shapes_root, tmp_path / "run", TRAIN_CAPTIONS)
     fit(config, log=lambda *_: None)  # one process, one epoch
     write_yaml(tmp_path / "run.yaml", config.to_dict())
     results = _nodes(tmp_path / "run.yaml", "--resume", "train.epochs=2")
@@ -108,7 +94,7 @@ def test_a_run_resumes_on_another_number_of_processes_and_says_what_changes(shap
 def test_an_error_on_one_rank_ends_every_rank_and_is_printed_once(shapes_root, tmp_path, failing):
     (tmp_path / "inject").mkdir()
     (tmp_path / "inject" / "sitecustomize.py").write_text(FAILING_STEP)
-    write_yaml(tmp_path / "run.yaml", _config(shapes_root, tmp_path / "run", epochs=1).to_dict())
+    write_yaml(tmp_path / "run.yaml", _config(shapes_root, tmp_path / "run", TRAIN_CAPTIONS).to_dict())
     path = os.pathsep.join(filter(None, [str(tmp_path / "inject"), os.environ.get("PYTHONPATH")]))
     start = time.monotonic()
     results = _nodes(tmp_path / "run.yaml", env={"PYTHONPATH": path, "FAIL_RANK": str(failing)})

@@ -168,7 +168,7 @@ class GridFile:
     @classmethod
     def create(cls, path: str | Path, shape: tuple[int, ...]) -> GridFile:
         """A new file of that shape (its rows zero until written: a sparse file), open for writing."""
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False, "shape": shape}
+        header = {"descr": np.lib.format.dtype_to_descr(cls.dtype), "fortran_order": False, "shape": tuple(shape)}
         with open(path, "wb") as file:
             np.lib.format.write_array_header_1_0(file, header)
             file.truncate(file.tell() + 2 * int(np.prod(shape)))

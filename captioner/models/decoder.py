@@ -188,8 +188,9 @@ class AttentionDecoder(WordGroups, nn.Module):
         else:  # class words: the whole picture's classes, once per memory rather than at every step
             whole_classes = self._whole_classes(memory if class_offset is None else memory - class_offset, mask)
         keys = self.attention.project_memory(memory)
-        attended = AttendedMemory(memory, keys, mask, weight.contiguous(), whole_classes=whole_classes)
-        attended.class_offset = class_offset
+        attended = AttendedMemory(
+            memory, keys, mask, weight.contiguous(), whole_classes=whole_classes, class_offset=class_offset
+        )
         if decoding:
             attended.classifier_t = _cast_once(self.classifier.weight.t()).contiguous()
         return attended
@@ -212,21 +213,28 @@ class AttentionDecoder(WordGroups, nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, State]:
         """The sequential part of one step: attend with h_{t-1}, gate, run the core.
 
-        embed_gates (B, G * H) is the core's projection of the word embedding. Returns h_t (B, H), the context
-        the word groups read (B, D), the gated context z_t = beta * context (B, D), alpha_t (B, P), the new state.
+        embed_gates (B, G * H) is the core's projection of the word embedding. Returns h_t (B, H),
+        the context (B, D), the gated context z_t = beta * context (B, D), alpha_t (B, P), the new state.
         """
         query = state[0][:, -1]  # top layer's h_{t-1}: (B, H)
         context, alpha = self.attention(attended.keys, attended.memory, query, attended.mask)
         gated = torch.sigmoid(self.gate(query)) * context  # (B, D)
-        if attended.class_offset is not None:  # sum_p alpha_p (grid_p + offset_p) - sum_p alpha_p offset_p
-            with torch.autocast(context.device.type, enabled=False):  # in float32, as the class words read it
-                context = context.float() - alpha.float() @ attended.class_offset.float()
         if attended.summed is not None:
             gates = embed_gates + attended.summed.linear(gated, attended.context_weight)
         else:
             gates = embed_gates + F.linear(gated, attended.context_weight)
         hidden, state = self.core.step_projected(gates, state)
         return hidden, context, gated, alpha, state
+
+    @staticmethod
+    def _class_context(context: Tensor, alpha: Tensor, attended: AttendedMemory) -> Tensor:
+        """The attended context (..., D) as the word groups read it: for class words without the part of the memory
+        they do not read (AttendedMemory.class_offset), sum_p alpha_p (grid_p + offset_p) - sum_p alpha_p offset_p,
+        in float32; alpha (..., P)."""
+        if attended.class_offset is None:
+            return context
+        with torch.autocast(context.device.type, enabled=False):
+            return context.float() - alpha.float() @ attended.class_offset.float()
 
     def _output(
         self,
@@ -285,8 +293,10 @@ class AttentionDecoder(WordGroups, nn.Module):
             alphas.append(alpha)
         hidden_all = torch.stack(hiddens, dim=1)  # (B, T, H)
         context_all, gated_all = torch.stack(contexts, dim=1), torch.stack(gateds, dim=1)  # (B, T, D)
+        alpha_all = torch.stack(alphas, dim=1)  # (B, T, P)
+        context_all = self._class_context(context_all, alpha_all, attended)  # all steps in one product
         logits = self._output(embedded, hidden_all, context_all, gated_all, attended.whole_classes)  # (B, T, V)
-        return logits, torch.stack(alphas, dim=1)
+        return logits, alpha_all
 
     @torch.no_grad()
     def decode(
@@ -330,5 +340,6 @@ class AttentionDecoder(WordGroups, nn.Module):
         embedded = self.embed(tokens)  # (B, E)
         embed_gates = self.core.project_input(embedded, stop=self.embed_dim)
         hidden, context, gated, alpha, state = self._recur(embed_gates, state, attended)
+        context = self._class_context(context, alpha, attended)
         scores = self._output(embedded, hidden, context, gated, attended.whole_classes, attended.classifier_t)
         return scores, state, alpha
