@@ -70,10 +70,13 @@ def add_recipe(parser: argparse.ArgumentParser, example: str) -> None:
     )
 
 
-def add_task_group(commands, name: str, help: str, sources: list[tuple], schema, fit, recipe_example: str):
+def add_task_group(
+    commands, name: str, help: str, sources: list[tuple], schema, fit, recipe_example: str, verbs_of_task=()
+) -> None:
     """`captioner NAME data SOURCE [--out OUT]` and `captioner NAME train --config ...`, the verbs every task
-    group has. sources: [(name, help, default --out, prepare(out)), ...]; schema and fit: the task's
-    config class and fit(config, resume). Returns the group's subparsers for its other verbs."""
+    group has, then the task's own. sources: [(name, help, default --out, prepare(out)), ...]; schema and fit:
+    the task's config class and fit(config, resume); verbs_of_task: functions that each add one verb to the
+    group's subparsers (evaluate, sample, ...)."""
     group = commands.add_parser(name, help=help)
     verbs = group.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
     data = verbs.add_parser("data", help="prepare a data set")
@@ -89,7 +92,8 @@ def add_task_group(commands, name: str, help: str, sources: list[tuple], schema,
     )
     add_recipe(parser, recipe_example)
     parser.add_argument("--resume", action="store_true", help="continue from last.pt in the run directory")
-    return verbs
+    for add_verb in verbs_of_task:
+        add_verb(verbs)
 
 
 def train(args: argparse.Namespace, schema, fit) -> int:

@@ -22,8 +22,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands) -> None:
-    verbs = add_task_group(commands, "ball", GROUP_HELP, SOURCES, BallConfig, ball.fit, RECIPE)
-    add_evaluate(verbs)
+    add_task_group(commands, "ball", GROUP_HELP, SOURCES, BallConfig, ball.fit, RECIPE, (add_evaluate,))
 
 
 def add_evaluate(verbs) -> None:

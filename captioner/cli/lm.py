@@ -73,9 +73,9 @@ def cells(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands) -> None:
-    verbs = add_task_group(commands, "lm", GROUP_HELP, SOURCES, LMConfig, char_lm.fit, "configs/lm_shakespeare.yaml")
-    for add in (add_evaluate, add_sample, add_tunes, add_cells):
-        add(verbs)
+    recipe = "configs/lm_shakespeare.yaml"
+    own_verbs = (add_evaluate, add_sample, add_tunes, add_cells)
+    add_task_group(commands, "lm", GROUP_HELP, SOURCES, LMConfig, char_lm.fit, recipe, own_verbs)
 
 
 def add_evaluate(verbs) -> None:

@@ -34,9 +34,9 @@ def text(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands) -> None:
-    verbs = add_task_group(commands, "sentiment", GROUP_HELP, SOURCES, SentimentConfig, sentiment.fit, RECIPE)
-    for add in (add_evaluate, add_text):
-        add(verbs)
+    add_task_group(
+        commands, "sentiment", GROUP_HELP, SOURCES, SentimentConfig, sentiment.fit, RECIPE, (add_evaluate, add_text)
+    )
 
 
 def add_evaluate(verbs) -> None:

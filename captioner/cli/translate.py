@@ -72,9 +72,9 @@ def text(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands) -> None:
-    verbs = add_task_group(commands, "translate", GROUP_HELP, SOURCES, TranslateConfig, translation.fit, RECIPE)
-    for add in (add_evaluate, add_text):
-        add(verbs)
+    add_task_group(
+        commands, "translate", GROUP_HELP, SOURCES, TranslateConfig, translation.fit, RECIPE, (add_evaluate, add_text)
+    )
 
 
 def add_evaluate(verbs) -> None:
