@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from captioner.config import DecodeConfig
 from captioner.decoding import Norm, Rules, beam_search, greedy, sample
 from captioner.models.decoder import AttendedMemory, AttentionDecoder
 
@@ -297,7 +298,7 @@ def test_end_shares_and_sentence_checks_by_hand():
     shares = dict(zip(vocab.itos, model.decoder.end_share.tolist(), strict=True))
     assert shares["a"] == pytest.approx(1 / 4) and shares["truck"] == 1 / 2 and shares["car"] == 1.0
     assert shares["red"] == 0.0 and shares["<unk>"] == 1.0 and shares["<pad>"] == 0.0
-    can_end = model.can_end(0.3)
+    can_end = model.decoding(DecodeConfig(end_share=0.3))[1].can_end
     assert [vocab.itos[i] for i in can_end.nonzero().flatten().tolist()] == ["<unk>", "truck", "car"]
     checks = sentence_checks([["a", "red"], ["a", "truck", "truck"], []], caption_endings(records))
     assert checks == {"unfinished": 2, "repeats": 1, "words": 5 / 3}

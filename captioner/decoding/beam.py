@@ -7,14 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from captioner.decoding.arrays import ops
+from captioner.decoding.rules import SUMMED, Array, Generation, Norm, Rules, StepFn, cut_at_end, select_rows
 
-from captioner.decoding.rules import SUMMED, Generation, Norm, Rules, StepFn, cut_at_end, select_rows
+Tensor = Array  # torch tensors or NumPy arrays (captioner.decoding.arrays): the search is the same for both
 
 
-@torch.no_grad()
 def beam_search(
     step_fn: StepFn,
     state: Any,
@@ -30,7 +28,8 @@ def beam_search(
     """Beam search for B inputs at once, as one batch of B x K live hypotheses.
 
     `state` must already hold K copies of each input's state, input b at rows b*K .. b*K+K-1 (the
-    step function's constant inputs may be shared, as AttendedMemory is). start_tokens is (B,).
+    step function's constant inputs may be shared, as AttendedMemory is). start_tokens is (B,). Everything
+    may be torch tensors (the caller runs the search under torch.no_grad) or NumPy arrays (ONNX Runtime).
     narrow(keep), when given, must make the step function's own per-input constants keep only the inputs
     at positions keep (a long tensor into the inputs still searched, in order): inputs that are done then
     leave the batch, so the steps after cost only what the rest needs. Without it every input is stepped
@@ -43,33 +42,34 @@ def beam_search(
     still beat its n_best finished ones (_Finished.settled). The result is each input's best (and with
     n_best > 1 its n best, as candidates).
     """
-    B, K = start_tokens.size(0), beam_size
+    B, K = start_tokens.shape[0], beam_size
+    xp = ops(start_tokens)
     rules = rules or Rules()
-    tokens = start_tokens.repeat_interleave(K)  # (B*K,)
-    beam = _Beam.start(B, K, start_tokens.device)
-    done = _Finished.empty(B, n_best, max_len, eos_id, start_tokens.device)
+    tokens = xp.repeat(start_tokens, K)  # (B*K,)
+    beam = _Beam.start(B, K, start_tokens)
+    done = _Finished.empty(B, n_best, max_len, eos_id, start_tokens)
     history = _History(B)
-    best_penalty = torch.maximum(norm.penalty(1), norm.penalty(max_len + 1))  # at the most favourable length
+    best_penalty = max(norm.penalty(1), norm.penalty(max_len + 1))  # at the most favourable length
     for t in range(max_len + 1):
         logits, state, trace = step_fn(tokens, state)
         if trace is not None:
             history.record(trace, beam.alive, K)
         candidates = beam.extend(logits, rules, eos_id, max_len)
         if bool(candidates.ends.any()):
-            ended = torch.where(candidates.ends, candidates.scores / norm.penalty(t + 1), float("-inf"))
+            ended = xp.where(candidates.ends, candidates.scores / norm.penalty(t + 1), float("-inf"))
             done.offer(ended, candidates.words, candidates.parents, t, beam.alive)
         beam = beam.follow(candidates)
-        finished = done.settled(beam.alive, beam.scores.max(dim=1).values / best_penalty)  # (b,)
+        finished = done.settled(beam.alive, xp.max(beam.scores, axis=1) / best_penalty)  # (b,)
         count, b = int(finished.sum()), len(finished)
         if count == b:
             break
         rows = beam.rows()  # (b, K): each kept hypothesis's row in this step's batch
         if narrow is not None and count and count * 4 >= b:  # a quarter done: drop them (their copy costs less)
-            stay = (~finished).nonzero().squeeze(1)
+            stay = xp.nonzero(~finished)
             beam, rows = beam.select(stay), rows[stay]
             narrow(stay)
         history.origins.append(beam.parents)  # (b, K), the inputs of the next step
-        state = select_rows(state, rows.view(-1))
+        state = select_rows(state, rows.reshape(-1))
         tokens = beam.words[:, :, -1].reshape(-1)
     return _results(done, history, eos_id)
 
@@ -86,35 +86,38 @@ class _Beam:
     parents: Tensor
 
     @classmethod
-    def start(cls, inputs: int, beam_size: int, device) -> _Beam:
-        scores = torch.full((inputs, beam_size), float("-inf"), device=device)
+    def start(cls, inputs: int, beam_size: int, like: Tensor) -> _Beam:
+        xp = ops(like)
+        scores = xp.full((inputs, beam_size), float("-inf"), xp.float, like)
         scores[:, 0] = 0.0  # all beams start identical: keep one so the first step does not pick K copies
-        words = torch.zeros(inputs, beam_size, 0, dtype=torch.long, device=device)
-        parents = torch.zeros(inputs, beam_size, dtype=torch.long, device=device)
-        return cls(torch.arange(inputs, device=device), scores, words, parents)
+        words = xp.full((inputs, beam_size, 0), 0, xp.long, like)
+        parents = xp.full((inputs, beam_size), 0, xp.long, like)
+        return cls(xp.arange(inputs, like), scores, words, parents)
 
     def extend(self, logits: Tensor, rules: Rules, eos_id: int, max_len: int) -> _Candidates:
         """The 2K best one-word extensions that the rules allow, per input, from the step's logits (b*K, V):
         2K, so that K still go on when K of them end."""
+        xp = ops(logits)
         b, K, t = self.words.shape
-        V = logits.size(-1)
-        banned = rules.banned(self.words.view(b * K, t), V, eos_id, max_len).view(b, K, V)
-        log_probs = F.log_softmax(logits.float(), dim=-1).view(b, K, V).masked_fill(banned, float("-inf"))
-        top, flat = (self.scores.unsqueeze(-1) + log_probs).view(b, K * V).topk(min(2 * K, K * V), dim=1)
-        parents, new = torch.div(flat, V, rounding_mode="floor"), flat % V
-        words = torch.cat([_gather_beams(self.words, parents), new.unsqueeze(-1)], dim=2)
-        return _Candidates(top, words, parents, (new == eos_id) & top.isfinite())
+        V = logits.shape[-1]
+        banned = rules.banned(self.words.reshape(b * K, t), V, eos_id, max_len).reshape(b, K, V)
+        log_probs = xp.where(banned, float("-inf"), xp.log_softmax(xp.to_float(logits)).reshape(b, K, V))
+        top, flat = xp.topk((self.scores[:, :, None] + log_probs).reshape(b, K * V), min(2 * K, K * V))
+        parents, new = flat // V, flat % V
+        words = xp.cat([_gather_beams(self.words, parents), new[:, :, None]], axis=2)
+        return _Candidates(top, words, parents, (new == eos_id) & xp.isfinite(top))
 
     def follow(self, candidates: _Candidates) -> _Beam:
         """The new live beam: the K best candidates that go on, so an ended hypothesis never holds a slot."""
-        going = torch.where(candidates.ends, float("-inf"), candidates.scores)
-        scores, keep = going.topk(self.scores.size(1), dim=1)  # (b, K)
-        return _Beam(self.alive, scores, _gather_beams(candidates.words, keep), candidates.parents.gather(1, keep))
+        xp = ops(candidates.scores)
+        going = xp.where(candidates.ends, float("-inf"), candidates.scores)
+        scores, keep = xp.topk(going, self.scores.shape[1])  # (b, K)
+        return _Beam(self.alive, scores, _gather_beams(candidates.words, keep), xp.take(candidates.parents, keep, 1))
 
     def rows(self) -> Tensor:
         """(b, K): the row of the step's batch (b*K rows) that each hypothesis extends."""
         b, K = self.parents.shape
-        return torch.arange(b, device=self.parents.device).unsqueeze(1) * K + self.parents
+        return ops(self.parents).arange(b, self.parents)[:, None] * K + self.parents
 
     def select(self, keep: Tensor) -> _Beam:
         """The inputs at positions keep (b',) only."""
@@ -144,28 +147,33 @@ class _Finished:
     eos_id: int
 
     @classmethod
-    def empty(cls, inputs: int, n: int, max_len: int, eos_id: int, device) -> _Finished:
-        zeros = torch.zeros(inputs, n, dtype=torch.long, device=device)
-        words = torch.full((inputs, n, max_len), eos_id, dtype=torch.long, device=device)
-        return cls(torch.full((inputs, n), float("-inf"), device=device), words, zeros, zeros.clone(), eos_id)
+    def empty(cls, inputs: int, n: int, max_len: int, eos_id: int, like: Tensor) -> _Finished:
+        xp = ops(like)
+        words = xp.full((inputs, n, max_len), eos_id, xp.long, like)
+        scores = xp.full((inputs, n), float("-inf"), xp.float, like)
+        step, row = xp.full((inputs, n), 0, xp.long, like), xp.full((inputs, n), 0, xp.long, like)
+        return cls(scores, words, step, row, eos_id)
 
     def offer(self, scores: Tensor, sequences: Tensor, parents: Tensor, t: int, inputs: Tensor) -> None:
         """Candidates (b, J) of the inputs `inputs` (b,) that ended at step t (-inf: not one), their words
         (b, J, t + 1) ending with EOS and their parent rows (b, J): keep the n best of them and of those kept
         so far. While no input has left the search, inputs is every input in order and no rows are picked."""
+        xp = ops(scores)
         N, max_len = self.words.shape[1:]
         some = len(inputs) < len(self.scores)
         old = [x[inputs] for x in (self.scores, self.words, self.step, self.row)] if some else None
         kept_scores, kept_words, kept_step, kept_row = old or (self.scores, self.words, self.step, self.row)
-        best, pick = torch.cat([kept_scores, scores], dim=1).topk(N, dim=1)
+        best, pick = xp.topk(xp.cat([kept_scores, scores], axis=1), N)
         if not bool((pick >= N).any()):  # nothing new among the n best
             return
-        padded = F.pad(sequences, (0, max_len - t - 1), value=self.eos_id)[:, :, :max_len]
+        b, J, length = sequences.shape
+        padding = xp.full((b, J, max(0, max_len - length)), self.eos_id, xp.long, sequences)
+        padded = xp.cat([sequences, padding], axis=2)[:, :, :max_len]
         new = (
             best,
-            _gather_beams(torch.cat([kept_words, padded], dim=1), pick),
-            torch.cat([kept_step, torch.full_like(parents, t)], dim=1).gather(1, pick),
-            torch.cat([kept_row, parents], dim=1).gather(1, pick),
+            _gather_beams(xp.cat([kept_words, padded], axis=1), pick),
+            xp.take(xp.cat([kept_step, xp.full(parents.shape, t, xp.long, parents)], axis=1), pick, 1),
+            xp.take(xp.cat([kept_row, parents], axis=1), pick, 1),
         )
         if some:
             for kept, value in zip((self.scores, self.words, self.step, self.row), new, strict=True):
@@ -178,7 +186,7 @@ class _Finished:
         live one can still beat the worst of them, bound (b,) being the best a live one can still end with
         (log-probabilities only add up below zero, so a live score s can at best end as s / penalty at the
         most favourable length), or it has no live hypothesis left (bound -inf)."""
-        return (self.scores[inputs, -1] >= bound) | ~bound.isfinite()
+        return (self.scores[inputs, -1] >= bound) | ~ops(bound).isfinite(bound)
 
 
 @dataclass
@@ -194,24 +202,25 @@ class _History:
 
     def record(self, trace: Tensor, alive: Tensor, beam_size: int) -> None:
         """Step t's trace (b*K, ...) of the inputs alive (b,)."""
-        b = len(alive)
-        self.traces.append(trace.view(b, beam_size, *trace.shape[1:]))
-        at = torch.zeros(self.inputs, dtype=torch.long, device=alive.device)
-        self.positions.append(at.index_copy_(0, alive, torch.arange(b, device=alive.device)))
+        xp, b = ops(alive), len(alive)
+        self.traces.append(trace.reshape(b, beam_size, *trace.shape[1:]))
+        at = xp.full((self.inputs,), 0, xp.long, alive)
+        at[alive] = xp.arange(b, alive)
+        self.positions.append(at)
 
     def backtrack(self, step: Tensor, row: Tensor) -> Tensor:
         """The traces (B, J, T, ...) of J finished hypotheses per input, each ended at `step` (B, J) from live
         row `row` (B, J): walk back through origins[t - 1]. An input that had left step t's batch ended
         before t, and is not looked up in it."""
-        out = []
+        xp, out = ops(step), []
         for t in reversed(range(len(self.traces))):
             active = step >= t
             at = self.positions[t]
             picked = _gather_beams(self.traces[t][at], row)  # (B, J, ...)
-            out.append(picked * active.view(*active.shape, *([1] * (picked.dim() - 2))))
+            out.append(picked * active.reshape(*active.shape, *([1] * (picked.ndim - 2))))
             if t > 0:
-                row = torch.where(active, self.origins[t - 1][at].gather(1, row), row)
-        return torch.stack(out[::-1], dim=2)
+                row = xp.where(active, xp.take(self.origins[t - 1][at], row, 1), row)
+        return xp.stack(out[::-1], axis=2)
 
 
 def _results(done: _Finished, history: _History, eos_id: int) -> Generation:
@@ -219,8 +228,8 @@ def _results(done: _Finished, history: _History, eos_id: int) -> Generation:
     as candidates (fewer where fewer ended)."""
     B, N = done.scores.shape
     traces = history.backtrack(done.step, done.row) if history.traces else None
-    flat_traces = traces.flatten(0, 1) if traces is not None else None
-    tokens, cut_traces = cut_at_end(done.words.flatten(0, 1), flat_traces, eos_id)
+    flat_traces = traces.reshape(B * N, *traces.shape[2:]) if traces is not None else None
+    tokens, cut_traces = cut_at_end(done.words.reshape(B * N, -1), flat_traces, eos_id)
     best = Generation(tokens[::N], done.scores[:, 0], cut_traces[::N] if cut_traces is not None else None)
     if N == 1:
         return best
@@ -234,4 +243,4 @@ def _results(done: _Finished, history: _History, eos_id: int) -> Generation:
 
 def _gather_beams(values: Tensor, index: Tensor) -> Tensor:
     """values (B, K, ...), index (B, J) -> (B, J, ...): the hypotheses index picks, per input."""
-    return values.gather(1, index.view(*index.shape, *([1] * (values.dim() - 2))).expand(-1, -1, *values.shape[2:]))
+    return ops(values).take(values, index, 1)

@@ -7,9 +7,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import Tensor
+import numpy as np
 
+from captioner.decoding.arrays import ops
+from captioner.errors import ConfigError
+
+# A torch tensor or a NumPy array: decoding runs the same on both (captioner.decoding.arrays), under PyTorch and
+# under ONNX Runtime.
+Array = Any
+Tensor = Array
 StepFn = Callable[[Tensor, Any], tuple[Tensor, Any, Tensor | None]]
 
 
@@ -43,13 +49,14 @@ class Norm:
         if self.kind not in ("none", "gnmt", "mean"):
             raise ValueError(f"length normalisation must be none, gnmt or mean, not {self.kind!r}")
 
-    def penalty(self, lengths: Tensor | int) -> Tensor:
-        lengths = torch.as_tensor(lengths, dtype=torch.float32)
+    def penalty(self, length: int) -> np.float32:
+        """The divisor of a hypothesis of `length` tokens, in float32 (the scores' precision)."""
+        length = np.float32(length)
         if self.kind == "gnmt":
-            return ((5.0 + lengths) / 6.0) ** self.alpha
+            return ((np.float32(5.0) + length) / np.float32(6.0)) ** np.float32(self.alpha)
         if self.kind == "mean":
-            return lengths
-        return torch.ones_like(lengths)
+            return length
+        return np.float32(1.0)
 
 
 SUMMED = Norm()  # hypotheses ranked by their summed log-probabilities
@@ -86,62 +93,63 @@ class Rules:
 
     def banned(self, words: Tensor, vocab_size: int, eos_id: int, max_len: int) -> Tensor:
         """(N, V) bool: the tokens that may not come next after words (N, t), the t words so far."""
-        n, t = words.shape
-        device = words.device
-        hard = torch.zeros(n, vocab_size, dtype=torch.bool, device=device)
+        xp, (n, t) = ops(words), words.shape
+        rows = xp.arange(n, words)
+        hard = xp.full((n, vocab_size), False, xp.bool, words)
         hard[:, list(self.never)] = True
         if t >= max_len:  # the limit: only the ending is left
             hard[:] = True
             hard[:, eos_id] = False
         else:
-            may_end = torch.full((n,), t > 0 and t >= self.min_len, device=device)
+            may_end = xp.full((n,), t > 0 and t >= self.min_len, xp.bool, words)
             if self.can_end is not None:
-                can_end = self.can_end.to(device)
+                can_end = xp.asarray(self.can_end, words)
                 if t > 0:
                     may_end &= can_end[words[:, -1]]
                 if t == max_len - 1:  # the last word: one that the sequence may end after
                     hard |= ~can_end
             hard[:, eos_id] = ~may_end
-        soft = torch.zeros_like(hard)
+        soft = xp.full((n, vocab_size), False, xp.bool, words)
         last = words[:, -1] if t > 0 else None  # the last token itself, before the repeat rules' spelling
-        same = None if self.same is None else self.same.to(device)
+        same = None if self.same is None else xp.asarray(self.same, words)
         if same is not None:
             words = same[words]
         if self.no_repeat_word and t > 0:
-            soft.scatter_(1, words[:, -1:], True)
+            soft[rows, words[:, -1]] = True
         k = self.no_repeat_ngram
         if k > 1 and t >= k - 1:
             # every earlier position where the last k-1 words occurred: the word after it is banned
             tail = words[:, t - k + 1 :]  # (N, k-1)
-            windows = words.unfold(1, k - 1, 1)[:, : t - k + 1]  # (N, t-k+1, k-1): windows followed by a word
-            seen = (windows == tail.unsqueeze(1)).all(dim=2)  # (N, t-k+1)
+            windows = xp.windows(words, k - 1)[:, : t - k + 1]  # (N, t-k+1, k-1): windows followed by a word
+            seen = xp.all(windows == tail[:, None], axis=2)  # (N, t-k+1)
             following = words[:, k - 1 :]  # (N, t-k+1): the word after each window
-            soft.scatter_(1, following.masked_fill(~seen, eos_id), seen.to(torch.bool))
+            soft[rows[:, None], xp.where(seen, following, eos_id)] = True  # the unseen ones on EOS, cleared next
             soft[:, eos_id] = False
         if same is not None:
             soft = soft[:, same]  # a token is banned where the word it counts as is
         if self.apart is not None:
-            apart = self.apart.to(device)
+            apart = xp.asarray(self.apart, words)
             if t > 0:
-                soft |= apart[last].unsqueeze(1) & apart
+                soft |= apart[last][:, None] & apart
             if self.lead is not None:
-                may_lead = self.lead.to(device)[last] if t > 0 else torch.full((n,), self.lead_start, device=device)
-                soft |= ~may_lead.unsqueeze(1) & apart
+                lead = xp.asarray(self.lead, words)
+                may_lead = lead[last] if t > 0 else xp.full((n,), bool(self.lead_start), xp.bool, words)
+                soft |= ~may_lead[:, None] & apart
         banned = hard | soft
         # Only the last word's restriction, or a vocabulary hardly larger than the words so far, can leave
         # nothing: elsewhere the rules ban a few tokens of many, and the check is skipped.
         if t == max_len - 1 or vocab_size <= t + len(self.never) + 3:
-            stuck = banned.all(dim=1)
+            stuck = xp.all(banned, axis=1)
             banned[stuck] = hard[stuck]  # the repeat rules give way
-            stuck = banned.all(dim=1)
+            stuck = xp.all(banned, axis=1)
             banned[stuck, eos_id] = False  # and then the ending rule: the sequence ends here
         return banned
 
 
 def select_rows(state: Any, index: Tensor) -> Any:
-    """Pick rows of every tensor in a state (tensor, tuple, list or dict of tensors)."""
-    if isinstance(state, Tensor):
-        return state.index_select(0, index)
+    """Pick rows of every array in a state (an array, or a tuple, list or dict of arrays)."""
+    if hasattr(state, "shape"):
+        return state[index]
     if isinstance(state, (tuple, list)):
         return type(state)(select_rows(s, index) for s in state)
     if isinstance(state, dict):
@@ -158,3 +166,38 @@ def cut_at_end(rows: Tensor, traces: Tensor | None, eos_id: int | None) -> tuple
         if traces is not None:
             cut_traces.append(traces[b, :length])
     return tokens, cut_traces
+
+
+def decoding_rules(
+    decode,
+    max_len: int | None,
+    end_share: Tensor,
+    never: tuple[int, ...],
+    same=None,
+    apart=None,
+    lead=None,
+    lead_start=None,
+) -> tuple[Norm, Rules]:
+    """The length normalisation and the rules that decode settings (config.DecodeConfig) ask for, from a captioner's
+    word tables (tensors or arrays): end_share (V,) the share of the training captions holding each word that end
+    with it; with class words same, apart, lead and lead_start (see Rules). ConfigError for settings that cannot
+    work, also with a length limit of max_len words."""
+    if max_len is not None and decode.min_len > max_len:
+        raise ConfigError(f"decode.min_len {decode.min_len} is above the length limit of {max_len} words")
+    try:
+        norm = Norm(decode.length_norm, decode.alpha)
+    except ValueError as error:
+        raise ConfigError(f"decode.length_norm: {error}") from None
+    can_end = None if decode.end_share is None else (end_share > 0) & (end_share >= decode.end_share)
+    rules = Rules(
+        can_end,
+        decode.min_len,
+        decode.no_repeat_word,
+        decode.no_repeat_ngram,
+        never=never,
+        same=same,
+        apart=apart,
+        lead=lead if decode.class_lead else None,  # None too without class words
+        lead_start=lead_start is None or bool(lead_start),
+    )
+    return norm, rules

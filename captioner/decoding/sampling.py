@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from captioner.decoding.arrays import ops
+from captioner.decoding.rules import Array, Generation, Rules, StepFn, cut_at_end
 
-from captioner.decoding.rules import Generation, Rules, StepFn, cut_at_end
+Tensor = Array  # torch tensors, or NumPy arrays for greedy decoding (temperature 0) under ONNX Runtime
 
 
-@torch.no_grad()
 def sample(
     step_fn: StepFn,
     state: Any,
@@ -20,7 +18,7 @@ def sample(
     eos_id: int | None = None,
     temperature: float = 1.0,
     top_k: int | None = None,
-    generator: torch.Generator | None = None,
+    generator=None,
     rules: Rules | None = None,
     keep_banned: bool = False,
 ) -> Generation:
@@ -30,39 +28,33 @@ def sample(
     apply (Rules(): no empty sequence, and one still running after max_len tokens ends there, its score
     paying for the ending). Scores are the model's log-probabilities of the chosen tokens, before
     temperature and rules. keep_banned: also return what the rules banned at each step (self-critical
-    training scores the samples under the same masks).
+    training scores the samples under the same masks). The caller runs it under torch.no_grad; sampling at a
+    temperature above 0 needs torch tensors (and draws from generator, a torch.Generator, or torch's own).
     """
-    B = start_tokens.size(0)
+    xp, B = ops(start_tokens), start_tokens.shape[0]
     tokens = start_tokens
-    finished = torch.zeros(B, dtype=torch.bool, device=tokens.device)
-    scores = torch.zeros(B, device=tokens.device)
+    finished = xp.full((B,), False, xp.bool, tokens)
+    scores = xp.full((B,), 0.0, xp.float, tokens)
     steps = max_len + 1 if eos_id is not None else max_len
-    chosen = tokens.new_zeros(B, steps)  # the tokens so far: chosen[:, :t]
+    chosen = xp.full((B, steps), 0, xp.long, tokens)  # the tokens so far: chosen[:, :t]
     traces, masks = [], []
     rules = rules or Rules()
     t = -1
     for t in range(steps):
         logits, state, trace = step_fn(tokens, state)
-        logits = logits.float()
-        log_probs = F.log_softmax(logits, dim=-1)  # (B, V)
+        logits = xp.to_float(logits)
+        log_probs = xp.log_softmax(logits)  # (B, V)
         if eos_id is not None:
-            banned = rules.banned(chosen[:, :t], logits.size(-1), eos_id, max_len)
-            logits = logits.masked_fill(banned, float("-inf"))
+            banned = rules.banned(chosen[:, :t], logits.shape[-1], eos_id, max_len)
+            logits = xp.where(banned, float("-inf"), logits)
             if keep_banned:
                 masks.append(banned)
-        if temperature <= 0:
-            next_tokens = logits.argmax(dim=-1)
-        else:
-            scaled = logits / temperature
-            if top_k is not None and top_k < scaled.size(-1):
-                kth = scaled.topk(top_k, dim=-1).values[:, -1:]
-                scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-            probs = torch.softmax(scaled, dim=-1)
-            next_tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        greedy_step = temperature <= 0
+        next_tokens = xp.argmax(logits, axis=-1) if greedy_step else _draw(logits, temperature, top_k, generator)
         if eos_id is not None:
-            next_tokens = next_tokens.masked_fill(finished, eos_id)
-        step_scores = log_probs.gather(1, next_tokens.unsqueeze(1)).squeeze(1)
-        scores += step_scores.masked_fill(finished, 0.0)
+            next_tokens = xp.where(finished, eos_id, next_tokens)
+        step_scores = xp.take(log_probs, next_tokens[:, None], 1)[:, 0]
+        scores += xp.where(finished, 0.0, step_scores)
         chosen[:, t] = next_tokens
         if trace is not None:
             traces.append(trace)
@@ -72,8 +64,20 @@ def sample(
                 break
         tokens = next_tokens
     rows = chosen[:, : t + 1]  # (B, T): the steps taken
-    token_lists, cut_traces = cut_at_end(rows, torch.stack(traces, dim=1) if traces else None, eos_id)
-    return Generation(token_lists, scores, cut_traces, banned=torch.stack(masks, dim=1) if masks else None)
+    token_lists, cut_traces = cut_at_end(rows, xp.stack(traces, axis=1) if traces else None, eos_id)
+    return Generation(token_lists, scores, cut_traces, banned=xp.stack(masks, axis=1) if masks else None)
+
+
+def _draw(logits: Tensor, temperature: float, top_k: int | None, generator) -> Tensor:
+    """One token per row (B,), drawn from softmax(logits / temperature) over the top_k (None: all) tokens."""
+    import torch
+
+    scaled = logits / temperature
+    if top_k is not None and top_k < scaled.size(-1):
+        kth = scaled.topk(top_k, dim=-1).values[:, -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
 def greedy(

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from captioner.class_words import CLASS_LISTS, class_list, class_words
 from captioner.config import Config, DecodeConfig
 from captioner.decoding import SUMMED, Generation, Norm, Rules
+from captioner.decoding.rules import decoding_rules
 from captioner.errors import ConfigError
 from captioner.models.decoder import AttentionDecoder
 from captioner.models.image_encoder import ImageEncoder
@@ -139,36 +140,22 @@ class Captioner(nn.Module):
             memory, None, Vocab.bos_id, Vocab.eos_id, beam_size, max_len, norm, rules, n_best, self.class_offset
         )
 
-    def can_end(self, end_share: float | None) -> Tensor | None:
-        """(V,) bool: the words a caption may end after, under decode.end_share (None: no end rule)."""
-        if end_share is None:
-            return None
-        shares = self.decoder.end_share
-        return (shares > 0) & (shares >= end_share)
-
     def decoding(self, decode: DecodeConfig | None, max_len: int | None = None) -> tuple[Norm, Rules | None]:
         """The length normalisation and the rules a DecodeConfig asks for, with this model's end words
         (ConfigError for settings that cannot work, also with a length limit of max_len words)."""
         if decode is None:
             return SUMMED, None
-        if max_len is not None and decode.min_len > max_len:
-            raise ConfigError(f"decode.min_len {decode.min_len} is above the length limit of {max_len} words")
-        try:
-            norm = Norm(decode.length_norm, decode.alpha)
-        except ValueError as error:
-            raise ConfigError(f"decode.length_norm: {error}") from None
-        rules = Rules(
-            self.can_end(decode.end_share),
-            decode.min_len,
-            decode.no_repeat_word,
-            decode.no_repeat_ngram,
-            never=(Vocab.pad_id, Vocab.bos_id),
-            same=self.decoder.same_word,
-            apart=self.decoder.class_group,
-            lead=self.decoder.class_lead if decode.class_lead else None,  # None too without class words
-            lead_start=self.decoder.class_lead_start is None or bool(self.decoder.class_lead_start),
+        decoder = self.decoder
+        return decoding_rules(
+            decode,
+            max_len,
+            decoder.end_share,
+            (Vocab.pad_id, Vocab.bos_id),
+            decoder.same_word,
+            decoder.class_group,
+            decoder.class_lead,
+            decoder.class_lead_start,
         )
-        return norm, rules
 
 
 def resolve_class_words(config: Config, pretrained: bool = True) -> str | None:
