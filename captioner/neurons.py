@@ -16,9 +16,10 @@ from captioner.errors import DataError
 from captioner.files import write_text
 from captioner.models.char_lm import CharLM
 from captioner.models.registry import restore
+from captioner.text import TEXT_PROPERTIES
 from captioner.vocab import Vocab
 
-PROPERTIES = ("inside quotes", "inside brackets", "position in line", "indentation depth")
+PROPERTIES = TEXT_PROPERTIES
 
 
 def text_properties(text: str) -> dict[str, np.ndarray]:

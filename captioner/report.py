@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 from captioner.files import write_text
-from captioner.pipeline import ImageCaption
+from captioner.results import ImageCaption
 
 
 def asset(name: str) -> str:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import re
 
+# What `captioner lm cells` looks for hidden cells that track (captioner.neurons computes each along a text)
+TEXT_PROPERTIES = ("inside quotes", "inside brackets", "position in line", "indentation depth")
+
 # Lower-case words and numbers, with an inner apostrophe kept ("man's", "don't"); punctuation is dropped,
 # as in the Karpathy preprocessing that COCO captioning papers use.
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")

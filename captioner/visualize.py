@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from captioner.files import atomic_path
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -18,12 +21,19 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def as_array(values) -> np.ndarray:
+    """A torch tensor (any dtype or device) or array-like as a float32 NumPy array: the drawing needs no torch."""
+    if hasattr(values, "detach"):
+        values = values.detach().float().cpu().numpy()
+    return np.asarray(values, dtype=np.float32)
+
+
 def attention_overlay(image: Image.Image, alpha: torch.Tensor, grid_size: int, size: int) -> Image.Image:
     """The image (size x size), dimmed, with a red-to-yellow heat where alpha (P,) is high.
 
     The heat is scaled to the map's own maximum, so every word's map uses the full range.
     """
-    heat = alpha.float().view(grid_size, grid_size).numpy()
+    heat = as_array(alpha).reshape(grid_size, grid_size)
     heat = heat / max(float(heat.max()), 1e-12)
     heat_image = Image.fromarray((heat * 255).astype(np.uint8), mode="L").resize(
         (size, size), Image.Resampling.BILINEAR
@@ -66,7 +76,7 @@ def alignment_figure(source: list[str], target: list[str], attention: torch.Tens
     width, height = label + cell * len(source) + 4, label + cell * len(target) + 4
     figure = Image.new("RGB", (width, height), (255, 255, 255))
     pen = ImageDraw.Draw(figure)
-    values = attention.float().clamp(0, 1).numpy()
+    values = as_array(attention).clip(0, 1)
     for i, word in enumerate(target):
         y = label + i * cell
         pen.text((label - 5, y + cell / 2), word, fill=(0, 0, 0), font=font, anchor="rm")
@@ -100,6 +110,8 @@ def path_figure(observed: torch.Tensor, future: torch.Tensor, predictions: dict,
 
     observed (N, T, 2), future (N, H, 2), predictions {name: (N, H, 2)}, in metres. Each panel is scaled to the
     true flight (the floor, y = 0, drawn as a line); a prediction that leaves it is cut at the panel's edge."""
+    import torch  # the ball task's figure; the rest of this module draws without torch
+
     font = _font(13)
     count, columns, margin, legend = observed.size(0), 3, 10, 24
     rows = (count + columns - 1) // columns

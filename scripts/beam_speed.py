@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from captioner import load  # noqa: E402
 from captioner.data.manifest import load_manifest  # noqa: E402
 from captioner.errors import CheckpointError, DataError, EncoderError  # noqa: E402
-from captioner.pipeline import as_picture  # noqa: E402
+from captioner.inference import as_picture  # noqa: E402
 
 
 def main() -> None:

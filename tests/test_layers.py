@@ -12,13 +12,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "captioner"
 # Bottom to top: a module may import from its own layer or those below it, never from one above.
 LAYERS = [
     {"errors", "files", "text", "vocab", "config", "checkpoint", "decoding", "metrics", "rewards", "distributed"}
-    | {"device", "visualize", "class_words", "reference", "seeds"},
+    | {"device", "visualize", "class_words", "reference", "seeds", "results"},
     {"data", "models"},
     {"training", "scoring", "scst"},
-    {"tasks", "pipeline", "report", "serve", "music", "neurons"},
+    {"tasks", "pipeline", "inference", "runtime", "export", "report", "serve", "music", "neurons"},
     {"cli", "__init__", "__main__"},
 ]
-INFERENCE = {"pipeline", "report", "serve", "music", "neurons"}
+INFERENCE = {"pipeline", "inference", "runtime", "export", "report", "serve", "music", "neurons"}
 # (importer, imported) pairs that stay apart although no layer rule keeps them so
 APART = {("data", "models"), ("models", "data")}
 APART |= {(part, "tasks") for part in INFERENCE} | {(part, "training") for part in INFERENCE}

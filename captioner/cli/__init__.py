@@ -3,6 +3,7 @@
 captioner data ...        cli/data.py         captioner.data.shapes, .stamps, .coco
 captioner train | caption | evaluate | serve
                           cli/captioning.py   captioner.tasks.captioning, captioner.pipeline, captioner.serve
+captioner export          cli/export.py       captioner.export (captioner.runtime runs what it writes)
 captioner translate ...   cli/translate.py    captioner.tasks.translation
 captioner lm ...          cli/lm.py           captioner.tasks.char_lm, captioner.neurons
 captioner sentiment ...   cli/sentiment.py    captioner.tasks.sentiment
@@ -15,7 +16,7 @@ import argparse
 import os
 import sys
 
-from captioner.cli import ball, captioning, data, lm, sentiment, translate
+from captioner.cli import ball, captioning, data, export, lm, sentiment, translate
 from captioner.errors import USER_ERRORS
 
 
@@ -29,6 +30,7 @@ def get_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data.add_commands(commands)
     captioning.add_commands(commands)
+    export.add_commands(commands)
     translate.add_commands(commands)
     lm.add_commands(commands)
     sentiment.add_commands(commands)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 from collections.abc import Callable
 
 
@@ -70,13 +71,19 @@ def add_recipe(parser: argparse.ArgumentParser, example: str) -> None:
     )
 
 
+def task(name: str):
+    """The module captioner.tasks.NAME, imported when a command runs: building the parser needs no torch, so
+    `captioner caption --model DIR` (ONNX Runtime) works where torch is not installed."""
+    return importlib.import_module(f"captioner.tasks.{name}")
+
+
 def add_task_group(
-    commands, name: str, help: str, sources: list[tuple], schema, fit, recipe_example: str, verbs_of_task=()
+    commands, name: str, help: str, sources: list[tuple], schema, task_name: str, recipe_example: str, verbs_of_task=()
 ) -> None:
     """`captioner NAME data SOURCE [--out OUT]` and `captioner NAME train --config ...`, the verbs every task
-    group has, then the task's own. sources: [(name, help, default --out, prepare(out)), ...]; schema and fit:
-    the task's config class and fit(config, resume); verbs_of_task: functions that each add one verb to the
-    group's subparsers (evaluate, sample, ...)."""
+    group has, then the task's own. sources: [(name, help, default --out, prepare(out)), ...]; schema: the task's
+    config class; task_name: its module in captioner.tasks (whose fit(config, resume) trains); verbs_of_task:
+    functions that each add one verb to the group's subparsers (evaluate, sample, ...)."""
     group = commands.add_parser(name, help=help)
     verbs = group.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
     data = verbs.add_parser("data", help="prepare a data set")
@@ -86,7 +93,7 @@ def add_task_group(
             choices, source_name, lambda args, prepare=prepare: prepare(args.out) and 0, help=source_help
         )
         parser.add_argument("--out", default=default_out, help=f"where to write it (default: {default_out})")
-    run = functools.partial(train, schema=schema, fit=fit)
+    run = functools.partial(train, schema=schema, task_name=task_name)
     parser = add_command(
         verbs, "train", run, help="train from a YAML recipe", description="key=value arguments override it."
     )
@@ -96,11 +103,11 @@ def add_task_group(
         add_verb(verbs)
 
 
-def train(args: argparse.Namespace, schema, fit) -> int:
+def train(args: argparse.Namespace, schema, task_name: str) -> int:
     """Every task's `train`: the recipe, its overrides, fit, and where the best checkpoint is."""
     from captioner.config import load_config
 
     config = load_config(args.config, args.overrides, schema=schema)
-    best = fit(config, resume=args.resume)
+    best = task(task_name).fit(config, resume=args.resume)
     print(f"best checkpoint: {best}")
     return 0

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from captioner.cli.arguments import add_command, add_device, add_evaluation, add_task_group
+from captioner.cli.arguments import add_command, add_device, add_evaluation, add_task_group, task
 from captioner.config import BallConfig
 from captioner.data import ball as flights
-from captioner.tasks import ball
 
 GROUP_HELP = "a moving ball's path: data, train, evaluate"
 SOURCES = [
@@ -17,12 +16,12 @@ RECIPE = "configs/ball.yaml"
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    ball.evaluate(args.checkpoint, args.split, args.device, args.output, args.plot, log=print)
+    task("ball").evaluate(args.checkpoint, args.split, args.device, args.output, args.plot, log=print)
     return 0
 
 
 def add_commands(commands) -> None:
-    add_task_group(commands, "ball", GROUP_HELP, SOURCES, BallConfig, ball.fit, RECIPE, (add_evaluate,))
+    add_task_group(commands, "ball", GROUP_HELP, SOURCES, BallConfig, "ball", RECIPE, (add_evaluate,))
 
 
 def add_evaluate(verbs) -> None:

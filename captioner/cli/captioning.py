@@ -16,6 +16,7 @@ from captioner.cli.arguments import (
     positive_float,
     positive_int,
 )
+from captioner.errors import DataError
 
 # Column order and headings of the evaluate table; keys missing from a run (METEOR without Java,
 # grounding without boxes) are left out.
@@ -61,8 +62,11 @@ def train(args: argparse.Namespace) -> int:
 
 
 def caption(args: argparse.Namespace) -> int:
-    from captioner.pipeline import load
+    from captioner import load
+    from captioner.runtime import is_export
 
+    if args.model and not is_export(args.model):
+        raise DataError(f"--model {args.model}: not a folder written by `captioner export` (no manifest.json)")
     failures = []
 
     def skip(error) -> None:
@@ -71,7 +75,7 @@ def caption(args: argparse.Namespace) -> int:
 
     if args.html:
         check_writable(args.html)
-    model = load(checkpoint_argument(args), args.device)
+    model = load(args.model or checkpoint_argument(args), args.device)
     results, entries = [], []
     for result in model.iter_captions(
         args.images,
@@ -246,10 +250,16 @@ def add_train(commands) -> None:
 def add_caption(commands) -> None:
     parser = add_command(commands, "caption", caption, help="caption image files")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--checkpoint",
         help="a checkpoint written by `captioner train` (default: $CAPTIONER_CHECKPOINT, else the demo's "
         "runs/stamps/best.pt)",
+    )
+    which.add_argument(
+        "--model",
+        metavar="DIR",
+        help="a folder written by `captioner export`: caption through ONNX Runtime (no torch needed; --device cpu)",
     )
     add_beam_size(parser, 3)
     parser.add_argument("--max-len", type=positive_int, default=30, help="maximum caption length in words")

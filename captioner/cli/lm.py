@@ -7,8 +7,7 @@ import argparse
 from captioner.cli.arguments import add_checkpoint, add_command, add_device, add_task_group, positive_int
 from captioner.config import LMConfig
 from captioner.data import folk, shakespeare
-from captioner.neurons import PROPERTIES
-from captioner.tasks import char_lm
+from captioner.text import TEXT_PROPERTIES
 
 GROUP_HELP = "the character-level language model: data, train, evaluate, sample, tunes, cells"
 SOURCES = [
@@ -75,7 +74,7 @@ def cells(args: argparse.Namespace) -> int:
 def add_commands(commands) -> None:
     recipe = "configs/lm_shakespeare.yaml"
     own_verbs = (add_evaluate, add_sample, add_tunes, add_cells)
-    add_task_group(commands, "lm", GROUP_HELP, SOURCES, LMConfig, char_lm.fit, recipe, own_verbs)
+    add_task_group(commands, "lm", GROUP_HELP, SOURCES, LMConfig, "char_lm", recipe, own_verbs)
 
 
 def add_evaluate(verbs) -> None:
@@ -130,5 +129,5 @@ def add_cells(verbs) -> None:
     parser.add_argument("--max-chars", type=positive_int, default=20_000, help="read this much (default: 20000)")
     parser.add_argument("--html", help="write the coloured text here")
     parser.add_argument("--cell", type=int, help="the cell to colour by (default: the best for --property)")
-    parser.add_argument("--property", default="inside quotes", choices=list(PROPERTIES))
+    parser.add_argument("--property", default="inside quotes", choices=list(TEXT_PROPERTIES))
     add_device(parser)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from captioner.cli.arguments import add_checkpoint, add_command, add_device, add_evaluation, add_task_group
+from captioner.cli.arguments import add_checkpoint, add_command, add_device, add_evaluation, add_task_group, task
 from captioner.config import SentimentConfig
 from captioner.data import sentiment as sentiment_data
-from captioner.tasks import sentiment
 
 GROUP_HELP = "a text's sentiment (many to one): data, train, evaluate, text"
 SOURCES = [
@@ -18,12 +17,12 @@ RECIPE = "configs/sentiment.yaml"
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    sentiment.evaluate(args.checkpoint, args.split, args.device, args.output, not args.no_baseline, log=print)
+    task("sentiment").evaluate(args.checkpoint, args.split, args.device, args.output, not args.no_baseline, log=print)
     return 0
 
 
 def text(args: argparse.Namespace) -> int:
-    results = sentiment.classify(args.checkpoint, args.texts, args.device)
+    results = task("sentiment").classify(args.checkpoint, args.texts, args.device)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -35,7 +34,7 @@ def text(args: argparse.Namespace) -> int:
 
 def add_commands(commands) -> None:
     add_task_group(
-        commands, "sentiment", GROUP_HELP, SOURCES, SentimentConfig, sentiment.fit, RECIPE, (add_evaluate, add_text)
+        commands, "sentiment", GROUP_HELP, SOURCES, SentimentConfig, "sentiment", RECIPE, (add_evaluate, add_text)
     )
 
 

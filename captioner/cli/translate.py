@@ -18,7 +18,6 @@ from captioner.cli.arguments import (
 from captioner.config import TranslateConfig
 from captioner.data import bible
 from captioner.errors import DataError
-from captioner.tasks import translation
 
 GROUP_HELP = "translation: data, train, evaluate, text"
 SOURCES = [
@@ -73,7 +72,7 @@ def text(args: argparse.Namespace) -> int:
 
 def add_commands(commands) -> None:
     add_task_group(
-        commands, "translate", GROUP_HELP, SOURCES, TranslateConfig, translation.fit, RECIPE, (add_evaluate, add_text)
+        commands, "translate", GROUP_HELP, SOURCES, TranslateConfig, "translation", RECIPE, (add_evaluate, add_text)
     )
 
 

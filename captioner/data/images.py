@@ -5,12 +5,15 @@ from __future__ import annotations
 import io
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from captioner.errors import ImageLoadError
+
+if TYPE_CHECKING:  # the transform's tensors; loading pictures and normalise need no torch (captioner.runtime)
+    import torch
 
 # Formats that cannot be decoded at reduced size are refused above this many pixels (PIL's own
 # decompression-bomb limit); JPEGs of any size are decoded at 1/2 .. 1/8 scale instead.
@@ -104,6 +107,21 @@ def _open_unlimited(source: Path | io.BytesIO) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = previous
 
 
+def normalise(pixels: np.ndarray, mean, std) -> np.ndarray:
+    """8-bit RGB pixels (H, W, 3) -> the float32 array (3, H, W) a backbone reads: (pixels / 255 - mean) / std."""
+    mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    scaled = pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+    return np.ascontiguousarray((scaled - mean) / std)
+
+
+def resized(image: Image.Image, side: int) -> Image.Image:
+    """The picture as side x side pixels (bicubic), as every transform here resizes."""
+    if image.size != (side, side):
+        image = image.resize((side, side), Image.Resampling.BICUBIC)
+    return image
+
+
 class ImageTransform:
     """PIL RGB image -> normalised float tensor (3, size, size). Keyword-only, like torchvision's presets.
 
@@ -126,17 +144,16 @@ class ImageTransform:
         self.size, self.crop, self.hflip = size, crop, hflip
         self.resize = round(size / crop)
         self.random = self.resize != size or hflip  # whether a call draws random numbers
-        self.mean = torch.tensor(mean).view(3, 1, 1)
-        self.std = torch.tensor(std).view(3, 1, 1)
+        self.mean, self.std = tuple(mean), tuple(std)
 
     def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         """The tensor of one image; the random crop and flip draw from generator (None: torch's global one)."""
-        if image.size != (self.resize, self.resize):
-            image = image.resize((self.resize, self.resize), Image.Resampling.BICUBIC)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H, W)
+        import torch
+
+        pixels = np.asarray(resized(image, self.resize), dtype=np.uint8)  # (H, W, 3)
         if self.resize != self.size:
             top, left = (int(v) for v in torch.randint(0, self.resize - self.size + 1, (2,), generator=generator))
-            pixels = pixels[:, top : top + self.size, left : left + self.size]
+            pixels = pixels[top : top + self.size, left : left + self.size]
         if self.hflip and torch.rand((), generator=generator) < 0.5:
-            pixels = pixels.flip(-1)
-        return (pixels.float() / 255.0 - self.mean) / self.std
+            pixels = pixels[:, ::-1]
+        return torch.from_numpy(normalise(pixels, self.mean, self.std))

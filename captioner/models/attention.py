@@ -50,10 +50,11 @@ class AdditiveAttention(nn.Module):
         K = query.size(0) // B
         queries = self.query_proj(query).mul(2.0).view(B, K, 1, A)  # doubled, as the keys
         keys = keys.unsqueeze(1)  # (B, 1, P, A)
-        rows = B if keys.device.type != "cpu" else max(1, _CPU_CHUNK // (K * P * A))
-        scores = torch.cat(
-            [self._scores(keys[i : i + rows], queries[i : i + rows]) for i in range(0, B, rows)]
-        )  # (B, K, P)
+        rows = max(1, _CPU_CHUNK // (K * P * A))
+        if torch.compiler.is_exporting() or keys.device.type != "cpu" or rows >= B:  # an export: any B, no loop
+            scores = self._scores(keys, queries)  # (B, K, P)
+        else:
+            scores = torch.cat([self._scores(keys[i : i + rows], queries[i : i + rows]) for i in range(0, B, rows)])
         if mask is not None:
             scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
         alpha = torch.softmax(scores, dim=-1)
