@@ -22,6 +22,7 @@ from tqdm import tqdm
 from captioner import training
 from captioner.checkpoint import default_checkpoint
 from captioner.config import Config, DecodeConfig
+from captioner.data.images import load_image
 from captioner.data.loaders import (
     TrainingData,
     end_statistics,
@@ -41,9 +42,13 @@ from captioner.scoring import Captions, caption_endings, score_captions, sentenc
 from captioner.scst import SelfCritical
 from captioner.scst import warnings as scst_warnings
 from captioner.text import detokenize
-from captioner.training import Stage, Task
+from captioner.training import Figures, Stage, Task
+from captioner.training.board import markdown_table, write_evaluation
 from captioner.training.steps import resumed_batches
+from captioner.visualize import attention_figure
 from captioner.vocab import Vocab
+
+FIGURES = 4  # validation pictures whose attention maps the run's TensorBoard shows after every validation
 
 
 class CaptioningTask(Task):
@@ -59,6 +64,7 @@ class CaptioningTask(Task):
         "entropy": "entropy {:.2f}",
         "sample_words": "{:.1f} words",
     }
+    shown: list[tuple[int, list[str], Tensor]] = []  # (index, words, attention) of the pictures figures draws
 
     def __init__(self, run: training.Run):
         super().__init__(run)
@@ -199,11 +205,27 @@ class CaptioningTask(Task):
             self.world,
             self.config.decode,
         )
+        picked = sorted({n * len(captions.tokens) // FIGURES for n in range(FIGURES)})  # the same every time
+        self.shown = [(i, captions.tokens[i], captions.attention[i]) for i in picked]
         if not self.world.main:
             return {}
         records, words = self.data.val_records, self.manifest.object_words
         grid, sizes = self.config.encoder.grid_size, self.data.val_sizes
         return score_captions(captions, records, words, grid, sizes, train.val_metrics, self.log)
+
+    def figures(self) -> Figures | None:
+        """The attention maps of FIGURES validation pictures spread over the split, from the captions the validation
+        just scored (nothing is captioned again), and a table of their captions."""
+        images, rows = {}, []
+        for i, tokens, attention in self.shown:
+            record = self.data.val_records[i]
+            picture = load_image(record.path, self.config.data.image_size)
+            grid = self.config.encoder.grid_size  # three panels a row, 360 px: a TensorBoard card's width
+            images[f"attention/{record.path.stem}"] = attention_figure(
+                picture, tokens, attention, grid, panel=112, columns=3
+            )
+            rows.append([record.path.name, detokenize(tokens), record.captions[0]])
+        return Figures(images, {"attention/captions": markdown_table(["picture", "caption", "a reference"], rows)})
 
 
 def fit(config: Config, resume: bool = False, log=print, world: World = SINGLE) -> Path:
@@ -279,7 +301,7 @@ def evaluate(
     "checks", "captions"}]}, scores 0-100 (score_captions says which), checks from scoring.sentence_checks;
     data_root defaults to the checkpoint's data.
     """
-    log = log or (lambda line: print(line, file=sys.stderr))
+    log = say = log or (lambda line: print(line, file=sys.stderr))
     device = resolve_device(device)
     checkpoint = default_checkpoint(checkpoint)
     model, config, vocabularies = restore(checkpoint, device, kind=Config.KIND)
@@ -315,7 +337,23 @@ def evaluate(
     }
     if output:
         write_json(output, report)
+    board = write_evaluation(checkpoint, *evaluate_summaries(split, runs))
+    if board is not None:
+        say(f"{split} scores added to the run's TensorBoard: {board}")
     return report
+
+
+def evaluate_summaries(split: str, runs: list[dict]) -> tuple[dict[str, float], dict[str, str]]:
+    """An evaluation for TensorBoard: every score and check as SPLIT/beamK/KEY, and the table as SPLIT/table."""
+    scalars, rows = {}, []
+    keys = list(runs[0]["scores"])
+    for run in runs:
+        values = run["scores"] | run["checks"]
+        scalars |= {f"{split}/beam{run['beam_size']}/{key}": value for key, value in values.items()}
+        cells = [values[key] for key in [*keys, *run["checks"]]]
+        rows.append([run["beam_size"], *(f"{v:.2f}" if isinstance(v, float) else v for v in cells)])
+    header = ["beam", *keys, *runs[0]["checks"]]
+    return scalars, {f"{split}/table": markdown_table(header, rows)}
 
 
 def saved_class_reads(checkpoint: dict, default: str) -> str:

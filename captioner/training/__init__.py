@@ -11,18 +11,21 @@ budget, one log line format, the run folder, data parallelism under torchrun and
     RUN/metrics.jsonl    one JSON line per validation
     RUN/last.pt          the latest checkpoint: `--resume` continues from it exactly
     RUN/best.pt          the checkpoint with the best validation score (the final one where a task has none)
+    RUN/tensorboard/     TensorBoard's event files: the curves, a task's figures (`tensorboard --logdir RUN`)
 
 Every file is written atomically (captioner.files), so an interrupted run never leaves half of one.
-loop.py holds the loop, steps.py the pieces of a step and of exact resume, run_folder.py the folder.
+loop.py holds the loop, steps.py the pieces of a step and of exact resume, run_folder.py the folder, board.py
+what TensorBoard shows.
 """
 
 from captioner.training.loop import Progress, Trainer, fit, log_line, start
 from captioner.training.run_folder import RunFolder, silent
 from captioner.training.steps import EpochOrder, schedule_factor
-from captioner.training.task import Run, ShuffledTask, Stage, Task
+from captioner.training.task import Figures, Run, ShuffledTask, Stage, Task
 
 __all__ = [
     "EpochOrder",
+    "Figures",
     "Progress",
     "Run",
     "RunFolder",

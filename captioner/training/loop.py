@@ -19,6 +19,7 @@ from captioner.config import TrainSection
 from captioner.device import autocast, grad_scaler, resolve_device
 from captioner.distributed import SINGLE, World, from_main, gather_objects, on_main
 from captioner.errors import CheckpointError
+from captioner.training.board import Board
 from captioner.training.run_folder import RunFolder, silent
 from captioner.training.steps import (
     average_gradients,
@@ -93,9 +94,9 @@ class Trainer:
             self.resume(checkpoint["training"])
         elif self.world.distributed:  # each rank its own dropout masks (the weights are the same, synced by DDP)
             torch.manual_seed(rank_seed(self.train.seed, self.world.rank))
-        run.folder.start(
-            task.config, task.vocabularies, self.progress.step if checkpoint is not None else None, self.log
-        )
+        resumed = self.progress.step if checkpoint is not None else None
+        run.folder.start(task.config, task.vocabularies, resumed, self.log)
+        self.board = Board(run.folder.tensorboard, resumed, self.log, self.world.main)  # RUN/tensorboard
 
     def resume(self, saved: dict) -> None:
         """Restore the optimizer, loss scale, this rank's generators, the task's state and the progress."""
@@ -124,6 +125,13 @@ class Trainer:
             self.log(f"resuming {self.folder.last} at epoch {self.progress.epoch + 1}, step {self.progress.step}")
 
     def run(self) -> Path:
+        try:
+            self.train_stages()
+        finally:
+            self.board.close()
+        return self.folder.best
+
+    def train_stages(self) -> None:
         first_step, stopped = self.progress.step, self.out_of_time
         for stage in self.stages:
             if stopped or self.done(stage):
@@ -134,7 +142,6 @@ class Trainer:
         trained = self.progress.step > first_step
         if trained and (self.progress.sums or self.task.best_metric is None):
             self.validate(final=True)  # what trained since the latest validation, and a run without a best score
-        return self.folder.best
 
     def done(self, stage: Stage) -> bool:
         """Whether this stage has run all its epochs, or the run its budget: train.max_steps, and for a stage
@@ -215,6 +222,7 @@ class Trainer:
         self.task.after_step()
         progress.step += 1
         progress.position += 1
+        self.board.step(progress.step, value, self.optimizer.param_groups[0]["lr"])
         add(progress.sums, "loss", value)
         add(progress.sums, "batches", 1)
         add(progress.sums, "examples", stage.size(batch) * self.world.size)
@@ -261,10 +269,11 @@ class Trainer:
         return stop
 
     def record(self, scores: dict, rng: list[dict], final: bool) -> None:
-        """Rank 0's part of a validation: the metrics row, the log line and the checkpoints."""
+        """Rank 0's part of a validation: the metrics row, the log line, TensorBoard's events and the checkpoints."""
         row = self.row(scores)
         self.folder.log_metrics(row)
         self.log(log_line(row, self.task.headline))
+        self.board.validation(row, self.board.figures(self.task))  # on disk before the checkpoint that holds it
         best = self.is_best(row, final)  # before the checkpoint holds the best score
         self.folder.save(self.checkpoint(row, rng), best=best)
 

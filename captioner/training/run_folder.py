@@ -30,6 +30,7 @@ class RunFolder:
         self.last = self.path / "last.pt"
         self.best = self.path / "best.pt"
         self.metrics = self.path / "metrics.jsonl"
+        self.tensorboard = self.path / "tensorboard"  # TensorBoard's event files (training/board.py)
 
     def resume_from(self, kind: str) -> dict:
         """The last checkpoint, to continue a run from (CheckpointError, naming the file, if there is none)."""

@@ -5,7 +5,7 @@ order every epoch."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,6 +40,15 @@ class Stage:
     warnings: Callable[[dict], list[str]] | None = None  # what an epoch's mean statistics say may be wrong
 
 
+@dataclass
+class Figures:
+    """What a run's TensorBoard shows of the current weights after a validation, besides its scores
+    (Task.figures): the same tags every time, so that TensorBoard steps through them."""
+
+    images: dict[str, Any] = field(default_factory=dict)  # PIL images by tag
+    text: dict[str, str] = field(default_factory=dict)  # Markdown by tag
+
+
 class Task:
     """What a task hands the loop. A subclass builds its data and sets model (with a resumed run's weights,
     Run.load_weights) and vocabularies in its __init__, and overrides what it needs."""
@@ -59,6 +68,12 @@ class Task:
     def validate(self, final: bool) -> dict[str, float]:
         """Scores of the current weights (final: the last validation of the run); the loop prefixes val_."""
         raise NotImplementedError
+
+    def figures(self) -> Figures | None:
+        """After a validation, on rank 0 and only where TensorBoard is written: figures of the current weights (the
+        captioner's attention maps). The model is in eval mode, gradients are off, and the generators training
+        draws from are restored afterwards."""
+        return None
 
     def parameter_groups(self) -> list[dict]:
         """The optimizer's parameter groups; a group may set its own "lr"."""
