@@ -1,4 +1,4 @@
-"""`captioner data shapes | stamps | coco | folder | photos`: prepare a captioning data set (captions.json)."""
+"""`captioner data shapes | stamps | coco | folder | parquet | photos`: prepare a captioning data set."""
 
 from __future__ import annotations
 
@@ -39,6 +39,21 @@ def folder(args: argparse.Namespace) -> int:
     return 0
 
 
+def parquet(args: argparse.Namespace) -> int:
+    from captioner.data.parquet import prepare_parquet
+
+    prepare_parquet(
+        args.files,
+        args.out,
+        args.image_column,
+        args.text_column,
+        args.split_column,
+        args.val_percent,
+        args.test_percent,
+    )
+    return 0
+
+
 def photos(args: argparse.Namespace) -> int:
     from captioner.data.photos import PHOTOS, fetch_photos
 
@@ -51,7 +66,7 @@ def photos(args: argparse.Namespace) -> int:
 def add_commands(commands) -> None:
     data = commands.add_parser("data", help="prepare a data set")
     sources = data.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    for add in (add_shapes, add_stamps, add_coco, add_folder, add_photos):
+    for add in (add_shapes, add_stamps, add_coco, add_folder, add_parquet, add_photos):
         add(sources)
 
 
@@ -120,8 +135,36 @@ def add_folder(sources) -> None:
     )
     parser.add_argument("folder", metavar="FOLDER", help="the folder holding the pictures and their metadata")
     parser.add_argument("--out", help="where captions.json and vocab.json go (default: FOLDER itself)")
+    add_percentages(parser)
+
+
+def add_percentages(parser: argparse.ArgumentParser) -> None:
+    """--val-percent and --test-percent: the split a hash of each picture's name picks, without a split column."""
     parser.add_argument("--val-percent", type=int, default=10, help="without a split column (default: 10)")
     parser.add_argument("--test-percent", type=int, default=10, help="without a split column (default: 10)")
+
+
+def add_parquet(sources) -> None:
+    parser = add_command(
+        sources,
+        "parquet",
+        parquet,
+        help="pictures and captions in Parquet files, as Hugging Face datasets writes them",
+        description="Read Parquet files in the Hugging Face datasets layout: an image column (the datasets Image "
+        "feature, a struct of bytes and path; or a path string, or binary), a text column (a caption a row, several "
+        "rows per picture allowed, or a list of captions a row) and an optional split column (train / val "
+        "(validation) / test; without one, a hash of each picture's name picks one). Check every row and picture, "
+        "write pictures given as bytes into OUT/images/ (once: a second run reuses them), then OUT/captions.json "
+        "and OUT/vocab.json as `data folder` does. Needs pyarrow: pip install 'captioner[parquet]'.",
+    )
+    parser.add_argument("files", metavar="FILE", nargs="+", help="Parquet files, read in the order given")
+    add_percentages(parser)
+    parser.add_argument(
+        "--out", help="where images/, captions.json and vocab.json go (default: the first FILE's folder)"
+    )
+    for column, holding in (("image", "the pictures"), ("text", "the captions")):
+        parser.add_argument(f"--{column}-column", default=column, help=f"{holding} (default: {column})")
+    parser.add_argument("--split-column", help="train / val / test (default: split, where a file has one)")
 
 
 def add_photos(sources) -> None:
