@@ -33,18 +33,18 @@ _HOME = {name: module for module, names in _NAMES.items() for name in names}
 _HOME |= {name: f"captioner.tasks.{name}" for name in _TASKS} | {alias: _HOME[name] for alias, name in _ALIASES.items()}
 
 
-def load(model: str | Path | None = None, device: str = "auto"):
+def load(checkpoint: str | Path | None = None, device: str = "auto"):
     """A captioner ready to caption pictures: a checkpoint (None: the default model, the README's demo) run by
     PyTorch, or a folder written by `captioner export`, run by ONNX Runtime (device: auto or cpu there)."""
     from captioner.runtime import is_export
 
-    if model is not None and is_export(model):
+    if checkpoint is not None and is_export(checkpoint):
         from captioner.runtime import OnnxCaptionModel
 
-        return OnnxCaptionModel.load(model, device)
+        return OnnxCaptionModel.load(checkpoint, device)
     from captioner.pipeline import CaptionModel
 
-    return CaptionModel.load(model, device)
+    return CaptionModel.load(checkpoint, device)
 
 
 def __getattr__(name: str):
@@ -57,4 +57,10 @@ def __getattr__(name: str):
 
 
 __all__ = sorted([*_HOME, "load"])
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
 __version__ = "0.1.0"

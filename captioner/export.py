@@ -13,6 +13,7 @@ Beam search, greedy decoding and the rules stay in captioner.decoding, which run
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def export(
     """Write the ONNX folder of a captioner (in eval mode, on the CPU, float32) into out."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model = model.float().cpu().eval()
+    model = copy.deepcopy(model).float().cpu().eval()  # the caller's model stays as it is
     graph_names = names(model)
     pictures = torch.rand(2, 3, image_size, image_size)
     encoder_graph, step_graph = EncoderGraph(model).eval(), StepGraph(model).eval()

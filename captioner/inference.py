@@ -6,6 +6,7 @@ Nothing here needs torch (a torch tensor given as a picture is read through torc
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,9 @@ Picture = Any  # a file path, a PIL image, a torch tensor (3, H, W) or a uint8 a
 
 
 def _is_tensor(item) -> bool:
-    return type(item).__module__.split(".")[0] == "torch"
+    """Whether item is a torch tensor (a subclass too); torch is only looked at where it is already imported."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(item, torch.Tensor)
 
 
 def as_picture(item: Picture, name: str, size: int) -> Image.Image:

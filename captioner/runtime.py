@@ -11,6 +11,7 @@ search, greedy decoding and sentence rules (captioner.decoding, on NumPy arrays 
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -38,35 +39,33 @@ class OnnxCaptionModel(PictureCaptioner):
     """An exported captioner run by ONNX Runtime: captioner.load(folder) makes one."""
 
     def __init__(self, folder: str | Path, threads: int | None = None):
+        """threads: ONNX Runtime's threads within an operation (None: its default, every core)."""
         folder = Path(folder)
         missing = [name for name in FILES if not (folder / name).is_file()]
         if missing:
             raise CheckpointError(f"{folder}: not a `captioner export` folder (missing {', '.join(missing)})")
+        manifest = _manifest(folder / "manifest.json")
         try:
-            manifest = json.loads((folder / "manifest.json").read_text())
-            format_ = manifest["format"]
-            self.names = manifest["names"]
-            self.decode = DecodeConfig(**manifest["decode"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(f"{folder / 'manifest.json'}: unreadable manifest ({error})") from None
-        if format_ != FORMAT:
-            raise CheckpointError(f"{folder}: export format {format_}, this captioner reads format {FORMAT}")
+            self.names, self.decode = manifest["names"], DecodeConfig(**manifest["decode"])
+            self.image_size, self.grid_size = int(manifest["image_size"]), int(manifest["grid_size"])
+            self.mean, self.std = [float(v) for v in manifest["mean"]], [float(v) for v in manifest["std"]]
+            self.class_names = manifest.get("class_names")  # the classifier's classes, with class words
+            self.vocab = Vocab.load(folder / "vocab.json")
+            with np.load(folder / "rules.npz") as tables:
+                self.tables = {name: tables[name] for name in tables.files}
+            self.tables["end_share"]  # noqa: B018 - every export has it
+        except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile) as error:  # rules.npz is a zip
+            raise CheckpointError(f"{folder}: a damaged export ({type(error).__name__}: {error})") from None
         self.checkpoint = str(folder)
-        self.image_size, self.grid_size = manifest["image_size"], manifest["grid_size"]
-        self.mean, self.std = manifest["mean"], manifest["std"]
-        self.class_names = manifest.get("class_names")  # the classifier's classes, with class words
-        self.vocab = Vocab.load(folder / "vocab.json")
-        with np.load(folder / "rules.npz") as tables:
-            self.tables = {name: tables[name] for name in tables.files}
         self.encoder = _session(folder / "encoder.onnx", threads)
         self.step = _session(folder / "step.onnx", threads)
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "auto") -> OnnxCaptionModel:
+    def load(cls, folder: str | Path, device: str = "auto", threads: int | None = None) -> OnnxCaptionModel:
         """The exported captioner in folder; device: auto or cpu (the CPU execution provider)."""
         if device not in ("auto", "cpu"):
             raise ConfigError(f"an exported model runs on the CPU here (device auto or cpu), not {device!r}")
-        return cls(folder)
+        return cls(folder, threads)
 
     def settings(self, decode: dict | None = None, max_len: int = 30) -> DecodeConfig:
         settings = self.decode.with_overrides(decode)
@@ -126,6 +125,18 @@ class OnnxCaptionModel(PictureCaptioner):
             generation = greedy(step, state, start, max_len, Vocab.eos_id, rules)
         top = (encoded["top_probability"], encoded["top_class"]) if self.class_names else None
         return self.results(prepared, generation, top)
+
+
+def _manifest(path: Path) -> dict:
+    """manifest.json, its format checked first (a newer format says so rather than failing on its keys)."""
+    try:
+        manifest = json.loads(path.read_text())
+        format_ = manifest["format"]
+    except (ValueError, KeyError, TypeError, OSError) as error:
+        raise CheckpointError(f"{path}: unreadable manifest ({error})") from None
+    if format_ != FORMAT:
+        raise CheckpointError(f"{path.parent}: export format {format_}, this captioner reads format {FORMAT}")
+    return manifest
 
 
 def _session(path: Path, threads: int | None):

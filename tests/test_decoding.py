@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -347,3 +348,44 @@ def test_inputs_that_are_done_leave_the_batch_and_nothing_changes(norm):
         torch.testing.assert_close(batched.traces[i], alone.traces[0])
         for a, b in zip(batched.candidate_traces[i], alone.candidate_traces[0], strict=True):
             torch.testing.assert_close(a, b)
+
+
+def _table_step(table):
+    """A step function over a fixed table of logits (V, V) (the next word's logits given the last word), as
+    torch tensors or NumPy arrays: the search must not tell them apart."""
+
+    def step(tokens, state):
+        return table[tokens] + state, state, table[tokens][:, :4]
+
+    return step
+
+
+@pytest.mark.parametrize("beam_size, n_best", [(1, 1), (3, 1), (3, 2)])
+def test_the_search_and_rules_give_the_same_on_numpy_arrays_as_on_tensors(beam_size, n_best):
+    generator = torch.Generator().manual_seed(0)
+    table, bias = torch.randn(9, 9, generator=generator), torch.randn(4, 1, generator=generator)
+    can_end = torch.tensor([False, False, True, False, True, True, False, True, True])
+    rules = Rules(can_end, min_len=2, no_repeat_word=True, no_repeat_ngram=2, never=(0, 1))
+    numpy_rules = Rules(can_end.numpy(), 2, True, 2, never=(0, 1))
+    start = torch.full((4,), 1)
+    runs = []
+    for rows, start_tokens, rule in ((bias, start, rules), (bias.numpy(), start.numpy(), numpy_rules)):
+        step = _table_step(table if rule is rules else table.numpy())
+        state = rows.repeat_interleave(beam_size, 0) if rule is rules else rows.repeat(beam_size, 0)
+        if beam_size > 1 or n_best > 1:
+            runs.append(beam_search(step, state, start_tokens, beam_size, 6, 2, Norm("gnmt", 0.7), rule, n_best))
+        else:
+            runs.append(greedy(step, rows, start_tokens, 6, 2, rule))
+    ours, theirs = runs
+    assert ours.tokens == theirs.tokens and isinstance(theirs.scores, np.ndarray)
+    assert np.allclose(ours.scores.numpy(), theirs.scores, atol=1e-5)
+    assert all(np.allclose(a.numpy(), b) for a, b in zip(ours.traces, theirs.traces, strict=True))
+    assert (ours.candidates is None) == (theirs.candidates is None)
+    for a, b in zip(ours.candidates or [], theirs.candidates or [], strict=True):
+        assert [t for t, _ in a] == [t for t, _ in b]
+
+
+def test_beam_search_of_no_inputs_gives_nothing():
+    empty = torch.zeros(0, dtype=torch.long)
+    result = beam_search(_table_step(torch.randn(5, 5)), torch.zeros(0, 1), empty, 3, 4, 2)
+    assert result.tokens == [] and result.scores.shape == (0,)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -113,18 +114,40 @@ def test_the_command_captions_where_torch_cannot_be_imported(exported, caption_c
     assert (tmp_path / "report.html").stat().st_size > 0 and len(list((tmp_path / "maps").glob("*.png"))) == 3
 
 
-def test_export_command_and_broken_folders(caption_checkpoint, tmp_path, capsys, shapes_root):
+def test_export_command(caption_checkpoint, tmp_path, capsys, shapes_root):
     assert main(["export", "--checkpoint", str(caption_checkpoint), "--out", str(tmp_path / "m")]) == 0
     assert "captioner caption --model" in capsys.readouterr().out
-    picture = pictures(shapes_root, 1)[0]
-    assert main(["caption", "--model", str(tmp_path), picture]) == 2  # no manifest.json
+    assert main(["caption", "--model", str(tmp_path / "m"), pictures(shapes_root, 1)[0]]) == 0
+    assert main(["caption", "--model", str(tmp_path), pictures(shapes_root, 1)[0]]) == 2  # no manifest.json
     assert "not a folder written by `captioner export`" in capsys.readouterr().err
-    (tmp_path / "m" / "step.onnx").write_bytes(b"not onnx")
-    with pytest.raises(CheckpointError, match="step.onnx: not a usable ONNX graph"):
-        captioner.load(tmp_path / "m")
-    (tmp_path / "m" / "manifest.json").write_text("{")
-    with pytest.raises(CheckpointError, match="manifest.json: unreadable manifest"):
-        captioner.load(tmp_path / "m")
-    (tmp_path / "m" / "encoder.onnx").unlink()
-    with pytest.raises(CheckpointError, match="missing encoder.onnx"):
-        captioner.load(tmp_path / "m")
+
+
+def _future(folder):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps(manifest | {"format": 99}))
+
+
+DAMAGE = {
+    "step.onnx: not a usable ONNX graph": lambda folder: (folder / "step.onnx").write_bytes(b"not onnx"),
+    "manifest.json: unreadable manifest": lambda folder: (folder / "manifest.json").write_text("{"),
+    "export format 99, this captioner reads format 1": _future,
+    "a damaged export \\(ValueError: vocabulary file": lambda folder: (folder / "vocab.json").write_text("[1"),
+    "a damaged export": lambda folder: (folder / "rules.npz").write_bytes(b"PK\x03\x04 cut"),
+    "missing encoder.onnx": lambda folder: (folder / "encoder.onnx").unlink(),
+}
+
+
+@pytest.mark.parametrize("message", DAMAGE)
+def test_a_damaged_export_folder_is_one_line_naming_it(exported, tmp_path, message):
+    folder = tmp_path / "copy"
+    shutil.copytree(exported, folder)
+    DAMAGE[message](folder)
+    with pytest.raises(CheckpointError, match=message):
+        captioner.load(folder)
+
+
+def test_a_torch_tensor_subclass_is_a_picture(exported):
+    tv_tensors = pytest.importorskip("torchvision.tv_tensors")
+    picture = tv_tensors.Image(torch.rand(3, 32, 32))
+    [result] = captioner.load(exported).caption([picture], beam_size=1)
+    assert result.image == "image 0"

@@ -74,7 +74,7 @@ def visual_word_ids(config: Config, manifest: Manifest, vocab: Vocab) -> list[li
 def end_statistics(manifest: Manifest, vocab: Vocab) -> tuple[Tensor, Tensor | None, bool]:
     """What the decoder learns of how training captions end: for every word (by its id in vocab, so rare words
     count as <unk>), the share of the training captions holding it that end with it, which decoding's end
-    rule reads (Captioner.can_end). With class words, also the words a class word follows in them and whether
+    rule reads (Captioner.decoding). With class words, also the words a class word follows in them and whether
     one comes first (the lead rule, decode.class_lead); None and False without class words, or where no
     caption has one."""
     holding, ending = torch.zeros(len(vocab)), torch.zeros(len(vocab))

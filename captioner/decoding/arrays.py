@@ -8,6 +8,10 @@ spelled the same for both. ops(x) picks the namespace of x's kind.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import sys
+
 import numpy as np
 
 
@@ -47,8 +51,14 @@ class NumpyOps:
 
     @staticmethod
     def topk(x, k: int):
-        """The k largest along the last axis, largest first: (values, indices). Ties: the lower index first."""
-        index = np.argsort(-x, axis=-1, kind="stable")[..., :k]
+        """The k largest along the last axis, largest first: (values, indices). Which of tied values come first is
+        not specified, as in torch.topk."""
+        if k < x.shape[-1]:  # the k largest first (a partition), then only those sorted
+            part = np.argpartition(-x, k - 1, axis=-1)[..., :k]
+            order = np.argsort(-np.take_along_axis(x, part, axis=-1), axis=-1, kind="stable")
+            index = np.take_along_axis(part, order, axis=-1)
+        else:
+            index = np.argsort(-x, axis=-1, kind="stable")
         return np.take_along_axis(x, index, axis=-1), index
 
     @staticmethod
@@ -157,6 +167,19 @@ class TorchOps:
 
     def repeat(self, x, times: int):
         return x.repeat_interleave(times, dim=0)
+
+
+def without_grad(function):
+    """Run function with torch's gradients off where torch is imported: decoding never trains, and a search
+    called with gradients on would keep every step's graph."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        torch = sys.modules.get("torch")
+        with torch.no_grad() if torch is not None else contextlib.nullcontext():
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 NUMPY = NumpyOps()

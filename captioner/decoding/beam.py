@@ -7,12 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from captioner.decoding.arrays import ops
+from captioner.decoding.arrays import ops, without_grad
 from captioner.decoding.rules import SUMMED, Array, Generation, Norm, Rules, StepFn, cut_at_end, select_rows
 
 Tensor = Array  # torch tensors or NumPy arrays (captioner.decoding.arrays): the search is the same for both
 
 
+@without_grad
 def beam_search(
     step_fn: StepFn,
     state: Any,
@@ -228,8 +229,8 @@ def _results(done: _Finished, history: _History, eos_id: int) -> Generation:
     as candidates (fewer where fewer ended)."""
     B, N = done.scores.shape
     traces = history.backtrack(done.step, done.row) if history.traces else None
-    flat_traces = traces.reshape(B * N, *traces.shape[2:]) if traces is not None else None
-    tokens, cut_traces = cut_at_end(done.words.reshape(B * N, -1), flat_traces, eos_id)
+    flat_traces = traces.reshape(B * N, *traces.shape[2:]) if traces is not None else None  # B may be 0
+    tokens, cut_traces = cut_at_end(done.words.reshape(B * N, done.words.shape[2]), flat_traces, eos_id)
     best = Generation(tokens[::N], done.scores[:, 0], cut_traces[::N] if cut_traces is not None else None)
     if N == 1:
         return best

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from captioner.decoding.arrays import ops
+from captioner.decoding.arrays import ops, without_grad
 from captioner.decoding.rules import Array, Generation, Rules, StepFn, cut_at_end
 
 Tensor = Array  # torch tensors, or NumPy arrays for greedy decoding (temperature 0) under ONNX Runtime
 
 
+@without_grad
 def sample(
     step_fn: StepFn,
     state: Any,
