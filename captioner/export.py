@@ -90,6 +90,8 @@ def export(
 ) -> Path:
     """Write the ONNX folder of a captioner (in eval mode, on the CPU, float32) into out."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: a file, not a folder to write the export into")
     out.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).float().cpu().eval()  # the caller's model stays as it is
     graph_names = names(model)

@@ -151,3 +151,9 @@ def test_a_torch_tensor_subclass_is_a_picture(exported):
     picture = tv_tensors.Image(torch.rand(3, 32, 32))
     [result] = captioner.load(exported).caption([picture], beam_size=1)
     assert result.image == "image 0"
+
+
+def test_export_refuses_a_file_as_its_folder(caption_checkpoint, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["export", "--checkpoint", str(caption_checkpoint), "--out", str(tmp_path / "file")]) == 2
+    assert "a file, not a folder" in capsys.readouterr().err
