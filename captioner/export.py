@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,7 @@ def export(
         constants = [c.repeat_interleave(beam, 0) for c in constants]
         step_inputs = (tokens, *states, *constants)
     pictures_dim, rows_dim = torch.export.Dim("pictures"), torch.export.Dim("rows")
+    log(f"exporting {checkpoint or 'the model'}: the encoder, then one decoder step (some seconds each)")
     _export(encoder_graph, (pictures,), out / "encoder.onnx", graph_names, "encoder", {"images": {0: pictures_dim}})
     # the step's arguments: tokens, then *inputs (the state, the pictures' constants), a row per hypothesis each
     step_dims = ({0: rows_dim}, tuple([{0: rows_dim}] * (len(states) + len(constants))))
@@ -134,7 +136,9 @@ def export(
 
 def _export(module: nn.Module, inputs: tuple, path: Path, graph_names: dict, graph: str, dims) -> None:
     """One graph into path (atomically), its batch dimensions dynamic."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # every input of the step shares the one dynamic dimension, rows: the exporter says so, needlessly
+        warnings.filterwarnings("ignore", message="# The axis name")
         try:
             torch.onnx.export(
                 module,
