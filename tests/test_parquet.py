@@ -87,7 +87,7 @@ def test_a_list_of_captions_without_splits_is_split_as_the_folder_splits(shapes_
         for name, captions in rows:
             metadata.writelines(json.dumps({"file_name": name, "text": caption}) + "\n" for caption in captions * 2)
     table = {"image": [embedded(folder, name) for name, _ in rows], "text": [captions * 2 for _, captions in rows]}
-    file = write_parquet(tmp_path / "train.parquet", table, {"image": IMAGE, "text": pa.list_(pa.string())})
+    file = write_parquet(tmp_path / "captions.parquet", table, {"image": IMAGE, "text": pa.list_(pa.string())})
     percents = ["--val-percent", "20", "--test-percent", "20"]
     assert main(["data", "folder", str(folder), *percents]) == 0
     assert main(["data", "parquet", str(file), "--out", str(tmp_path / "out"), *percents]) == 0
@@ -223,3 +223,55 @@ def test_its_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["data", "parquet", "--help"])
     assert exit_info.value.code == 0 and "--image-column" in capsys.readouterr().out
+
+
+def test_pictures_datasets_names_alike_stay_apart_and_file_names_give_splits(shapes_root, tmp_path):
+    """datasets keeps only a picture's base name in the struct's path: 30 pictures all called image.png are 30
+    pictures with 30 ids, spread over the splits by the hash; a file named train-00000-of-00001.parquet, or in a
+    folder named test, gives its split without a split column."""
+    folder = tmp_path / "mine"
+    rows = own_pictures(shapes_root, folder)
+    alike = {"image": [], "text": []}
+    for name, captions in rows:
+        alike["image"].append({"bytes": (folder / name).read_bytes(), "path": "image.png"})
+        alike["text"].append(captions[0])
+    write_parquet(tmp_path / "pictures.parquet", alike, {"image": IMAGE})
+    shares = ["--val-percent", "30", "--test-percent", "30"]
+    assert main(["data", "parquet", str(tmp_path / "pictures.parquet"), "--out", str(tmp_path / "a"), *shares]) == 0
+    images = json.loads((tmp_path / "a" / "captions.json").read_text())["images"]
+    assert len({image["id"] for image in images}) == 30 and {image["split"] for image in images} == {
+        "train",
+        "val",
+        "test",
+    }
+    (tmp_path / "test").mkdir()
+    parts = {
+        "train-00000-of-00001.parquet": rows[:20],
+        "validation.parquet": rows[20:25],
+        "test/0000.parquet": rows[25:],
+    }
+    for file, part in parts.items():
+        columns = {"image": [embedded(folder, name) for name, _ in part], "text": [c[0] for _, c in part]}
+        write_parquet(tmp_path / file, columns, {"image": IMAGE})
+    assert main(["data", "parquet", *(str(tmp_path / file) for file in parts), "--out", str(tmp_path / "b")]) == 0
+    splits = [image["split"] for image in json.loads((tmp_path / "b" / "captions.json").read_text())["images"]]
+    assert splits == ["train"] * 20 + ["val"] * 5 + ["test"] * 5
+
+
+def test_dictionary_encoded_columns_and_bad_names_of_bytes(shapes_root, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    rows = own_pictures(shapes_root, folder, 3)
+    table = pa.table(
+        {
+            "image": pa.array([embedded(folder, name) for name, _ in rows], IMAGE),
+            "text": pa.array([c[0] for _, c in rows]).dictionary_encode(),  # a pandas Categorical column
+            "split": pa.array(["train", "validation", "test"]).dictionary_encode(),
+        }
+    )
+    pq.write_table(table, tmp_path / "cats.parquet")
+    assert main(["data", "parquet", str(tmp_path / "cats.parquet"), "--out", str(tmp_path / "c")]) == 0
+    bad = {"image": [{"bytes": (folder / rows[0][0]).read_bytes(), "path": "a\nb.png"}], "text": ["a cat"]}
+    write_parquet(tmp_path / "bad.parquet", bad, {"image": IMAGE})
+    assert main(["data", "parquet", str(tmp_path / "bad.parquet"), "--out", str(tmp_path / "d")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "bad.parquet, row 0, column image" in error and len(error.splitlines()) == 1

@@ -139,6 +139,9 @@ def test_the_ball_writes_its_scores_and_throughput_every_epoch(tmp_path):
         points = reader.Scalars(board.row_tag(key))
         assert [(p.step, p.value) for p in points] == [(row["step"], pytest.approx(row[key])) for row in rows], key
     assert reader.Tags()["images"] == []  # figures are the captioner's
+    ball.fit(config, log=lambda _: None)  # a new run in the used folder starts a new board, as metrics.jsonl does
+    assert len(list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert [p.step for p in events(tmp_path / "run").Scalars("val/ade")] == [4, 8]
 
 
 def test_drawing_figures_leaves_the_generators_and_the_mode_as_they_were(tmp_path):

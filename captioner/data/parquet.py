@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from pathlib import Path
 
 from tqdm import tqdm
@@ -83,6 +84,11 @@ def type_name(kind) -> str:
     return str(kind).split("<")[0]
 
 
+def plain(kind):
+    """A dictionary-encoded type (a pandas Categorical column) as the type of its values: to_pylist decodes it."""
+    return kind.value_type if type_name(kind) == "dictionary" else kind
+
+
 def columns_of(path: Path, schema, image: str, text: str, split: str | None) -> tuple[str, str | None]:
     """How the image column holds pictures (struct, path or bytes), and the split column to read: `split`, else
     one named split where the file has one, else None; a DataError naming the file and a column that is missing
@@ -91,7 +97,7 @@ def columns_of(path: Path, schema, image: str, text: str, split: str | None) -> 
         if column is not None and column not in schema.names:
             has = ", ".join(repr(name) for name in schema.names) or "none"
             raise DataError(f"{path}: no column {column!r} (it has {has}); name the right one with {option}")
-    kind = schema.field(image).type
+    kind = plain(schema.field(image).type)
     struct = type_name(kind) == "struct"
     fields = {kind.field(i).name: type_name(kind.field(i).type) for i in range(kind.num_fields)} if struct else {}
     if type_name(kind) in STRINGS | BINARIES:
@@ -107,16 +113,16 @@ def columns_of(path: Path, schema, image: str, text: str, split: str | None) -> 
             f"{path}: column {image!r} is {kind}, not pictures (a struct of bytes and path as the datasets Image "
             f"feature writes, a path string or binary)"
         )
-    captions = schema.field(text).type
-    caption = type_name(getattr(captions, "value_type", captions))
+    captions = plain(schema.field(text).type)
+    caption = type_name(plain(getattr(captions, "value_type", captions)))
     if type_name(captions) not in STRINGS | {"null", "list", "large_list"} or caption not in STRINGS | {"null"}:
         raise DataError(f"{path}: column {text!r} is {captions}, not captions (a string or a list of strings a row)")
     return holds, split or ("split" if "split" in schema.names else None)
 
 
-def picture(where: str, column: str, cell, holds: str, folder: Path, images: Path, checked: set[Path]):
+def picture(where: str, column: str, cell, holds: str, folder: Path, images: Path, seen: dict):
     """The file of the picture an image cell names, and its name; bytes are written into `images` once, a path is
-    checked the first time it is named (`checked`: those already seen)."""
+    checked the first time it is named (`seen`: the files checked, and the name each digest of bytes took)."""
     if holds == "struct":
         data, name = (cell.get("bytes"), cell.get("path")) if cell is not None else (None, None)
     else:
@@ -127,20 +133,40 @@ def picture(where: str, column: str, cell, holds: str, folder: Path, images: Pat
             raise DataError(f"{listed}: no picture (" + ("null bytes and no path)" if holds == "struct" else "null)"))
         check_name(listed, name, f"{column}.path" if holds == "struct" else "path")
         file = (folder / name).resolve()  # an absolute name stays itself
-        if file not in checked:
+        if file not in seen:
             check_picture(file, listed)
-            checked.add(file)
+            seen[file] = name
         return file, name
+    if name:
+        check_name(listed, name, f"{column}.path")
     form = picture_format(io.BytesIO(data), f"{name or 'a picture'} (bytes) is listed in {listed}")
     # Named by a hash of its name and bytes: rows repeating both are one picture, as rows repeating a file_name are in
     # a folder; two pictures of the same bytes under two names stay two, as two such files in a folder do.
     digest = hashlib.sha256(data)
     digest.update(b"\0" + (name or "").encode())
-    file = images / f"{digest.hexdigest()[:32]}.{EXTENSIONS.get(form, form.lower())}"
+    key = digest.hexdigest()[:32]
+    file = images / f"{key}.{EXTENSIONS.get(form, form.lower())}"
     if not file.is_file():  # written whole under a temporary name and renamed: one that is there is complete
         with atomic_path(file) as tmp:
             tmp.write_bytes(data)
-    return file, name or file.name
+    given = name or file.name
+    if seen.setdefault(given, key) != key:  # another picture under this name (datasets keeps the base name only):
+        stem, dot, suffix = given.rpartition(".")  # a name of its own, so that ids stay one per picture
+        given = f"{stem}_{key[:8]}.{suffix}" if dot else f"{given}_{key[:8]}"
+    return file, given
+
+
+SPLIT_FILE = re.compile(r"(train|validation|valid|val|test)([-_.]\d+(-of-\d+)?)?", re.IGNORECASE)
+
+
+def split_of_file(path: Path) -> str | None:
+    """The split a Hugging Face repository's file name or folder gives (train-00000-of-00002.parquet,
+    validation.parquet, default/test/0000.parquet), or None."""
+    for part in (path.stem, path.parent.name):
+        match = SPLIT_FILE.fullmatch(part)
+        if match:
+            return match.group(1).lower()
+    return None
 
 
 def read_parquet(path: Path, gathering: Gathering, images: Path, image: str, split: str | None, log=print) -> None:
@@ -152,13 +178,15 @@ def read_parquet(path: Path, gathering: Gathering, images: Path, image: str, spl
     bar = tqdm(total=rows, desc=f"reading {path.name}", unit="row", disable=None)  # None: a bar on a terminal only
     if bar.disable:
         log(f"reading {path}: {rows} rows in {parquet.num_row_groups} row groups")
-    number, checked = 0, set()
+    number, named = 0, split_of_file(path) if not split else None
+    if named:
+        log(f"{path}: no split column; its name says {named}")
     with bar:
         for cells, count in batches(parquet, path, columns):
-            givens = cells[2] if split else [None] * count
+            givens = cells[2] if split else [named] * count
             for cell, texts, given in zip(cells[0], cells[1], givens, strict=True):
                 where = f"{path}, row {number}"  # counted from 0, as datasets and pandas index rows
-                file, name = picture(where, image, cell, holds, path.parent, images, checked)
+                file, name = picture(where, image, cell, holds, path.parent, images, gathering.seen)
                 gathering.add(where, file, name, texts if isinstance(texts, list) else [texts], given or None)
                 number += 1
             bar.update(count)

@@ -34,7 +34,7 @@ from captioner.data.loaders import (
 from captioner.data.manifest import collate_images, image_sizes, load_manifest
 from captioner.device import autocast, resolve_device
 from captioner.distributed import SINGLE, World, barrier, gather_objects, shard, sum_over_ranks, unshard
-from captioner.errors import ConfigError
+from captioner.errors import CheckpointError, ConfigError
 from captioner.files import write_json
 from captioner.models.captioner import Captioner, caption_loss, resolve_class_words
 from captioner.models.registry import build_model, restore
@@ -221,7 +221,7 @@ class CaptioningTask(Task):
             record = self.data.val_records[i]
             picture = load_image(record.path, self.config.data.image_size)
             grid = self.config.encoder.grid_size  # three panels a row, 360 px: a TensorBoard card's width
-            images[f"attention/{record.path.stem}"] = attention_figure(
+            images[f"attention/{i}_{record.path.stem}"] = attention_figure(  # i: two pictures may share a stem
                 picture, tokens, attention, grid, panel=112, columns=3
             )
             rows.append([record.path.name, detokenize(tokens), record.captions[0]])
@@ -337,9 +337,14 @@ def evaluate(
     }
     if output:
         write_json(output, report)
-    board = write_evaluation(checkpoint, *evaluate_summaries(split, runs))
-    if board is not None:
-        say(f"{split} scores added to the run's TensorBoard: {board}")
+    if data_root is None and not decode:  # the run's own data and settings: its board's test scores
+        try:
+            board = write_evaluation(checkpoint, *evaluate_summaries(split, runs))
+        except CheckpointError as error:  # the scores are reported all the same
+            say(f"warning: {error}")
+        else:
+            if board is not None:
+                say(f"{split} scores added to the run's TensorBoard: {board}")
     return report
 
 

@@ -12,8 +12,9 @@ and `captioner evaluate` adds its test table at the step of the checkpoint it sc
 
 A resumed run continues the curves: its writer purges the events from the step after the checkpoint's on
 (SessionLog START, which TensorBoard's readers honour), so work lost with the stopped run leaves no second
-point; a new run purges from step 0, everything an earlier run in the same folder wrote (and TensorBoard's
-Python loader ignores a run's first START, so every training writer must write one). Only rank 0 writes.
+point; a new run deletes the event files an earlier run in the same folder wrote (and writes a START at step 0:
+TensorBoard's Python loader ignores a run's first START, so every training writer must write one). Only rank 0
+writes.
 tensorboard is an optional extra: without it training runs the same and says once how to get the curves.
 Nothing here touches the weights, and figures are drawn with training's generators saved and restored: a run
 trains the same with and without it.
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from captioner.errors import CheckpointError
 from captioner.training.run_folder import RunFolder
 from captioner.training.task import Figures
 
@@ -49,12 +51,15 @@ class Board:
     tensorboard is missing; the writer is made at the first event, so a run that trains nothing writes no file."""
 
     def __init__(self, path: Path, resumed_step: int | None, log: Callable[[str], None], main: bool = True):
-        self.path = Path(path)
+        self.path, self.log = Path(path), log
         self.purge = 0 if resumed_step is None else resumed_step + 1  # events from this step on are stale
         self.writer = None
         self.writer_class = summary_writer() if main else None
         if main and self.writer_class is None:
             log(HINT)
+        if main and resumed_step is None and self.path.is_dir():  # a new run in a used folder: a new board, as
+            for old in self.path.glob("events.out.tfevents.*"):  # metrics.jsonl starts anew (TensorBoard's
+                old.unlink()  # default loader ignores purge markers, so old points would stay)
         self.loss, self.batches = 0.0, 0  # since the latest steps/loss point
 
     @property
@@ -87,6 +92,9 @@ class Board:
         try:
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 return task.figures()
+        except (OSError, ValueError) as error:  # a picture gone or unreadable: the checkpoint comes first
+            self.log(f"TensorBoard: no figures this time ({type(error).__name__}: {error})")
+            return None
         finally:
             task.model.train(training)
 
@@ -127,13 +135,16 @@ def write_evaluation(checkpoint: str | Path, scalars: dict[str, float], text: di
     writer_class = summary_writer() if folder.is_dir() else None
     if writer_class is None:
         return None
-    step = saved_step(checkpoint)
-    with writer_class(str(folder)) as writer:  # no purge: training's events stay
-        for tag, value in scalars.items():
-            if value is not None and math.isfinite(value):
-                writer.add_scalar(tag, value, step)
-        for tag, markdown in text.items():
-            writer.add_text(tag, markdown, step)
+    try:
+        step = saved_step(checkpoint)
+        with writer_class(str(folder)) as writer:  # no purge: training's events stay
+            for tag, value in scalars.items():
+                if value is not None and math.isfinite(value):
+                    writer.add_scalar(tag, value, step)
+            for tag, markdown in text.items():
+                writer.add_text(tag, markdown, step)
+    except (OSError, RuntimeError) as error:  # a read-only or full disk, a checkpoint replaced meanwhile
+        raise CheckpointError(f"{folder}: the scores could not be added to TensorBoard ({error})") from None
     return folder
 
 
@@ -147,6 +158,6 @@ def saved_step(checkpoint: str | Path) -> int:
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
     """A Markdown table (TensorBoard's text dashboard draws it); a | inside a cell is escaped."""
-    cells = [[str(cell).replace("|", "\\|") for cell in row] for row in [header, *rows]]
+    cells = [[" ".join(str(cell).split()).replace("|", "\\|") for cell in row] for row in [header, *rows]]
     lines = ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join([lines[0], "|" + "---|" * len(header), *lines[1:]])
