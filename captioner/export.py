@@ -26,7 +26,6 @@ from captioner.class_words import class_list
 from captioner.errors import ConfigError
 from captioner.files import atomic_path, write_json
 from captioner.models.captioner import Captioner
-from captioner.models.decoder import AttendedMemory
 
 FORMAT = 1  # manifest.json's "format": what captioner.runtime reads
 OPSET = 18
@@ -43,7 +42,7 @@ class EncoderGraph(nn.Module):
         model, decoder = self.model, self.model.decoder
         grids = model.encoder.grid(images)  # the backbone once, for the caption and the classifier alike
         memory = model.encoder(grids)
-        attended = decoder.prepare(memory, None, decoding=True, class_offset=model.class_offset)
+        attended = decoder.prepare(memory, None, class_offset=model.class_offset)
         outputs = (memory, attended.keys, *decoder.init_state(memory))
         if model.classes is None:
             return outputs
@@ -62,16 +61,8 @@ class StepGraph(nn.Module):
         decoder = self.model.decoder
         states = decoder.core.num_states
         state, (memory, keys, *whole) = tuple(inputs[:states]), inputs[states:]
-        weight = decoder.core.input_weight(start=decoder.embed_dim).contiguous()
-        attended = AttendedMemory(
-            memory,
-            keys,
-            None,
-            weight,
-            whole_classes=whole[0] if whole else None,
-            class_offset=self.model.class_offset,
-            classifier_t=decoder.classifier.weight.t().contiguous(),
-        )
+        class_offset = self.model.class_offset if whole else None
+        attended = decoder.attended(memory, keys, None, whole[0] if whole else None, class_offset, decoding=True)
         scores, state, alpha = decoder.step(tokens, state, attended)
         return (torch.log_softmax(scores.float(), dim=-1), *state, alpha)
 

@@ -182,15 +182,26 @@ class AttentionDecoder(WordGroups, nn.Module):
         """Project the attention keys once per memory. memory (B, P, D), mask (B, P) True where valid.
         decoding: for free-running steps without gradients (the output layer's weight transposed once).
         class_offset (P, D): what the class words do not read of each memory row (see AttendedMemory)."""
-        weight = _cast_once(self.core.input_weight(start=self.embed_dim))
         if self.class_group is None:
             whole_classes = class_offset = None
         else:  # class words: the whole picture's classes, once per memory rather than at every step
             whole_classes = self._whole_classes(memory if class_offset is None else memory - class_offset, mask)
         keys = self.attention.project_memory(memory)
-        attended = AttendedMemory(
-            memory, keys, mask, weight.contiguous(), whole_classes=whole_classes, class_offset=class_offset
-        )
+        return self.attended(memory, keys, mask, whole_classes, class_offset, decoding)
+
+    def attended(
+        self,
+        memory: Tensor,
+        keys: Tensor,
+        mask: Tensor | None,
+        whole_classes: Tensor | None,
+        class_offset: Tensor | None,
+        decoding: bool = False,
+    ) -> AttendedMemory:
+        """What the steps read, from a memory's keys and classes already computed (prepare, or the inputs of an
+        exported step): the weights each step uses, sliced and cast once."""
+        weight = _cast_once(self.core.input_weight(start=self.embed_dim)).contiguous()
+        attended = AttendedMemory(memory, keys, mask, weight, whole_classes=whole_classes, class_offset=class_offset)
         if decoding:
             attended.classifier_t = _cast_once(self.classifier.weight.t()).contiguous()
         return attended
