@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from captioner.config import DecodeConfig
-from captioner.data.images import normalise, resized
+from captioner.data.images import channel_values, normalise, resized
 from captioner.decoding import SUMMED, beam_search, greedy
 from captioner.decoding.rules import decoding_rules
 from captioner.errors import CheckpointError, ConfigError
@@ -48,7 +48,7 @@ class OnnxCaptionModel(PictureCaptioner):
         try:
             self.names, self.decode = manifest["names"], DecodeConfig(**manifest["decode"])
             self.image_size, self.grid_size = int(manifest["image_size"]), int(manifest["grid_size"])
-            self.mean, self.std = [float(v) for v in manifest["mean"]], [float(v) for v in manifest["std"]]
+            self.mean, self.std = channel_values(manifest["mean"]), channel_values(manifest["std"])
             self.class_names = manifest.get("class_names")  # the classifier's classes, with class words
             self.vocab = Vocab.load(folder / "vocab.json")
             with np.load(folder / "rules.npz") as tables:

@@ -41,6 +41,9 @@ from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from captioner.files import write_json  # noqa: E402
+
 PYTHON = sys.executable
 TRAIN_SHARE = 82_783 / (82_783 + 40_504)  # COCO 2014's train : val
 WORDS = 27_000
@@ -238,7 +241,7 @@ def run(sizes: list[int], work: Path, steps: int, cache_limit: int, output: Path
     evaluation = {"images": 5000, "of": max(sizes), **measured(command, largest / "logs" / "evaluate.txt")}
     print(json.dumps(evaluation), flush=True)
     if output:
-        output.write_text(json.dumps({"rows": list(results.values()), "evaluate": evaluation}, indent=1) + "\n")
+        write_json(output, {"rows": list(results.values()), "evaluate": evaluation})
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from captioner.data.feature_cache import CachedCaptionSet, GridFile  # noqa: E402
 from captioner.data.images import ImageTransform, load_image  # noqa: E402
+from captioner.files import write_json  # noqa: E402
 from captioner.rewards import CiderD  # noqa: E402
 
 GRIDS = {"cpu": (49, 1280), "coco": (196, 2048)}  # the recipes' (P, D)
@@ -204,7 +205,7 @@ def main() -> None:
     )
     print(json.dumps(result["cores_for_one_gpu"], indent=1))
     if args.output:
-        args.output.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.output, result)
 
 
 if __name__ == "__main__":

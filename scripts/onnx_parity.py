@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from captioner.data.manifest import load_manifest  # noqa: E402
-from captioner.export import export_checkpoint  # noqa: E402
+from captioner.export import export  # noqa: E402
 from captioner.files import write_json  # noqa: E402
 from captioner.pipeline import CaptionModel  # noqa: E402
 from captioner.runtime import OnnxCaptionModel  # noqa: E402
@@ -38,8 +38,7 @@ def step_difference(torch_model: CaptionModel, onnx_model: OnnxCaptionModel, fil
         batch = [torch_model.prepare(f, onnx_picture(f, torch_model)) for f in files[start : start + 16]]
         captions = [torch_model.vocab.encode(r.words) for r in results[start : start + 16]]
         with torch.no_grad():
-            grids = model.encoder.grid(torch.stack([p.tensor for p in batch]))
-            memory = model.encoder(grids)
+            memory = model.encoder(torch.stack([p.tensor for p in batch]))
             attended = model.decoder.prepare(memory, decoding=True, class_offset=model.class_offset)
             state = model.decoder.init_state(memory)
         names = onnx_model.names
@@ -109,8 +108,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp(prefix="onnx_parity_"))
-    export_checkpoint(args.checkpoint, folder)
     torch_model = CaptionModel.load(args.checkpoint, "cpu")
+    encoder = torch_model.model.encoder
+    export(
+        torch_model.model,
+        torch_model.config,
+        torch_model.vocab,
+        folder,
+        torch_model.image_size,
+        encoder.mean,
+        encoder.std,
+        args.checkpoint,
+    )
     onnx_model = OnnxCaptionModel(folder, threads=args.threads)
     sets = {
         "test split": [str(r.path) for r in load_manifest(args.data).split("test")],

@@ -43,13 +43,13 @@ def seen_partner(colour: str, shape: str) -> str:
     return next(c for c in COLOURS if c != colour and (c, shape) not in HELD_OUT)
 
 
-@torch.no_grad()
 def next_word(model, memory, ids, vocab) -> str:
     """The word the teacher-forced decoder puts first after ids."""
     logits, _ = model.decoder(memory, ids, class_offset=model.class_offset)
     return vocab.itos[int(logits[0, -1].argmax())]
 
 
+@torch.no_grad()  # the encoder and the teacher-forced decoder alike
 def main(args: argparse.Namespace) -> None:
     model, config, vocabularies = restore(args.checkpoint, kind="captioner")
     vocab = vocabularies["vocab"]

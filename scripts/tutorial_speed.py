@@ -38,6 +38,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import benchmark  # noqa: E402 - scripts/benchmark.py: the coco recipe's caption lengths and its rows
 
+from captioner.files import write_json  # noqa: E402
+
 GRID, FEATURES, WIDTH, WORDS, BATCH = 14, 2048, 512, 10_000, 32
 
 
@@ -160,7 +162,7 @@ def main() -> None:
     result["beam3_ratio"] = round(result["ours_beam3"] / result["tutorial_beam3"], 1)
     print(json.dumps(result, indent=1))
     if args.output:
-        args.output.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.output, result)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,6 @@ class Gathering:
             )
         self.val_percent, self.test_percent, self.text, self.split = val_percent, test_percent, text, split
         self.entries: dict[Path, Entry] = {}
-        self.seen: dict = {}  # what a source has checked or named already, across its files (data parquet)
 
     def add(self, where: str, image: Path, name: str, texts: list, given=None) -> None:
         """The captions of one row (`where`: its file and line or row) for the picture file `image`, called `name`

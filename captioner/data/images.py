@@ -107,12 +107,19 @@ def _open_unlimited(source: Path | io.BytesIO) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = previous
 
 
-def normalise(pixels: np.ndarray, mean, std) -> np.ndarray:
-    """8-bit RGB pixels (H, W, 3) -> the float32 array (3, H, W) a backbone reads: (pixels / 255 - mean) / std."""
-    mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
-    scaled = pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
-    return np.ascontiguousarray((scaled - mean) / std)
+def channel_values(values) -> np.ndarray:
+    """A mean or std per channel as the (3, 1, 1) float32 array normalise takes (made once, not per picture)."""
+    return np.asarray(values, dtype=np.float32).reshape(3, 1, 1)
+
+
+def normalise(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """8-bit RGB pixels (H, W, 3) -> the float32 array (3, H, W) a backbone reads: (pixels / 255 - mean) / std,
+    mean and std from channel_values; one contiguous array, the arithmetic in place."""
+    values = np.array(pixels.transpose(2, 0, 1), dtype=np.float32, order="C")
+    values /= np.float32(255.0)
+    values -= mean
+    values /= std
+    return values
 
 
 def resized(image: Image.Image, side: int) -> Image.Image:
@@ -144,7 +151,7 @@ class ImageTransform:
         self.size, self.crop, self.hflip = size, crop, hflip
         self.resize = round(size / crop)
         self.random = self.resize != size or hflip  # whether a call draws random numbers
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean, self.std = channel_values(mean), channel_values(std)
 
     def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         """The tensor of one image; the random crop and flip draw from generator (None: torch's global one)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from captioner.data.folder import Gathering, check_name, check_picture, picture_format
+from captioner.data.folder import SPLIT_NAMES, Gathering, check_name, check_picture, picture_format
 from captioner.errors import DataError
 from captioner.files import atomic_path
 
@@ -120,43 +120,60 @@ def columns_of(path: Path, schema, image: str, text: str, split: str | None) -> 
     return holds, split or ("split" if "split" in schema.names else None)
 
 
-def picture(where: str, column: str, cell, holds: str, folder: Path, images: Path, seen: dict):
-    """The file of the picture an image cell names, and its name; bytes are written into `images` once, a path is
-    checked the first time it is named (`seen`: the files checked, and the name each digest of bytes took)."""
-    if holds == "struct":
-        data, name = (cell.get("bytes"), cell.get("path")) if cell is not None else (None, None)
-    else:
-        data, name = (cell, None) if holds == "bytes" else (None, cell)
-    listed = f"{where}, column {column}"
-    if data is None:
-        if not name:
-            raise DataError(f"{listed}: no picture (" + ("null bytes and no path)" if holds == "struct" else "null)"))
-        check_name(listed, name, f"{column}.path" if holds == "struct" else "path")
-        file = (folder / name).resolve()  # an absolute name stays itself
-        if file not in seen:
-            check_picture(file, listed)
-            seen[file] = name
-        return file, name
-    if name:
-        check_name(listed, name, f"{column}.path")
-    form = picture_format(io.BytesIO(data), f"{name or 'a picture'} (bytes) is listed in {listed}")
-    # Named by a hash of its name and bytes: rows repeating both are one picture, as rows repeating a file_name are in
-    # a folder; two pictures of the same bytes under two names stay two, as two such files in a folder do.
-    digest = hashlib.sha256(data)
-    digest.update(b"\0" + (name or "").encode())
-    key = digest.hexdigest()[:32]
-    file = images / f"{key}.{EXTENSIONS.get(form, form.lower())}"
-    if not file.is_file():  # written whole under a temporary name and renamed: one that is there is complete
-        with atomic_path(file) as tmp:
-            tmp.write_bytes(data)
-    given = name or file.name
-    if seen.setdefault(given, key) != key:  # another picture under this name (datasets keeps the base name only):
-        stem, dot, suffix = given.rpartition(".")  # a name of its own, so that ids stay one per picture
-        given = f"{stem}_{key[:8]}.{suffix}" if dot else f"{given}_{key[:8]}"
-    return file, given
+class Pictures:
+    """The pictures of one `data parquet` run, each read, checked and written once however many rows name it (one
+    caption a row: COCO names each picture five times)."""
+
+    def __init__(self, images: Path):
+        self.images = images  # where pictures given as bytes are written
+        self.known: dict = {}  # (folder, path) or the digest of bytes and name -> (file, name)
+        self.names: dict[str, str] = {}  # a name given to bytes -> the digest of the first picture that took it
+
+    def of(self, where: str, column: str, cell, holds: str, folder: Path) -> tuple[Path, str]:
+        """The file of the picture an image cell names, and its name; bytes are written into `images` once, a path
+        is checked the first time it is named."""
+        if holds == "struct":
+            data, name = (cell.get("bytes"), cell.get("path")) if cell is not None else (None, None)
+        else:
+            data, name = (cell, None) if holds == "bytes" else (None, cell)
+        listed = f"{where}, column {column}"
+        if data is None:
+            if not name:
+                what = "null bytes and no path)" if holds == "struct" else "null)"
+                raise DataError(f"{listed}: no picture (" + what)
+            if (folder, name) not in self.known:
+                check_name(listed, name, f"{column}.path" if holds == "struct" else "path")
+                file = (folder / name).resolve()  # an absolute name stays itself
+                check_picture(file, listed)
+                self.known[folder, name] = file, name
+            return self.known[folder, name]
+        # Named by a hash of its name and bytes: rows repeating both are one picture, as rows repeating a file_name
+        # are in a folder; two pictures of the same bytes under two names stay two, as two such files do.
+        digest = hashlib.sha256(data)
+        digest.update(b"\0" + (name or "").encode())
+        key = digest.hexdigest()[:32]
+        if key not in self.known:
+            self.known[key] = self.write(listed, data, name, key, f"{column}.path")
+        return self.known[key]
+
+    def write(self, listed: str, data: bytes, name: str | None, key: str, field: str) -> tuple[Path, str]:
+        """A picture given as bytes, checked and written once; the name it takes."""
+        if name:
+            check_name(listed, name, field)
+        form = picture_format(io.BytesIO(data), f"{name or 'a picture'} (bytes) is listed in {listed}")
+        file = self.images / f"{key}.{EXTENSIONS.get(form, form.lower())}"
+        if not file.is_file():  # written whole under a temporary name and renamed: one that is there is complete
+            with atomic_path(file) as tmp:
+                tmp.write_bytes(data)
+        given = name or file.name
+        if self.names.setdefault(given, key) != key:  # another picture under this name (datasets keeps the base
+            stem, dot, suffix = given.rpartition(".")  # name only): a name of its own, so ids stay one per picture
+            given = f"{stem}_{key[:8]}.{suffix}" if dot else f"{given}_{key[:8]}"
+        return file, given
 
 
-SPLIT_FILE = re.compile(r"(train|validation|valid|val|test)([-_.]\d+(-of-\d+)?)?", re.IGNORECASE)
+SPLITS_BY_LENGTH = "|".join(sorted(SPLIT_NAMES, key=len, reverse=True))  # validation before val
+SPLIT_FILE = re.compile(rf"({SPLITS_BY_LENGTH})([-_.]\d+(-of-\d+)?)?", re.IGNORECASE)
 
 
 def split_of_file(path: Path) -> str | None:
@@ -169,8 +186,12 @@ def split_of_file(path: Path) -> str | None:
     return None
 
 
-def read_parquet(path: Path, gathering: Gathering, images: Path, image: str, split: str | None, log=print) -> None:
-    """Every row of one Parquet file into the gathering, a row group's batch at a time."""
+def read_parquet(
+    path: Path, gathering: Gathering, images: Path, image: str, split: str | None, log=print, pictures=None
+) -> None:
+    """Every row of one Parquet file into the gathering, a row group's batch at a time; pictures: the run's
+    Pictures, shared by its files (None: this file's own, writing into images)."""
+    pictures = pictures or Pictures(images)
     parquet = open_parquet(path)
     holds, split = columns_of(path, parquet.schema_arrow, image, gathering.text, split)
     columns = [image, gathering.text] + ([split] if split else [])
@@ -186,7 +207,7 @@ def read_parquet(path: Path, gathering: Gathering, images: Path, image: str, spl
             givens = cells[2] if split else [named] * count
             for cell, texts, given in zip(cells[0], cells[1], givens, strict=True):
                 where = f"{path}, row {number}"  # counted from 0, as datasets and pandas index rows
-                file, name = picture(where, image, cell, holds, path.parent, images, gathering.seen)
+                file, name = pictures.of(where, image, cell, holds, path.parent)
                 gathering.add(where, file, name, texts if isinstance(texts, list) else [texts], given or None)
                 number += 1
             bar.update(count)
@@ -209,6 +230,7 @@ def prepare_parquet(
     paths = [Path(file) for file in files]
     out = Path(out) if out else paths[0].parent
     gathering = Gathering(val_percent, test_percent, text, split or "split")
+    pictures = Pictures(out / "images")
     for path in paths:
-        read_parquet(path, gathering, out / "images", image, split, log)
+        read_parquet(path, gathering, out / "images", image, split, log, pictures)
     return gathering.write(out, ", ".join(str(path) for path in paths), out.resolve().name, log)

@@ -64,12 +64,12 @@ class CaptioningTask(Task):
         "entropy": "entropy {:.2f}",
         "sample_words": "{:.1f} words",
     }
-    shown: list[tuple[int, list[str], Tensor]] = []  # (index, words, attention) of the pictures figures draws
 
     def __init__(self, run: training.Run):
         super().__init__(run)
         config, world = run.config, run.world
         self.world, self.best_metric = world, f"val_{config.train.best_metric}"
+        self.shown: list[tuple[int, list[str], Tensor]] = []  # (index, words, attention): the pictures figures draws
         for name in ("train", "scst"):
             size = getattr(config, name).batch_size
             if size % world.size and (name == "train" or config.scst.epochs):
@@ -205,10 +205,10 @@ class CaptioningTask(Task):
             self.world,
             self.config.decode,
         )
-        picked = sorted({n * len(captions.tokens) // FIGURES for n in range(FIGURES)})  # the same every time
-        self.shown = [(i, captions.tokens[i], captions.attention[i]) for i in picked]
         if not self.world.main:
             return {}
+        picked = sorted({n * len(captions.tokens) // FIGURES for n in range(FIGURES)})  # the same every time
+        self.shown = [(i, captions.tokens[i], captions.attention[i]) for i in picked]  # what figures draws
         records, words = self.data.val_records, self.manifest.object_words
         grid, sizes = self.config.encoder.grid_size, self.data.val_sizes
         return score_captions(captions, records, words, grid, sizes, train.val_metrics, self.log)

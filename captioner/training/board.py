@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from captioner.checkpoint import load_checkpoint
 from captioner.errors import CheckpointError
 from captioner.training.run_folder import RunFolder
 from captioner.training.task import Figures
@@ -135,8 +136,8 @@ def write_evaluation(checkpoint: str | Path, scalars: dict[str, float], text: di
     writer_class = summary_writer() if folder.is_dir() else None
     if writer_class is None:
         return None
+    step = saved_step(checkpoint)
     try:
-        step = saved_step(checkpoint)
         with writer_class(str(folder)) as writer:  # no purge: training's events stay
             for tag, value in scalars.items():
                 if value is not None and math.isfinite(value):
@@ -149,9 +150,8 @@ def write_evaluation(checkpoint: str | Path, scalars: dict[str, float], text: di
 
 
 def saved_step(checkpoint: str | Path) -> int:
-    """The training step a checkpoint was saved at (0 if it does not say), read without loading its tensors."""
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    training = saved.get("training") if isinstance(saved, dict) else None
+    """The training step a checkpoint was saved at (0 if it does not say); CheckpointError for a damaged one."""
+    training = load_checkpoint(checkpoint).get("training")
     step = training.get("step") if isinstance(training, dict) else None
     return step if isinstance(step, int) else 0
 
