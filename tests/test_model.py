@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from captioner.config import Config
+from captioner.data.manifest import collate_captions
 from captioner.errors import ConfigError
 from captioner.models import attention as attention_module
+from captioner.models import linear
 from captioner.models.attention import AdditiveAttention
 from captioner.models.captioner import Captioner, caption_loss
 from captioner.models.decoder import AttentionDecoder
@@ -66,13 +68,18 @@ def test_attention_weights_are_distributions_and_respect_the_mask():
     assert torch.all(alphas[1, :, 3:] == 0)
 
 
-@pytest.mark.parametrize("decoding", [False, True])  # True: as decode() steps, the output weight transposed once
-def test_teacher_forcing_equals_stepping(decoding):
+@pytest.mark.parametrize("onednn", [False, True])  # False: every product as F.linear (MKL on a CPU)
+@pytest.mark.parametrize("decoding", [False, True])  # True: as decode() steps (no dropout, the output weight ready)
+def test_teacher_forcing_equals_stepping(decoding, onednn, monkeypatch):
+    if onednn and not linear._ONEDNN:
+        pytest.skip("this torch has no oneDNN")
+    monkeypatch.setattr(linear, "_ONEDNN", onednn)
     decoder = AttentionDecoder(10, 6, 5, 8, 7, num_layers=2, dropout=0.3).eval()
     memory, tokens = torch.randn(2, 5, 6), torch.randint(4, 10, (2, 6))
     logits, alphas = decoder(memory, tokens)
     attended, state = decoder.prepare(memory, decoding=decoding), decoder.init_state(memory)
-    assert (attended.classifier_t is not None) == decoding
+    assert attended.decoding == decoding
+    assert (attended.classifier_t is not None) == (decoding and not onednn)  # MKL: the weight transposed once
     for t in range(6):
         step_logits, state, alpha = decoder.step(tokens[:, t], state, attended)
         torch.testing.assert_close(step_logits, logits[:, t], rtol=1e-5, atol=1e-6)
@@ -306,3 +313,64 @@ def test_a_decoder_argument_the_decoder_refuses_is_a_config_error(tmp_path):
     config.decoder.cell = "transformer"
     with pytest.raises(ConfigError, match="decoder: unknown recurrent cell 'transformer'"):
         Captioner.from_config(config, 20, load_pretrained=False)
+
+
+@pytest.mark.parametrize("queries", [1, 3])  # training (one query per memory row) and beam search (K beams)
+@pytest.mark.parametrize("chunk", [1 << 21, 40])  # one chunk, and chunks of a few memory rows
+def test_chunked_attention_scores_have_the_formulas_gradients(monkeypatch, chunk, queries):
+    """The CPU's chunked scores (forward, and a backward that computes the sigmoid again) against autograd."""
+    monkeypatch.setattr(attention_module, "_CPU_CHUNK", chunk)
+    options = {"dtype": torch.float64, "requires_grad": True}
+    keys, query = torch.randn(5, 1, 7, 4, **options), torch.randn(5, queries, 1, 4, **options)
+    w = torch.randn(1, 4, **options)
+    assert torch.autograd.gradcheck(attention_module._ChunkedScores.apply, (keys, query, w))
+    formula = 2.0 * ((keys + query).sigmoid() @ w.t()).squeeze(-1)
+    torch.testing.assert_close(attention_module._ChunkedScores.apply(keys, query, w), formula)
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (2, 3, 5)])
+def test_linear_is_f_linear_with_its_gradients(shape):
+    """models/linear.py: the same values and gradients as F.linear, over a slice of a weight's columns too, and
+    F.linear itself under autocast."""
+    full = torch.randn(4, 9, requires_grad=True)
+    x, bias = torch.randn(*shape, requires_grad=True), torch.randn(4, requires_grad=True)
+    for weight in (full[:, 2:7], full[:, :5].t().contiguous().t()):  # a slice; the transpose of a contiguous one
+        got = linear.linear(x, weight, bias)
+        want = torch.nn.functional.linear(x, weight, bias)
+        torch.testing.assert_close(got, want)
+        grads = torch.autograd.grad(got.square().sum(), (x, full, bias))
+        for a, b in zip(grads, torch.autograd.grad(want.square().sum(), (x, full, bias)), strict=True):
+            torch.testing.assert_close(a, b)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert not linear.uses_onednn(x, full)
+        assert linear.linear(x, full[:, :5], bias).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_steps_leave_the_real_positions_and_their_gradients_unchanged(layers):
+    """Rows that end early leave the step loop (steps): the logits, alphas and gradients of the positions the
+    loss reads are those of the full loop, whether or not the rows come longest first."""
+    torch.manual_seed(0)
+    decoder = AttentionDecoder(12, 6, 5, 8, 7, num_layers=layers, dropout=0.0)
+    memory, tokens = torch.randn(4, 5, 6), torch.randint(4, 12, (4, 6))
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    mask[2, 3:] = False
+    for steps in (torch.tensor([6, 4, 4, 1]), torch.tensor([2, 6, 1, 5])):  # longest first, and not
+        real = torch.arange(6) < steps.unsqueeze(1)  # (B, T)
+        results = []
+        for given in (None, steps):
+            logits, alphas = decoder(memory, tokens, mask, steps=given)
+            loss = (logits.log_softmax(-1)[..., 5] * real).sum() + (alphas.square().sum(-1) * real).sum()
+            results.append((logits[real], alphas[real], torch.autograd.grad(loss, list(decoder.parameters()))))
+        (full_logits, full_alphas, full_grads), (logits, alphas, grads) = results
+        torch.testing.assert_close(logits, full_logits, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(alphas, full_alphas, rtol=1e-5, atol=1e-6)
+        for got, want in zip(grads, full_grads, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_collated_captions_come_longest_first():
+    batch = [(torch.zeros(3, 2, 2), torch.tensor(ids)) for ids in ([1, 5, 2], [1, 5, 6, 7, 2], [1, 2], [1, 8, 9, 2])]
+    _, captions = collate_captions(batch)
+    assert (captions != 0).sum(1).tolist() == [5, 4, 3, 2]
+    assert captions[0].tolist() == [1, 5, 6, 7, 2] and captions[3].tolist() == [1, 2, 0, 0, 0]

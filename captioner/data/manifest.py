@@ -141,7 +141,9 @@ class ImageSet(Dataset):
 
 
 def collate_captions(batch: list[tuple[Tensor, Tensor]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
-    """Stack images (B, 3, S, S) and right-pad the id sequences to (B, T) with PAD."""
+    """Stack images (B, 3, S, S) and right-pad the id sequences to (B, T) with PAD, the longest caption first:
+    the decoder's step loop drops the rows that have ended from the batch's end (AttentionDecoder.forward)."""
+    batch = sorted(batch, key=lambda item: -len(item[1]))
     images = torch.stack([image for image, _ in batch])
     captions = torch.nn.utils.rnn.pad_sequence([ids for _, ids in batch], batch_first=True, padding_value=pad_id)
     return images, captions

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from captioner.models.linear import Linear, linear
+
 # On a CPU the score is computed over a few memory rows at a time, about this many values each, so
 # that the (rows, K, P, A) intermediate stays in cache between the add, the sigmoid and the dot.
 _CPU_CHUNK = 1 << 21
@@ -19,9 +21,9 @@ class AdditiveAttention(nn.Module):
 
     def __init__(self, memory_dim: int, query_dim: int, attention_dim: int):
         super().__init__()
-        self.memory_proj = nn.Linear(memory_dim, attention_dim)
-        self.query_proj = nn.Linear(query_dim, attention_dim, bias=False)
-        self.score = nn.Linear(attention_dim, 1, bias=False)  # a bias would cancel in the softmax
+        self.memory_proj = Linear(memory_dim, attention_dim)
+        self.query_proj = Linear(query_dim, attention_dim, bias=False)
+        self.score = Linear(attention_dim, 1, bias=False)  # a bias would cancel in the softmax
 
     def project_memory(self, memory: Tensor) -> Tensor:
         """Keys for all positions, computed once per memory: (B, P, D) -> (B, P, A), doubled (see _scores)."""
@@ -36,7 +38,7 @@ class AdditiveAttention(nn.Module):
         P, A), is written once by the sum and once by the sigmoid, and not a third time to double it.
         """
         hidden = (keys + queries).sigmoid_()  # (b, K, P, A), one buffer
-        return self.score(hidden).squeeze(-1).mul_(2.0)
+        return self.score(hidden).squeeze(-1) * 2.0
 
     def forward(self, keys: Tensor, memory: Tensor, query: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """keys (B, P, A) from project_memory, memory (B, P, D), query (B * K, Q), mask (B, P) True where valid.
@@ -50,13 +52,53 @@ class AdditiveAttention(nn.Module):
         K = query.size(0) // B
         queries = self.query_proj(query).mul(2.0).view(B, K, 1, A)  # doubled, as the keys
         keys = keys.unsqueeze(1)  # (B, 1, P, A)
-        rows = max(1, _CPU_CHUNK // (K * P * A))
-        if torch.compiler.is_exporting() or keys.device.type != "cpu" or rows >= B:  # an export: any B, no loop
-            scores = self._scores(keys, queries)  # (B, K, P)
+        if torch.compiler.is_exporting() or torch.compiler.is_compiling() or keys.device.type != "cpu":
+            scores = self._scores(keys, queries)  # (B, K, P); an export: any B, no loop
         else:
-            scores = torch.cat([self._scores(keys[i : i + rows], queries[i : i + rows]) for i in range(0, B, rows)])
+            scores = _ChunkedScores.apply(keys, queries, self.score.weight)
         if mask is not None:
             scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
         alpha = torch.softmax(scores, dim=-1)
         context = torch.bmm(alpha, memory)  # (B, K, D)
         return context.view(B * K, -1), alpha.view(B * K, P)
+
+
+def _chunks(keys: Tensor, queries: Tensor):
+    """Slices of a few memory rows at a time, whose (rows, K, P, A) values fit in a CPU's cache."""
+    _, K, _, A = queries.shape
+    rows = max(1, _CPU_CHUNK // (K * keys.size(2) * A))
+    return (slice(i, i + rows) for i in range(0, keys.size(0), rows))
+
+
+class _ChunkedScores(torch.autograd.Function):
+    """AdditiveAttention's scores on a CPU, 2 w^T sigmoid(keys + queries), a few memory rows at a time, forward
+    and backward: the (B, K, P, A) sigmoid is never held whole, in neither pass (the backward computes it
+    again, chunk by chunk), so no step writes or reads it in memory, only in cache. keys (B, 1, P, A),
+    queries (B, K, 1, A), w (1, A) -> (B, K, P)."""
+
+    @staticmethod
+    def forward(ctx, keys: Tensor, queries: Tensor, w: Tensor) -> Tensor:
+        ctx.save_for_backward(keys, queries, w)
+        w = w.to(keys.dtype)
+        scores = [linear((keys[rows] + queries[rows]).sigmoid_(), w) for rows in _chunks(keys, queries)]
+        return torch.cat(scores).squeeze(-1).mul_(2.0)  # (B, K, P)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        keys, queries, w = ctx.saved_tensors
+        weight = w.to(keys.dtype).view(-1)
+        grad = grad.to(keys.dtype).mul(2.0)  # (B, K, P): the scores' factor 2
+        grad_keys, grad_queries = torch.empty_like(keys), torch.empty_like(queries)
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        for rows in _chunks(keys, queries):
+            hidden = (keys[rows] + queries[rows]).sigmoid_()  # (b, K, P, A), again
+            g = grad[rows].unsqueeze(-1)  # (b, K, P, 1)
+            grad_w += (g.flatten(0, 2).t() @ hidden.flatten(0, 2)).float()  # (1, A)
+            # d score / d (keys + queries); with one query per memory row (K = 1) the keys' gradient itself
+            if queries.size(1) == 1:
+                inner = torch.ops.aten.sigmoid_backward.grad_input(g * weight, hidden, grad_input=grad_keys[rows])
+            else:
+                inner = torch.ops.aten.sigmoid_backward(g * weight, hidden)
+                grad_keys[rows] = inner.sum(1, keepdim=True)
+            grad_queries[rows] = inner.sum(2, keepdim=True)
+        return grad_keys, grad_queries, grad_w.to(w.dtype)

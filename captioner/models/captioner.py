@@ -112,12 +112,13 @@ class Captioner(nn.Module):
         weight, bias = self.encoder.class_head
         self.decoder.set_class_words(weight, bias, torch.tensor(ids), same)
 
-    def forward(self, images: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """Teacher forcing: images (B, 3, S, S) or cached grids (B, P, D), tokens (B, T).
+    def forward(self, images: Tensor, tokens: Tensor, steps: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Teacher forcing: images (B, 3, S, S) or cached grids (B, P, D), tokens (B, T); steps (B,): the
+        positions of each row that count (AttentionDecoder.forward), None: all.
 
         Returns logits (B, T, V) and attention weights alphas (B, T, P).
         """
-        return self.decoder(self.encoder(images), tokens, class_offset=self.class_offset)
+        return self.decoder(self.encoder(images), tokens, class_offset=self.class_offset, steps=steps)
 
     @torch.no_grad()
     def generate(

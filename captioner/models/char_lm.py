@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from captioner.config.base import CoreSection
 from captioner.decoding import sample
 from captioner.models.core import RecurrentCore, State
+from captioner.models.linear import Linear
 from captioner.vocab import Vocab
 
 
@@ -22,7 +23,7 @@ class CharLM(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embed_dim)
         self.core = RecurrentCore.of(core, embed_dim)
         self.dropout = nn.Dropout(core.dropout)
-        self.out = nn.Linear(core.hidden_dim, vocab_size)
+        self.out = Linear(core.hidden_dim, vocab_size)
 
     def run(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """ids (B, T) -> logits (B, T, V) and the state after the last step (carry it to the next chunk)."""

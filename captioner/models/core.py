@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captioner.config.base import CoreSection
+from captioner.models.linear import linear
 
 State = tuple[Tensor, ...]  # (h,) or (h, c), each (B, L, H)
 
@@ -159,14 +160,26 @@ class RecurrentCore(nn.Module):
         """Columns start:stop of the layer-0 input weight W_ih: (G * H, stop - start), a view."""
         return self._weights(0)[0][:, start:stop]
 
-    def project_input(self, x: Tensor, start: int = 0, stop: int | None = None, bias: bool = True) -> Tensor:
-        """Layer-0 input projection x @ W_ih[:, start:stop]^T (+ b_ih): (..., stop - start) -> (..., G * H).
+    def project_input(
+        self, x: Tensor, start: int = 0, stop: int | None = None, bias: bool = True, weight: Tensor | None = None
+    ) -> Tensor:
+        """Layer-0 input projection x @ W_ih[:, start:stop]^T (+ b_ih): (..., stop - start) -> (..., G * H);
+        weight: those columns already taken out (split_input_weight).
 
         The projection of an input that is a concatenation is the sum of the projections of its parts,
         so a caller can project the part known for all steps at once, outside its step loop.
         """
         bias_ih = self._weights(0)[2] if bias else None
-        return F.linear(x, self.input_weight(start, stop), bias_ih)
+        return linear(x, self.input_weight(start, stop) if weight is None else weight, bias_ih)
+
+    def split_input_weight(self, at: int) -> tuple[Tensor, Tensor]:
+        """The layer-0 input weight's columns :at and at: as two contiguous matrices, copied once for a caller that
+        reads them many times (a step loop); their gradients go back as one (G * H, I) matrix rather than as
+        two zero-padded ones summed."""
+        weight = self._weights(0)[0]
+        if torch.compiler.is_exporting() or not (torch.is_grad_enabled() and weight.requires_grad):
+            return weight[:, :at].contiguous(), weight[:, at:].contiguous()
+        return _SplitColumns.apply(weight, at)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """One time step: x (B, input_dim) -> top-layer output (B, H) and the new state."""
@@ -181,7 +194,17 @@ class RecurrentCore(nn.Module):
             weight_ih, weight_hh, bias_ih, bias_hh = self._weights(layer)
             if layer > 0:
                 below = F.dropout(layers[-1][0], self.dropout, self.training)
-                input_gates = F.linear(below, weight_ih, bias_ih)
-            hidden_gates = F.linear(state[0][:, layer], weight_hh, bias_hh)  # (B, G * H)
+                input_gates = linear(below, weight_ih, bias_ih)
+            hidden_gates = linear(state[0][:, layer], weight_hh, bias_hh)  # (B, G * H)
             layers.append(self.unit.update(input_gates, hidden_gates, tuple(s[:, layer] for s in state)))
         return layers[-1][0], tuple(torch.stack(parts, dim=1) for parts in zip(*layers, strict=True))  # (B, L, H)
+
+
+class _SplitColumns(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight: Tensor, at: int) -> tuple[Tensor, Tensor]:
+        return weight[:, :at].contiguous(), weight[:, at:].contiguous()
+
+    @staticmethod
+    def backward(ctx, left: Tensor, right: Tensor):
+        return torch.cat([left, right], dim=1), None

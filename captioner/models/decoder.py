@@ -17,14 +17,16 @@ from torch import Tensor, nn
 from captioner.decoding import SUMMED, Generation, Norm, Rules, beam_search, greedy
 from captioner.models.attention import AdditiveAttention
 from captioner.models.core import RecurrentCore, State
+from captioner.models.linear import Linear, SummedWeightGrad, linear, uses_onednn
 from captioner.models.word_groups import WordGroups
 
 
 @dataclass
 class AttendedMemory:
     """What the decoder reads at every step, prepared once: memory (B, P, D), keys (B, P, A), mask (B, P),
-    and the core's input weight for the context (G * H, D), sliced (and cast, under autocast) once
-    rather than at every step, where the copy and its gradient's scatter would cost more than the product.
+    and the core's input weight for the context (G * H, D) and for the word (G * H, E), taken out of the
+    (G * H, E + D) matrix (and cast, under autocast) once rather than at every step, where the copy and its
+    gradient's scatter would cost more than the product.
 
     A state of B * K rows reads it too (beam search): rows b*K .. b*K+K-1 attend over memory row b.
     """
@@ -33,6 +35,7 @@ class AttendedMemory:
     keys: Tensor
     mask: Tensor | None
     context_weight: Tensor
+    embed_weight: Tensor  # the core's input weight for the word embedding (G * H, E), taken out once as well
     summed: SummedWeightGrad | None = None  # teacher forcing: the context weight's gradient in one product
     # class words: the classes' log-probabilities (B, C) over the whole picture (the memory's mean, what the
     # classifier was trained on), the same at every step
@@ -40,8 +43,9 @@ class AttendedMemory:
     # class words: the part of every memory row (P, D) they do not read (the image encoder's position embedding),
     # taken off the attended context: the classifier reads the backbone's features as it was trained on them
     class_offset: Tensor | None = None
-    # free-running decoding: the output layer's weight transposed, (H, V) contiguous: a product with this copy
-    # is faster on a CPU than x W^T over the stored (V, H) weight (docs/speed.md), and decoding runs it every step
+    decoding: bool = False  # free-running steps without gradients (no dropout before the output layer)
+    # decoding, where the product does not go through oneDNN (models/linear.py): the output layer's weight
+    # transposed, (H, V) contiguous, for MKL faster than x W^T over the stored (V, H) weight (docs/speed.md)
     classifier_t: Tensor | None = None
 
     def narrow(self, keep: Tensor) -> AttendedMemory:
@@ -61,49 +65,6 @@ def _cast_once(weight: Tensor) -> Tensor:
     if torch.is_autocast_enabled(device):
         return weight.to(torch.get_autocast_dtype(device))
     return weight
-
-
-class SummedWeightGrad:
-    """The per-step products x_t W^T of a teacher-forced pass, whose gradient with respect to W is summed
-    in one matrix product when backpropagation reaches the first step, rather than step by step: the
-    per-step sums of a (G * H, D) gradient were the largest cost left outside matrix products (in bf16
-    most of all). Backpropagation reaches the first step last, because every later step depends on it."""
-
-    def __init__(self):
-        self.steps = 0
-        self.grads: list[Tensor] = []
-        self.inputs: list[Tensor] = []
-
-    def linear(self, x: Tensor, weight: Tensor) -> Tensor:
-        """x (B, D) @ weight (O, D).T, as F.linear without a bias."""
-        first = self.steps == 0
-        self.steps += 1
-        return _SummedLinear.apply(x, weight, self, first)
-
-
-class _SummedLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, summed: SummedWeightGrad, first: bool) -> Tensor:
-        x = x.to(weight.dtype)
-        ctx.save_for_backward(x, weight)
-        ctx.summed, ctx.first = summed, first
-        return x @ weight.t()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
-        grad = grad.to(weight.dtype)
-        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
-        grad_weight = None
-        if ctx.needs_input_grad[1]:
-            summed = ctx.summed
-            summed.grads.append(grad)
-            summed.inputs.append(x)
-            if ctx.first:  # the last backward step: every step's gradient is in
-                grad_weight = torch.cat(summed.grads).t() @ torch.cat(summed.inputs)
-                summed.grads.clear()
-                summed.inputs.clear()
-        return grad_x, grad_weight, None, None
 
 
 class AttentionDecoder(WordGroups, nn.Module):
@@ -138,10 +99,10 @@ class AttentionDecoder(WordGroups, nn.Module):
         self.core = RecurrentCore(embed_dim + memory_dim, hidden_dim, num_layers, cell, dropout)
         # Initial state from the mean of the memory (Xu et al. 2015, section 3.1.2), one per layer: h, and c
         # for a cell that carries one (the LSTM)
-        self.init_h = nn.Linear(memory_dim, num_layers * hidden_dim)
-        self.init_c = nn.Linear(memory_dim, num_layers * hidden_dim) if self.core.num_states > 1 else None
+        self.init_h = Linear(memory_dim, num_layers * hidden_dim)
+        self.init_c = Linear(memory_dim, num_layers * hidden_dim) if self.core.num_states > 1 else None
         # Gating scalar beta = sigmoid(f_beta(h_{t-1})) scales the context (section 4.2.1).
-        self.gate = nn.Linear(hidden_dim, 1)
+        self.gate = Linear(hidden_dim, 1)
         self._add_deep_output(dropout)
         self._add_visual_words(visual_word_groups, visual_streams)
         # For every word, the share of the training sequences holding it that end with it: what decoding's
@@ -152,10 +113,10 @@ class AttentionDecoder(WordGroups, nn.Module):
 
     def _add_deep_output(self, dropout: float) -> None:
         """Deep output (eq. 7): logits = L_o(E y_{t-1} + L_h h_t + L_z z_t); output_word=False drops E y_{t-1}."""
-        self.out_hidden = nn.Linear(self.hidden_dim, self.embed_dim)
-        self.out_context = nn.Linear(self.memory_dim, self.embed_dim, bias=False)
+        self.out_hidden = Linear(self.hidden_dim, self.embed_dim)
+        self.out_context = Linear(self.memory_dim, self.embed_dim, bias=False)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(self.embed_dim, self.vocab_size)
+        self.classifier = Linear(self.embed_dim, self.vocab_size)
 
     def embed(self, tokens: Tensor) -> Tensor:
         """The embeddings (..., E) of tokens (...): with class_input shared, every class word's is the slot's."""
@@ -200,9 +161,18 @@ class AttentionDecoder(WordGroups, nn.Module):
     ) -> AttendedMemory:
         """What the steps read, from a memory's keys and classes already computed (prepare, or the inputs of an
         exported step): the weights each step uses, sliced and cast once."""
-        weight = _cast_once(self.core.input_weight(start=self.embed_dim)).contiguous()
-        attended = AttendedMemory(memory, keys, mask, weight, whole_classes=whole_classes, class_offset=class_offset)
-        if decoding:
+        embed_weight, context_weight = (_cast_once(part) for part in self.core.split_input_weight(self.embed_dim))
+        attended = AttendedMemory(
+            memory,
+            keys,
+            mask,
+            context_weight,
+            embed_weight,
+            whole_classes=whole_classes,
+            class_offset=class_offset,
+            decoding=decoding,
+        )
+        if decoding and not uses_onednn(memory, self.classifier.weight):
             attended.classifier_t = _cast_once(self.classifier.weight.t()).contiguous()
         return attended
 
@@ -233,7 +203,7 @@ class AttentionDecoder(WordGroups, nn.Module):
         if attended.summed is not None:
             gates = embed_gates + attended.summed.linear(gated, attended.context_weight)
         else:
-            gates = embed_gates + F.linear(gated, attended.context_weight)
+            gates = embed_gates + linear(gated, attended.context_weight)
         hidden, state = self.core.step_projected(gates, state)
         return hidden, context, gated, alpha, state
 
@@ -254,10 +224,10 @@ class AttentionDecoder(WordGroups, nn.Module):
         context: Tensor,
         gated: Tensor,
         whole_classes: Tensor | None = None,
-        classifier_t: Tensor | None = None,
+        attended: AttendedMemory | None = None,
     ) -> Tensor:
         """Output layer over any leading shape: (..., E), (..., H), (..., D), (..., D) -> scores (..., V);
-        with classifier_t (AttendedMemory, decoding) over rows (N, ...) only.
+        with attended.decoding (free-running steps) over rows (N, ...) only.
 
         The word distribution is softmax(scores) in both modes: logits of the deep output, or, with
         visual words, log-probabilities already (log_softmax leaves those unchanged).
@@ -265,10 +235,12 @@ class AttentionDecoder(WordGroups, nn.Module):
         mixed = self.out_hidden(hidden) + self.out_context(gated)
         if self.output_word:
             mixed = mixed + embedded
-        if classifier_t is None:
+        if attended is None or not attended.decoding:
             logits = self.classifier(self.dropout(mixed))
-        else:  # decoding: no dropout
-            logits = torch.addmm(self.classifier.bias, mixed, classifier_t)
+        elif attended.classifier_t is None:  # decoding: no dropout
+            logits = self.classifier(mixed)
+        else:
+            logits = torch.addmm(self.classifier.bias, mixed, attended.classifier_t)
         if self.class_group is not None:
             return self._class_scores(F.log_softmax(logits.float(), dim=-1), context, whole_classes)
         if self.visual_groups is None:
@@ -276,13 +248,25 @@ class AttentionDecoder(WordGroups, nn.Module):
         return self._visual_scores(F.log_softmax(logits.float(), dim=-1), context)
 
     def forward(
-        self, memory: Tensor, tokens: Tensor, mask: Tensor | None = None, class_offset: Tensor | None = None
+        self,
+        memory: Tensor,
+        tokens: Tensor,
+        mask: Tensor | None = None,
+        class_offset: Tensor | None = None,
+        steps: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Teacher-forced decoding.
 
         memory (B, P, D); tokens (B, T) the input words (BOS w1 ... w_{T-1}); mask (B, P); class_offset (P, D)
         see prepare. Returns logits (B, T, V) predicting w1 ... w_T, and attention weights alphas (B, T, P).
+        steps (B,): how many leading positions of each row the caller reads (its real words; None: all T). A
+        row's later steps are not run: the step loop carries a batch that shrinks as rows end, longest first
+        (as the loader orders them), and their alphas and logits are those of zero states, for no loss to read.
         """
+        order = _longest_first(steps)
+        if order is not None:  # rows not yet longest first
+            memory, tokens, steps = memory[order], tokens[order], steps[order]
+            mask = None if mask is None else mask[order]
         attended = self.prepare(memory, mask, class_offset=class_offset)
         if torch.is_grad_enabled() and attended.context_weight.requires_grad and not self._compiled:
             attended.summed = SummedWeightGrad()
@@ -294,20 +278,61 @@ class AttentionDecoder(WordGroups, nn.Module):
             hide[:, 0] = False
             tokens = tokens.masked_fill(hide & (tokens != self.pad_id), self.unk_id)
         embedded = self.embed(tokens)  # (B, T, E)
-        embed_gates = self.core.project_input(embedded, stop=self.embed_dim)  # (B, T, G * H), one matmul
+        embed_gates = self.core.project_input(embedded, weight=attended.embed_weight)  # (B, T, G * H), one matmul
+        B, T = tokens.shape
+        ends = [T] * B if steps is None or self._compiled else steps.clamp(1, T).tolist()  # every row runs a step
+        live = [sum(end > t for end in ends) for t in range(T)]  # the rows step t runs
         hiddens, contexts, gateds, alphas = [], [], [], []
-        for t in range(tokens.size(1)):
-            hidden, context, gated, alpha, state = self._recur(embed_gates[:, t], state, attended)
+        running = attended  # the memory rows still running
+        for t, rows in enumerate(live):
+            if rows == 0:  # every row has ended
+                break
+            if rows < state[0].size(0):  # the rows that have ended leave the batch's end
+                state, running = tuple(part[:rows] for part in state), running.narrow(slice(0, rows))
+            hidden, context, gated, alpha, state = self._recur(embed_gates[:rows, t], state, running)
             hiddens.append(hidden)
             contexts.append(context)
             gateds.append(gated)
             alphas.append(alpha)
-        hidden_all = torch.stack(hiddens, dim=1)  # (B, T, H)
-        context_all, gated_all = torch.stack(contexts, dim=1), torch.stack(gateds, dim=1)  # (B, T, D)
-        alpha_all = torch.stack(alphas, dim=1)  # (B, T, P)
-        context_all = self._class_context(context_all, alpha_all, attended)  # all steps in one product
-        logits = self._output(embedded, hidden_all, context_all, gated_all, attended.whole_classes)  # (B, T, V)
+        if live[-1] < B:  # only the positions run go through the output layer
+            logits, alpha_all = self._packed_output(embedded, hiddens, contexts, gateds, alphas, live, attended)
+        else:
+            hidden_all = torch.stack(hiddens, dim=1)  # (B, T, H)
+            context_all, gated_all = torch.stack(contexts, dim=1), torch.stack(gateds, dim=1)  # (B, T, D)
+            alpha_all = torch.stack(alphas, dim=1)  # (B, T, P)
+            context_all = self._class_context(context_all, alpha_all, attended)  # all steps in one product
+            logits = self._output(embedded, hidden_all, context_all, gated_all, attended.whole_classes)  # (B, T, V)
+        if order is not None:
+            back = torch.argsort(order)
+            logits, alpha_all = logits[back], alpha_all[back]
         return logits, alpha_all
+
+    def _packed_output(
+        self,
+        embedded: Tensor,
+        hiddens: list[Tensor],
+        contexts: list[Tensor],
+        gateds: list[Tensor],
+        alphas: list[Tensor],
+        live: list[int],
+        attended: AttendedMemory,
+    ) -> tuple[Tensor, Tensor]:
+        """The output layer over the positions run only (step t ran the first live[t] rows), in one product:
+        logits (B, T, V) and alphas (B, T, P), zero where a row had ended."""
+        (B, T), device = embedded.shape[:2], embedded.device
+        ran = live[: len(hiddens)]
+        rows = torch.cat([torch.arange(n, device=device) for n in ran])  # (N,), step by step
+        times = torch.cat([torch.full((n,), t, device=device) for t, n in enumerate(ran)])
+        hidden, context, gated, alpha = (torch.cat(parts) for parts in (hiddens, contexts, gateds, alphas))
+        context = self._class_context(context, alpha, attended)
+        # the rows' words and classes as slices, whose gradients add up in a fixed order (an index with repeated
+        # rows would add them in the threads' order: not the same weights twice)
+        words = torch.cat([embedded[:n, t] for t, n in enumerate(ran)])
+        whole = attended.whole_classes
+        whole = None if whole is None else torch.cat([whole[:n] for n in ran])
+        scores = self._output(words, hidden, context, gated, whole)  # (N, V)
+        logits = scores.new_zeros(B, T, scores.size(-1)).index_put_((rows, times), scores)  # in place: no copy
+        return logits, alpha.new_zeros(B, T, alpha.size(-1)).index_put_((rows, times), alpha)
 
     @torch.no_grad()
     def decode(
@@ -349,8 +374,15 @@ class AttentionDecoder(WordGroups, nn.Module):
     def step(self, tokens: Tensor, state: State, attended: AttendedMemory) -> tuple[Tensor, State, Tensor]:
         """One free-running step: previous words (B,) -> logits (B, V), new state, alpha (B, P)."""
         embedded = self.embed(tokens)  # (B, E)
-        embed_gates = self.core.project_input(embedded, stop=self.embed_dim)
+        embed_gates = self.core.project_input(embedded, weight=attended.embed_weight)
         hidden, context, gated, alpha, state = self._recur(embed_gates, state, attended)
         context = self._class_context(context, alpha, attended)
-        scores = self._output(embedded, hidden, context, gated, attended.whole_classes, attended.classifier_t)
+        scores = self._output(embedded, hidden, context, gated, attended.whole_classes, attended)
         return scores, state, alpha
+
+
+def _longest_first(steps: Tensor | None) -> Tensor | None:
+    """The order that puts rows longest first, or None where they are (or where there are no steps)."""
+    if steps is None or bool((steps[:-1] >= steps[1:]).all()):
+        return None
+    return torch.argsort(steps, descending=True, stable=True)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from captioner.config.base import CoreSection
 from captioner.models.core import RecurrentCore
+from captioner.models.linear import Linear
 
 
 class PathPredictor(nn.Module):
@@ -21,7 +22,7 @@ class PathPredictor(nn.Module):
         super().__init__()
         core = core or CoreSection()
         self.core = RecurrentCore.of(core, 4)  # each step reads (position, displacement)
-        self.head = nn.Linear(core.hidden_dim, 2)
+        self.head = Linear(core.hidden_dim, 2)
         nn.init.zeros_(self.head.weight)  # start from "the same displacement again" (its bias: the mean)
         nn.init.zeros_(self.head.bias)
         self.register_buffer("position_mean", torch.zeros(2))

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from captioner.config.base import CoreSection
 from captioner.models.attention import AdditiveAttention
 from captioner.models.core import RecurrentCore
+from captioner.models.linear import Linear
 
 POOLINGS = ("final", "attention")
 
@@ -39,7 +40,7 @@ class TextClassifier(nn.Module):
             self.attention = AdditiveAttention(width, width, attention_dim)
             self.query = nn.Parameter(torch.randn(width) * 0.1)
         self.drop = nn.Dropout(core.dropout)
-        self.head = nn.Linear(width, classes)
+        self.head = Linear(width, classes)
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor | None]:
         """tokens (B, T) padded with 0, lengths (B,) -> class logits (B, C) and, with attention pooling, each

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captioner.models.linear import Linear, linear
+
 CLASS_INPUTS = ("shared", "own")  # how a class word said is fed back (AttentionDecoder, class_input)
 
 # A finite "minus infinity": a group that selects no word (not yet set) yields finite values that
@@ -48,7 +50,7 @@ class WordGroups:
     def _add_visual_words(self, num_groups: int, streams: tuple[int, ...] | None) -> None:
         """The visual classifier and the groups, a buffer (G, V) so they travel in checkpoints."""
         V, D = self.vocab_size, self.memory_dim
-        self.visual_classifier = nn.Linear(D, V) if num_groups else None
+        self.visual_classifier = Linear(D, V) if num_groups else None
         self.register_buffer("visual_groups", torch.zeros(num_groups, V, dtype=torch.bool) if num_groups else None)
         # With streams (the channel widths of an encoder's separate feature streams, one per group), group
         # g's words are named from the channels of stream g alone: colours from the colour stream, shape
@@ -144,7 +146,7 @@ class WordGroups:
         """The frozen classifier as the backbone has it: features (..., D) -> class logits (..., C), in float32
         under mixed precision too (the class words' scores are summed into float32 word scores)."""
         with torch.autocast(features.device.type, enabled=False):
-            return F.linear(features.float(), self.class_weight, self.class_bias)
+            return linear(features.float(), self.class_weight, self.class_bias)
 
     def class_log_probs(self, features: Tensor) -> Tensor:
         """The classes' log-probabilities (..., C) from attended contexts or grid means (..., D), with the learnt

@@ -175,7 +175,7 @@ class CaptioningTask(Task):
         words = None
         if self.world.distributed:  # normalise by the global batch's words (caption_loss says why)
             words = sum_over_ranks((targets != Vocab.pad_id).sum(), self.world) / self.world.size
-        logits, alphas = model(images, inputs)
+        logits, alphas = model(images, inputs, (targets != Vocab.pad_id).sum(1))  # no step past a caption's end
         train = self.config.train
         loss, xent = caption_loss(
             logits, targets, alphas, train.attention_penalty, train.label_smoothing, word_count=words
