@@ -69,6 +69,13 @@ def fit(task: Task, run: Run) -> Path:
     return Trainer(task, run).run()
 
 
+def adamw(groups: list[dict], train: TrainSection) -> torch.optim.AdamW:
+    """AdamW over the task's parameter groups, fused (one kernel over all parameters, not a dozen per
+    parameter) where every parameter is on a CPU or a GPU: a fraction of the default's time (docs/speed.md)."""
+    fused = all(param.device.type in ("cpu", "cuda") for group in groups for param in group["params"])
+    return torch.optim.AdamW(groups, lr=train.learning_rate, weight_decay=train.weight_decay, fused=fused or None)
+
+
 class Trainer:
     """The loop's state while it runs: the task, the optimizer, the loss scale, the progress."""
 
@@ -78,9 +85,7 @@ class Trainer:
         self.train: TrainSection = task.config.train
         self.device = task.device
         self.log = task.log
-        self.optimizer = torch.optim.AdamW(
-            task.parameter_groups(), lr=self.train.learning_rate, weight_decay=self.train.weight_decay
-        )
+        self.optimizer = adamw(task.parameter_groups(), self.train)
         for group in self.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         self.scaler = grad_scaler(self.device, self.train.amp)
