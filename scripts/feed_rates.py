@@ -4,7 +4,7 @@
     .venv/bin/python scripts/feed_rates.py --pictures /tmp/scale/n10000 --output rates.json
 
 Every rate is of one thread in one process (torch.set_num_threads(1)), through the code training runs:
-- cache read: CachedCaptionSet's item (a row of the fp16 cache read by GridFile, made a float32 tensor) in
+- cache read: CachedCaptionSet's item (a row of the fp16 cache read by GridFile, as an fp16 tensor) in
   the random order of an epoch, for a cache file of the cpu recipe's 7 x 7 x 1280 grids and one of the coco
   recipe's 14 x 14 x 2048 (written here at random, --cache-images rows each); "cold" after the file's pages were
   dropped from the page cache (posix_fadvise DONTNEED), "warm" when they are all in memory.

@@ -265,8 +265,14 @@ def _check_finite(grids: Tensor, rows: np.ndarray, path: Path) -> None:
         )
 
 
+def _grid(grids, index: int) -> Tensor:
+    """A cached grid (P, D) as an fp16 tensor of its own: the model's encoder makes it float32 (on the GPU, after
+    a copy of half the bytes), in one vectorised pass over the batch, where NumPy took 1 ms a grid."""
+    return torch.from_numpy(np.array(grids[index], dtype=np.float16))
+
+
 class CachedCaptionSet(Dataset):
-    """CaptionTrainingSet with cached grids (P, D) in place of images."""
+    """CaptionTrainingSet with cached grids (P, D, fp16) in place of images."""
 
     def __init__(self, captions: CaptionTrainingSet, grids: np.ndarray):
         self.items, self.grids = captions.items, grids
@@ -277,11 +283,11 @@ class CachedCaptionSet(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor]:
         index = key[1] if isinstance(key, tuple) else key  # (epoch, index): a grid has nothing random to seed
         record_index, ids = self.items[index]
-        return torch.from_numpy(np.asarray(self.grids[record_index], dtype=np.float32)), ids
+        return _grid(self.grids, record_index), ids
 
 
 class CachedImageSet(Dataset):
-    """ImageSet with cached grids: (grid (P, D), record index)."""
+    """ImageSet with cached grids: (grid (P, D), fp16, record index)."""
 
     def __init__(self, grids: np.ndarray):
         self.grids = grids
@@ -290,4 +296,4 @@ class CachedImageSet(Dataset):
         return len(self.grids)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return torch.from_numpy(np.asarray(self.grids[index], dtype=np.float32)), index
+        return _grid(self.grids, index), index
