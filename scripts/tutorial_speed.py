@@ -3,12 +3,13 @@
     git clone https://github.com/sgrvinod/a-PyTorch-Tutorial-to-Image-Captioning /tmp/tutorial
     .venv/bin/python scripts/tutorial_speed.py --tutorial /tmp/tutorial --output tutorial_speed.json
 
-The tutorial's code stays in its checkout; this harness imports its models.py (DecoderWithAttention) and runs
-its caption.py caption_image_beam_search from the checkout's text, with two changes that today's torch and
-SciPy need and that leave its work the same: the image reading (scipy.misc.imread is gone) is replaced by the
-grid handed in, and `top_k_words / vocab_size` (a float index since torch 1.5) becomes `//`. Both sides run at
-the COCO recipe's decoder shapes (a 14 x 14 grid of 2048 features, LSTM, attention and embeddings 512, 10,000
-words), fp32, on the same threads, from grids (no CNN):
+The two run in turn, round after round (--pairs), each ratio taken from one round, and the medians reported: this
+machine's speed drifts by 20% or more over minutes. The tutorial's code stays in its checkout; this harness imports
+its models.py (DecoderWithAttention) and runs its caption.py caption_image_beam_search from the checkout's text,
+with two changes that today's torch and SciPy need and that leave its work the same: the image reading
+(scipy.misc.imread is gone) is replaced by the grid handed in, and `top_k_words / vocab_size` (a float index since
+torch 1.5) becomes `//`. Both sides run at the COCO recipe's decoder shapes (a 14 x 14 grid of 2048 features, LSTM,
+attention and embeddings 512, 10,000 words), fp32, on the same threads, from grids (no CNN):
 - training: batches of 32 captions with the same word counts (scripts/benchmark.py draws them as COCO's), the
   tutorial's step as its train.py takes it (its forward, pack_padded_sequence, cross-entropy plus its doubly
   stochastic penalty, gradient clamping at 5, Adam), this package's through its real cached-grid loader
@@ -23,6 +24,7 @@ import argparse
 import ast
 import importlib.util
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -145,22 +147,28 @@ def ours(task: str, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tutorial", type=Path, required=True, help="a checkout of sgrvinod's tutorial")
-    parser.add_argument("--seconds", type=float, default=60.0, help="timed seconds of the tutorial's training")
-    parser.add_argument("--pictures", type=int, default=40, help="pictures the tutorial's search captions")
-    parser.add_argument("--repeats", type=int, default=3, help="this package's benchmark repeats (median)")
+    parser.add_argument("--pairs", type=int, default=3, help="rounds of the tutorial then this package (default 3)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="timed seconds of the tutorial's training a round")
+    parser.add_argument("--pictures", type=int, default=20, help="pictures the tutorial's search captions a round")
+    parser.add_argument("--repeats", type=int, default=2, help="this package's benchmark repeats a round (median)")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     threads = torch.get_num_threads()
     models, search = tutorial_models(args.tutorial), tutorial_beam_search(args.tutorial)
     lengths = [len(words) for words in benchmark._captions(benchmark.RECIPES["coco"], 768)]
-    result = {"threads": threads}
-    result["tutorial_train"] = round(tutorial_training(models, lengths, args.seconds), 1)
-    result["ours_train"] = ours("train-grids", args.repeats)
-    result["tutorial_beam3"] = round(tutorial_beam(models, search, args.pictures), 2)
-    result["ours_beam3"] = ours("caption-grids", args.repeats)
-    result["train_ratio"] = round(result["ours_train"] / result["tutorial_train"], 2)
-    result["beam3_ratio"] = round(result["ours_beam3"] / result["tutorial_beam3"], 1)
-    print(json.dumps(result, indent=1))
+    rounds = []
+    for _ in range(args.pairs):  # A B A B: each ratio from two runs next to each other, as this machine's speed drifts
+        row = {"tutorial_train": round(tutorial_training(models, lengths, args.seconds), 1)}
+        row["ours_train"] = ours("train-grids", args.repeats)
+        row["tutorial_beam3"] = round(tutorial_beam(models, search, args.pictures), 2)
+        row["ours_beam3"] = ours("caption-grids", args.repeats)
+        row["train_ratio"] = round(row["ours_train"] / row["tutorial_train"], 2)
+        row["beam3_ratio"] = round(row["ours_beam3"] / row["tutorial_beam3"], 1)
+        print(json.dumps(row), flush=True)
+        rounds.append(row)
+    result = {"threads": threads, "rounds": rounds}  # the medians over the rounds, then every round
+    result |= {key: statistics.median(row[key] for row in rounds) for key in rounds[0]}
+    print(json.dumps({key: value for key, value in result.items() if key != "rounds"}, indent=1))
     if args.output:
         write_json(args.output, result)
 
