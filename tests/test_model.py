@@ -316,7 +316,7 @@ def test_a_decoder_argument_the_decoder_refuses_is_a_config_error(tmp_path):
 
 
 @pytest.mark.parametrize("queries", [1, 3])  # training (one query per memory row) and beam search (K beams)
-@pytest.mark.parametrize("chunk", [1 << 21, 40])  # one chunk, and chunks of a few memory rows
+@pytest.mark.parametrize("chunk", [1 << 21, 28, 90])  # one chunk, a row a chunk, 1-3 rows a chunk and a rest
 def test_chunked_attention_scores_have_the_formulas_gradients(monkeypatch, chunk, queries):
     """The CPU's chunked scores (forward, and a backward that computes the sigmoid again) against autograd."""
     monkeypatch.setattr(attention_module, "_CPU_CHUNK", chunk)
@@ -328,18 +328,23 @@ def test_chunked_attention_scores_have_the_formulas_gradients(monkeypatch, chunk
     torch.testing.assert_close(attention_module._ChunkedScores.apply(keys, query, w), formula)
 
 
-@pytest.mark.parametrize("shape", [(6, 5), (2, 3, 5)])
-def test_linear_is_f_linear_with_its_gradients(shape):
-    """models/linear.py: the same values and gradients as F.linear, over a slice of a weight's columns too, and
-    F.linear itself under autocast."""
+@pytest.mark.parametrize("shape", [(6, 5), (2, 3, 5), (5,), (0, 5)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_is_f_linear_with_its_gradients(shape, with_bias):
+    """models/linear.py: the same values and gradients as F.linear, over a slice of a weight's columns too, for an
+    empty batch as well, and F.linear itself under autocast."""
+    if not linear._ONEDNN:
+        pytest.skip("this torch has no oneDNN")
     full = torch.randn(4, 9, requires_grad=True)
-    x, bias = torch.randn(*shape, requires_grad=True), torch.randn(4, requires_grad=True)
+    x, bias = torch.randn(*shape, requires_grad=True), torch.randn(4, requires_grad=True) if with_bias else None
+    leaves = (x, full) if bias is None else (x, full, bias)
+    assert linear.uses_onednn(x, full) == (x.numel() > 0)
     for weight in (full[:, 2:7], full[:, :5].t().contiguous().t()):  # a slice; the transpose of a contiguous one
         got = linear.linear(x, weight, bias)
         want = torch.nn.functional.linear(x, weight, bias)
         torch.testing.assert_close(got, want)
-        grads = torch.autograd.grad(got.square().sum(), (x, full, bias))
-        for a, b in zip(grads, torch.autograd.grad(want.square().sum(), (x, full, bias)), strict=True):
+        grads = torch.autograd.grad(got.square().sum(), leaves)
+        for a, b in zip(grads, torch.autograd.grad(want.square().sum(), leaves), strict=True):
             torch.testing.assert_close(a, b)
     with torch.autocast("cpu", torch.bfloat16):
         assert not linear.uses_onednn(x, full)

@@ -231,3 +231,24 @@ def test_a_malformed_metrics_line_before_the_last_is_an_error_naming_it(tmp_path
     folder.metrics.write_text('{"step": 1}\n{"step": 2, "note": "a\u2028b"}\n{"step": 4}')  # whole, newline cut
     folder.start(tiny_config(tmp_path, tmp_path / "run"), {}, resumed_step=4)
     assert folder.metrics.read_text() == '{"step": 1}\n{"step": 2, "note": "a\u2028b"}\n{"step": 4}\n'
+
+
+def test_a_state_saved_before_fused_adamw_keeps_the_fused_kernel_under_a_grad_scaler():
+    """A checkpoint's optimizer state from the per-parameter AdamW (every checkpoint before fused AdamW) loads into
+    the fused one without turning it off, and a GradScaler's step then runs (it refused before)."""
+    from captioner.config.base import TrainSection
+    from captioner.training.loop import adamw, load_optimizer_state
+    from captioner.training.steps import backward_and_step
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    old = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 4)).sum().backward()
+    old.step()
+    optimizer = adamw([{"params": list(model.parameters())}], TrainSection())
+    load_optimizer_state(optimizer, old.state_dict())
+    assert optimizer.param_groups[0]["fused"] and old.param_groups[0]["fused"] is None
+    scaler = torch.amp.GradScaler("cpu")
+    loss = model(torch.randn(2, 4)).square().sum()
+    assert backward_and_step(loss, optimizer, model.parameters(), 1.0, scaler)
+    assert optimizer.state[model.weight]["step"].item() == 2

@@ -89,11 +89,11 @@ class _ChunkedScores(torch.autograd.Function):
         weight = w.to(keys.dtype).view(-1)
         grad = grad.to(keys.dtype).mul(2.0)  # (B, K, P): the scores' factor 2
         grad_keys, grad_queries = torch.empty_like(keys), torch.empty_like(queries)
-        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        grad_w = torch.zeros(w.shape, dtype=torch.promote_types(w.dtype, torch.float32), device=w.device)
         for rows in _chunks(keys, queries):
             hidden = (keys[rows] + queries[rows]).sigmoid_()  # (b, K, P, A), again
             g = grad[rows].unsqueeze(-1)  # (b, K, P, 1)
-            grad_w += (g.flatten(0, 2).t() @ hidden.flatten(0, 2)).float()  # (1, A)
+            grad_w += (g.flatten(0, 2).t() @ hidden.flatten(0, 2)).to(grad_w.dtype)  # (1, A)
             # d score / d (keys + queries); with one query per memory row (K = 1) the keys' gradient itself
             if queries.size(1) == 1:
                 inner = torch.ops.aten.sigmoid_backward.grad_input(g * weight, hidden, grad_input=grad_keys[rows])

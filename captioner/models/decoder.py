@@ -141,7 +141,8 @@ class AttentionDecoder(WordGroups, nn.Module):
         self, memory: Tensor, mask: Tensor | None = None, decoding: bool = False, class_offset: Tensor | None = None
     ) -> AttendedMemory:
         """Project the attention keys once per memory. memory (B, P, D), mask (B, P) True where valid.
-        decoding: for free-running steps without gradients (the output layer's weight transposed once).
+        decoding: for free-running steps without gradients (no dropout; for MKL's products the output layer's
+        weight transposed once).
         class_offset (P, D): what the class words do not read of each memory row (see AttendedMemory)."""
         if self.class_group is None:
             whole_classes = class_offset = None
@@ -259,10 +260,13 @@ class AttentionDecoder(WordGroups, nn.Module):
 
         memory (B, P, D); tokens (B, T) the input words (BOS w1 ... w_{T-1}); mask (B, P); class_offset (P, D)
         see prepare. Returns logits (B, T, V) predicting w1 ... w_T, and attention weights alphas (B, T, P).
-        steps (B,): how many leading positions of each row the caller reads (its real words; None: all T). A
-        row's later steps are not run: the step loop carries a batch that shrinks as rows end, longest first
-        (as the loader orders them), and their alphas and logits are those of zero states, for no loss to read.
+        steps (B,): how many leading positions of each row the caller reads (its real words; None: all T; every
+        row runs at least one). A row's later steps are not run: the step loop carries a batch that shrinks as
+        rows end, longest first (as the loader orders them), and their logits and alphas are zeros, for no loss
+        to read.
         """
+        if steps is not None:
+            steps = steps.to(memory.device) if steps.numel() else None  # None: an empty batch
         order = _longest_first(steps)
         if order is not None:  # rows not yet longest first
             memory, tokens, steps = memory[order], tokens[order], steps[order]

@@ -21,6 +21,7 @@ _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_l
 def onednn_product(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x (..., I) @ weight (O, I).T (+ bias (O,)) by oneDNN. Either may be the transpose of a contiguous matrix;
     any other view (a slice of columns) is copied first: oneDNN is far slower over those."""
+    bias = None if bias is None else bias.contiguous()
     return torch.ops.mkldnn._linear_pointwise(_dense(x), _dense(weight), bias, "none", [], "")
 
 
@@ -36,6 +37,7 @@ def uses_onednn(x: Tensor, weight: Tensor) -> bool:
         _ONEDNN
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
+        and x.numel() > 0  # oneDNN has no product of an empty batch
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
         and not torch.compiler.is_exporting()

@@ -76,6 +76,16 @@ def adamw(groups: list[dict], train: TrainSection) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=train.learning_rate, weight_decay=train.weight_decay, fused=fused or None)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """optimizer.load_state_dict, keeping the kernel this machine chose (adamw: fused or not) rather than the
+    saved run's: a checkpoint from before fused AdamW would turn it off, and a GradScaler set up for the fused
+    kernel would then hand the plain one what it refuses."""
+    kernels = [{key: group.get(key) for key in ("fused", "foreach")} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kernel in zip(optimizer.param_groups, kernels, strict=True):
+        group.update(kernel)
+
+
 class Trainer:
     """The loop's state while it runs: the task, the optimizer, the loss scale, the progress."""
 
@@ -105,7 +115,7 @@ class Trainer:
 
     def resume(self, saved: dict) -> None:
         """Restore the optimizer, loss scale, this rank's generators, the task's state and the progress."""
-        self.optimizer.load_state_dict(saved["optimizer"])
+        load_optimizer_state(self.optimizer, saved["optimizer"])
         if self.scaler is not None and saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
         restore_random_state(saved["rng"], self.world, self.train.seed, saved["step"], self.device)
