@@ -1,12 +1,13 @@
-"""Matrix products of the models through oneDNN on a CPU.
+"""Matrix products of the models through oneDNN on a CPU when no gradient is recorded (captioning).
 
 torch runs an fp32 F.linear on a CPU through MKL's sgemm. oneDNN, which torch also carries (the engine of its
-bf16 products and of Inductor's CPU linear), ran the decoders' fp32 products faster on the AMD EPYC where it was
-measured, most of all the 32-row products of a step loop (docs/speed.md, "Products through oneDNN"). `linear`
-below is F.linear with that engine on a CPU in fp32, forward and backward; anywhere else (a GPU, autocast, an
-export, torch.compile, a torch without oneDNN) it is F.linear itself. Both are IEEE fp32; they differ only in
-the order of their sums. SummedWeightGrad: the products of a step loop with one weight, whose gradient with
-respect to it is one product rather than one per step.
+bf16 products and of Inductor's CPU linear), ran beam search's products faster on the AMD EPYC where it was
+measured; in training the gain was within the noise and the process's peak memory a third larger, so training
+keeps MKL (docs/speed.md, "Products through oneDNN"). `linear` below is F.linear through oneDNN on a CPU in fp32
+without gradients; anywhere else (gradients, a GPU, autocast, an export, torch.compile, a torch without oneDNN)
+it is F.linear itself. Both are IEEE fp32; they differ only in the order of their sums. SummedWeightGrad: the
+products of a step loop with one weight, whose gradient with respect to it is one product rather than one per
+step.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ def _dense(tensor: Tensor) -> Tensor:
 
 
 def uses_onednn(x: Tensor, weight: Tensor) -> bool:
-    """Whether `linear` runs this product through oneDNN: fp32 on a CPU, outside autocast, export and compile."""
+    """Whether `linear` runs this product through oneDNN: fp32 on a CPU without gradients, outside autocast,
+    export and compile."""
     return (
         _ONEDNN
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and x.numel() > 0  # oneDNN has no product of an empty batch
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
         and not torch.compiler.is_exporting()
@@ -47,36 +50,9 @@ def uses_onednn(x: Tensor, weight: Tensor) -> bool:
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """F.linear(x, weight, bias), through oneDNN where uses_onednn says so."""
-    if not uses_onednn(x, weight):
-        return F.linear(x, weight, bias)
-    if not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad or _needs_grad(bias)):
+    if uses_onednn(x, weight) and not (torch.is_grad_enabled() and bias is not None and bias.requires_grad):
         return onednn_product(x, weight, bias)
-    return _Linear.apply(x, weight, bias)
-
-
-def _needs_grad(tensor: Tensor | None) -> bool:
-    return tensor is not None and tensor.requires_grad
-
-
-class _Linear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        return onednn_product(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
-        grad = grad.contiguous()  # a gradient may come expanded (stride 0), which oneDNN does not take
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = onednn_product(grad, weight.t())
-        rows = grad.reshape(-1, grad.size(-1))  # (N, O)
-        if ctx.needs_input_grad[1]:  # (O, N) @ (N, I)
-            grad_weight = onednn_product(rows.t(), x.reshape(-1, x.size(-1)).t())
-        if ctx.needs_input_grad[2]:
-            grad_bias = rows.sum(0)
-        return grad_x, grad_weight, grad_bias
+    return F.linear(x, weight, bias)
 
 
 class Linear(nn.Linear):
@@ -96,7 +72,6 @@ class SummedWeightGrad:
         self.steps = 0
         self.grads: list[Tensor] = []
         self.inputs: list[Tensor] = []
-        self.weight_t: Tensor | None = None  # oneDNN: the weight transposed once, for every step's input gradient
 
     def linear(self, x: Tensor, weight: Tensor) -> Tensor:
         """x (B, D) @ weight (O, D).T, as F.linear without a bias."""
@@ -110,27 +85,21 @@ class _SummedLinear(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, summed: SummedWeightGrad, first: bool) -> Tensor:
         x = x.to(weight.dtype)
         ctx.save_for_backward(x, weight)
-        ctx.summed, ctx.first, ctx.onednn = summed, first, uses_onednn(x, weight)
-        return onednn_product(x, weight) if ctx.onednn else x @ weight.t()
+        ctx.summed, ctx.first = summed, first
+        return x @ weight.t()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
-        grad, summed = grad.to(weight.dtype).contiguous(), ctx.summed
-        grad_x = grad_weight = None
-        if ctx.needs_input_grad[0] and ctx.onednn:
-            if summed.weight_t is None:
-                summed.weight_t = weight.t().contiguous()
-            grad_x = onednn_product(grad, summed.weight_t)
-        elif ctx.needs_input_grad[0]:
-            grad_x = grad @ weight
+        grad = grad.to(weight.dtype)
+        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = None
         if ctx.needs_input_grad[1]:
+            summed = ctx.summed
             summed.grads.append(grad)
             summed.inputs.append(x)
             if ctx.first:  # the last backward step: every step's gradient is in
-                grads, inputs = torch.cat(summed.grads).t(), torch.cat(summed.inputs)
-                grad_weight = onednn_product(grads, inputs.t()) if ctx.onednn else grads @ inputs
+                grad_weight = torch.cat(summed.grads).t() @ torch.cat(summed.inputs)
                 summed.grads.clear()
                 summed.inputs.clear()
-                summed.weight_t = None
         return grad_x, grad_weight, None, None
