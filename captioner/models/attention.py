@@ -29,17 +29,6 @@ class AdditiveAttention(nn.Module):
         """Keys for all positions, computed once per memory: (B, P, D) -> (B, P, A), doubled (see _scores)."""
         return self.memory_proj(memory).mul(2.0)
 
-    def _scores(self, keys: Tensor, queries: Tensor) -> Tensor:
-        """keys (b, 1, P, A) + queries (b, K, 1, A), both doubled -> scores (b, K, P), up to a constant per row.
-
-        w^T tanh(x) = 2 w^T sigmoid(2x) - sum(w), and the softmax ignores the constant, so the scores
-        below give exactly the alpha of the tanh form; a sigmoid costs a sixth of a tanh on a CPU. The
-        keys and queries come doubled (the keys once per memory), so the largest tensor of a step, (b, K,
-        P, A), is written once by the sum and once by the sigmoid, and not a third time to double it.
-        """
-        hidden = (keys + queries).sigmoid_()  # (b, K, P, A), one buffer
-        return self.score(hidden).squeeze(-1) * 2.0
-
     def forward(self, keys: Tensor, memory: Tensor, query: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """keys (B, P, A) from project_memory, memory (B, P, D), query (B * K, Q), mask (B, P) True where valid.
 
@@ -53,7 +42,7 @@ class AdditiveAttention(nn.Module):
         queries = self.query_proj(query).mul(2.0).view(B, K, 1, A)  # doubled, as the keys
         keys = keys.unsqueeze(1)  # (B, 1, P, A)
         if torch.compiler.is_exporting() or torch.compiler.is_compiling() or keys.device.type != "cpu":
-            scores = self._scores(keys, queries)  # (B, K, P); an export: any B, no loop
+            scores = _scores(keys, queries, self.score.weight)  # (B, K, P); an export: any B, no loop
         else:
             scores = _ChunkedScores.apply(keys, queries, self.score.weight)
         if mask is not None:
@@ -61,6 +50,18 @@ class AdditiveAttention(nn.Module):
         alpha = torch.softmax(scores, dim=-1)
         context = torch.bmm(alpha, memory)  # (B, K, D)
         return context.view(B * K, -1), alpha.view(B * K, P)
+
+
+def _scores(keys: Tensor, queries: Tensor, w: Tensor) -> Tensor:
+    """keys (b, 1, P, A) + queries (b, K, 1, A), both doubled, and the score's weight w (1, A) -> scores (b, K, P),
+    up to a constant per row.
+
+    w^T tanh(x) = 2 w^T sigmoid(2x) - sum(w), and the softmax ignores the constant, so the scores below give
+    exactly the alpha of the tanh form; a sigmoid costs a sixth of a tanh on a CPU. The keys and queries come
+    doubled (the keys once per memory), so the largest tensor of a step, (b, K, P, A), is written once by the
+    sum and once by the sigmoid, and not a third time to double it.
+    """
+    return linear((keys + queries).sigmoid_(), w.to(keys.dtype)).squeeze(-1).mul_(2.0)
 
 
 def _chunks(keys: Tensor, queries: Tensor):
@@ -79,9 +80,7 @@ class _ChunkedScores(torch.autograd.Function):
     @staticmethod
     def forward(ctx, keys: Tensor, queries: Tensor, w: Tensor) -> Tensor:
         ctx.save_for_backward(keys, queries, w)
-        w = w.to(keys.dtype)
-        scores = [linear((keys[rows] + queries[rows]).sigmoid_(), w) for rows in _chunks(keys, queries)]
-        return torch.cat(scores).squeeze(-1).mul_(2.0)  # (B, K, P)
+        return torch.cat([_scores(keys[rows], queries[rows], w) for rows in _chunks(keys, queries)])  # (B, K, P)
 
     @staticmethod
     def backward(ctx, grad: Tensor):

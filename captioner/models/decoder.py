@@ -8,6 +8,7 @@ step loop (docs/speed.md, "Where the time went").
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 
 import torch
@@ -265,11 +266,13 @@ class AttentionDecoder(WordGroups, nn.Module):
         rows end, longest first (as the loader orders them), and their logits and alphas are zeros, for no loss
         to read.
         """
-        if steps is not None:
-            steps = steps.to(memory.device) if steps.numel() else None  # None: an empty batch
-        order = _longest_first(steps)
-        if order is not None:  # rows not yet longest first
-            memory, tokens, steps = memory[order], tokens[order], steps[order]
+        B, T = tokens.shape
+        ends = [T] * B if steps is None or self._compiled else steps.clamp(1, T).tolist()  # every row runs a step
+        order = None
+        if any(a < b for a, b in itertools.pairwise(ends)):  # rows not yet longest first
+            rows = sorted(range(B), key=lambda row: -ends[row])  # stable: equal lengths keep their order
+            ends, order = [ends[row] for row in rows], torch.tensor(rows, device=memory.device)
+            memory, tokens = memory[order], tokens[order]
             mask = None if mask is None else mask[order]
         attended = self.prepare(memory, mask, class_offset=class_offset)
         if torch.is_grad_enabled() and attended.context_weight.requires_grad and not self._compiled:
@@ -283,8 +286,6 @@ class AttentionDecoder(WordGroups, nn.Module):
             tokens = tokens.masked_fill(hide & (tokens != self.pad_id), self.unk_id)
         embedded = self.embed(tokens)  # (B, T, E)
         embed_gates = self.core.project_input(embedded, weight=attended.embed_weight)  # (B, T, G * H), one matmul
-        B, T = tokens.shape
-        ends = [T] * B if steps is None or self._compiled else steps.clamp(1, T).tolist()  # every row runs a step
         live = [sum(end > t for end in ends) for t in range(T)]  # the rows step t runs
         hiddens, contexts, gateds, alphas = [], [], [], []
         running = attended  # the memory rows still running
@@ -383,10 +384,3 @@ class AttentionDecoder(WordGroups, nn.Module):
         context = self._class_context(context, alpha, attended)
         scores = self._output(embedded, hidden, context, gated, attended.whole_classes, attended)
         return scores, state, alpha
-
-
-def _longest_first(steps: Tensor | None) -> Tensor | None:
-    """The order that puts rows longest first, or None where they are (or where there are no steps)."""
-    if steps is None or bool((steps[:-1] >= steps[1:]).all()):
-        return None
-    return torch.argsort(steps, descending=True, stable=True)

@@ -32,15 +32,16 @@ def _dense(tensor: Tensor) -> Tensor:
     return tensor.contiguous()
 
 
-def uses_onednn(x: Tensor, weight: Tensor) -> bool:
+def uses_onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     """Whether `linear` runs this product through oneDNN: fp32 on a CPU without gradients, outside autocast,
     export and compile."""
+    recorded = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     return (
         _ONEDNN
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and x.numel() > 0  # oneDNN has no product of an empty batch
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not recorded
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
         and not torch.compiler.is_exporting()
@@ -50,7 +51,7 @@ def uses_onednn(x: Tensor, weight: Tensor) -> bool:
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """F.linear(x, weight, bias), through oneDNN where uses_onednn says so."""
-    if uses_onednn(x, weight) and not (torch.is_grad_enabled() and bias is not None and bias.requires_grad):
+    if uses_onednn(x, weight, bias):
         return onednn_product(x, weight, bias)
     return F.linear(x, weight, bias)
 
