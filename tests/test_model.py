@@ -331,9 +331,10 @@ def test_chunked_attention_scores_have_the_formulas_gradients(monkeypatch, chunk
 
 @pytest.mark.parametrize("shape", [(6, 5), (2, 3, 5), (5,), (0, 5)])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_linear_is_f_linear(shape, with_bias):
+def test_linear_is_f_linear(shape, with_bias, monkeypatch):
     """models/linear.py: without gradients oneDNN, with F.linear's values (over a slice of a weight's columns and an
-    empty batch too); where gradients are recorded, and under autocast, F.linear itself."""
+    empty batch too); with gradients, a step's rows and a same-size input through oneDNN with F.linear's values and
+    gradients; other rows and autocast F.linear itself."""
     if not linear._ONEDNN:
         pytest.skip("this torch has no oneDNN")
     full, x = torch.randn(4, 9), torch.randn(*shape)
@@ -343,8 +344,30 @@ def test_linear_is_f_linear(shape, with_bias):
             assert linear.uses_onednn(x, weight) == (x.numel() > 0)
             torch.testing.assert_close(linear.linear(x, weight, bias), torch.nn.functional.linear(x, weight, bias))
     full.requires_grad_()
+    x.requires_grad_()
     assert not linear.uses_onednn(x, full)
-    assert torch.equal(linear.linear(x, full[:, 2:7], bias), torch.nn.functional.linear(x, full[:, 2:7], bias))
+    # a step's rows; more rows marked the same size every call (their weight gradient through oneDNN as well);
+    # more rows unmarked: F.linear itself
+    for step_rows, same_size, recorded in ((256, False, True), (0, True, True), (0, False, False)):
+        monkeypatch.setattr(linear, "STEP_ROWS", step_rows)
+        grads = []
+        for product in (linear.linear, torch.nn.functional.linear):
+            out = (
+                product(x, full[:, 2:7], bias, same_size)
+                if product is linear.linear
+                else product(x, full[:, 2:7], bias)
+            )
+            if x.numel():
+                ours = type(out.grad_fn).__name__ == "_RecordedLinearBackward"
+                assert ours == (recorded and product is linear.linear)
+            out.backward(torch.ones_like(out))
+            grads.append((out.detach(), x.grad, full.grad))
+            x.grad = full.grad = None
+        for ours, theirs in zip(*grads, strict=True):
+            if recorded:
+                torch.testing.assert_close(ours, theirs)
+            else:
+                assert torch.equal(ours, theirs)
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         assert not linear.uses_onednn(x, full)
         assert linear.linear(x, full[:, :5], bias).dtype == torch.bfloat16

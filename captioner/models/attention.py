@@ -25,9 +25,10 @@ class AdditiveAttention(nn.Module):
         self.query_proj = Linear(query_dim, attention_dim, bias=False)
         self.score = Linear(attention_dim, 1, bias=False)  # a bias would cancel in the softmax
 
-    def project_memory(self, memory: Tensor) -> Tensor:
-        """Keys for all positions, computed once per memory: (B, P, D) -> (B, P, A), doubled (see _scores)."""
-        return self.memory_proj(memory).mul(2.0)
+    def project_memory(self, memory: Tensor, same_size: bool = False) -> Tensor:
+        """Keys for all positions, computed once per memory: (B, P, D) -> (B, P, A), doubled (see _scores).
+        same_size: every batch's memory has the same P (an image grid), see models/linear.py."""
+        return self.memory_proj(memory, same_size).mul(2.0)
 
     def forward(self, keys: Tensor, memory: Tensor, query: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """keys (B, P, A) from project_memory, memory (B, P, D), query (B * K, Q), mask (B, P) True where valid.

@@ -80,6 +80,7 @@ class Captioner(nn.Module):
                 dec.class_input,
                 pad_id=Vocab.pad_id,
                 unk_id=Vocab.unk_id,
+                grid_memory=True,
             )
         except ValueError as error:
             raise ConfigError(f"decoder: {error}") from None

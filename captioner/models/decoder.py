@@ -90,8 +90,11 @@ class AttentionDecoder(WordGroups, nn.Module):
         class_input: str = "shared",
         pad_id: int = 0,
         unk_id: int = 3,
+        grid_memory: bool = False,
     ):
+        """grid_memory: the memory is an image grid, the same P positions in every batch (models/linear.py)."""
         super().__init__()
+        self.grid_memory = grid_memory
         self.vocab_size, self.memory_dim, self.embed_dim = vocab_size, memory_dim, embed_dim
         self.hidden_dim, self.num_layers, self.cell = hidden_dim, num_layers, cell
         self.word_dropout, self.output_word, self.pad_id, self.unk_id = word_dropout, output_word, pad_id, unk_id
@@ -149,7 +152,7 @@ class AttentionDecoder(WordGroups, nn.Module):
             whole_classes = class_offset = None
         else:  # class words: the whole picture's classes, once per memory rather than at every step
             whole_classes = self._whole_classes(memory if class_offset is None else memory - class_offset, mask)
-        keys = self.attention.project_memory(memory)
+        keys = self.attention.project_memory(memory, same_size=self.grid_memory)
         return self.attended(memory, keys, mask, whole_classes, class_offset, decoding)
 
     def attended(

@@ -1,13 +1,19 @@
-"""Matrix products of the models through oneDNN on a CPU when no gradient is recorded (captioning).
+"""Matrix products of the models through oneDNN on a CPU in fp32: all of captioning's, and in training those of a
+step loop and the projection of an image grid.
 
 torch runs an fp32 F.linear on a CPU through MKL's sgemm. oneDNN, which torch also carries (the engine of its
-bf16 products and of Inductor's CPU linear), ran beam search's products faster on the AMD EPYC where it was
-measured; in training the gain was within the noise and the process's peak memory a third larger, so training
-keeps MKL (docs/speed.md, "Products through oneDNN"). `linear` below is F.linear through oneDNN on a CPU in fp32
-without gradients; anywhere else (gradients, a GPU, autocast, an export, torch.compile, a torch without oneDNN)
-it is F.linear itself. Both are IEEE fp32; they differ only in the order of their sums. SummedWeightGrad: the
-products of a step loop with one weight, whose gradient with respect to it is one product rather than one per
-step.
+bf16 products and of Inductor's CPU linear), ran the COCO decoder's products and their input gradients faster than
+MKL on the AMD EPYC where it was measured, a step's (a few dozen rows) about twice as fast; its weight gradients
+were no faster, as it copies a transposed input first. oneDNN keeps a plan of some megabytes for every shape it has
+run, though: through products whose row count changes from batch to batch (the output layer over a batch's
+words) the process grew by tens of megabytes a batch. So `linear` below is F.linear through oneDNN on a CPU in
+fp32 without gradients (captioning); with gradients (the product and the input's gradient through oneDNN, the
+weight's through MKL) for inputs of at most STEP_ROWS rows (a step's: their shapes are bounded by the batch size)
+and for inputs the caller marks as the same size every batch (an image grid's B x P positions); F.linear itself
+for other recorded products, on a GPU, under autocast, in an export and under torch.compile (docs/speed.md,
+"Training through oneDNN"). Both are IEEE fp32; they differ only in the order of their sums. SummedWeightGrad:
+the products of a step loop with one weight, whose gradient with respect to it is one product rather than one
+per step.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+STEP_ROWS = 256  # recorded products over at most this many rows (a step's) go through oneDNN too
+STEP_ROWS = 256  # recorded products over at most this many rows (a step's) go through oneDNN too
 
 
 def onednn_product(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -33,15 +41,21 @@ def _dense(tensor: Tensor) -> Tensor:
 
 
 def uses_onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
-    """Whether `linear` runs this product through oneDNN: fp32 on a CPU without gradients, outside autocast,
-    export and compile."""
-    recorded = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    """Whether `linear` runs this product through oneDNN without recording it: fp32 on a CPU without gradients,
+    outside autocast, export and compile."""
+    return not _recorded(x, weight, bias) and _onednn_can(x, weight)
+
+
+def _recorded(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _onednn_can(x: Tensor, weight: Tensor) -> bool:
     return (
         _ONEDNN
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and x.numel() > 0  # oneDNN has no product of an empty batch
-        and not recorded
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
         and not torch.compiler.is_exporting()
@@ -49,18 +63,43 @@ def uses_onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     )
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """F.linear(x, weight, bias), through oneDNN where uses_onednn says so."""
-    if uses_onednn(x, weight, bias):
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, same_size: bool = False) -> Tensor:
+    """F.linear(x, weight, bias), through oneDNN where it can (see the module's docstring). same_size: x has the
+    same shape at every call of a run (an image grid's), so a recorded product over many rows goes through oneDNN."""
+    if not _onednn_can(x, weight):
+        return F.linear(x, weight, bias)
+    if not _recorded(x, weight, bias):
         return onednn_product(x, weight, bias)
+    if same_size or x.numel() // x.size(-1) <= STEP_ROWS:
+        return _RecordedLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+class _RecordedLinear(torch.autograd.Function):
+    """F.linear with gradients: the product and the input's gradient through oneDNN, the weight's gradient through
+    MKL (oneDNN reads a transposed input only after copying it, which cost what it saved)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return onednn_product(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        rows = grad.reshape(-1, grad.size(-1))
+        grad_x = linear(grad, weight.t()) if ctx.needs_input_grad[0] else None
+        grad_weight = rows.t() @ x.reshape(-1, x.size(-1)) if ctx.needs_input_grad[1] else None
+        grad_bias = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias
 
 
 class Linear(nn.Linear):
     """nn.Linear (the same parameters, the same state-dict keys) whose product is `linear`'s."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight, self.bias)
+    def forward(self, x: Tensor, same_size: bool = False) -> Tensor:
+        return linear(x, self.weight, self.bias, same_size)
 
 
 class SummedWeightGrad:
@@ -87,13 +126,13 @@ class _SummedLinear(torch.autograd.Function):
         x = x.to(weight.dtype)
         ctx.save_for_backward(x, weight)
         ctx.summed, ctx.first = summed, first
-        return x @ weight.t()
+        return linear(x, weight)  # no gradient is recorded in here: through oneDNN where it can
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         grad = grad.to(weight.dtype)
-        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_x = linear(grad, weight.t()) if ctx.needs_input_grad[0] else None
         grad_weight = None
         if ctx.needs_input_grad[1]:
             summed = ctx.summed
