@@ -32,6 +32,7 @@ captions, mean 4.0 words, cut at 20 as the recipe cuts them; 256 x 256 PNGs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import platform
@@ -217,16 +218,35 @@ def _trainer(model, config, loader, device, work: Path):
     return training.Trainer(LoaderTask(run), run)
 
 
-def _measure(task: str, recipe_name: str, beam: int | None, device_name: str, dtype: str, repeats: int) -> Row:
-    """One row, in this (fresh) process."""
+def _measure(
+    task: str, recipe_name: str, beam: int | None, device_name: str, dtype: str, repeats: int, profile: bool = False
+) -> Row:
+    """One row, in this (fresh) process; profile: print torch.profiler's costliest operators of the timed runs."""
     import tempfile
 
+    import torch.profiler
+
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if device_name == "cuda" else []
+    )
+    profiler = torch.profiler.profile(activities=activities, record_shapes=True) if profile else None
     with tempfile.TemporaryDirectory(prefix="captioner-benchmark-") as work:
-        return _measure_in(task, recipe_name, beam, device_name, dtype, repeats, Path(work))
+        row = _measure_in(task, recipe_name, beam, device_name, dtype, repeats, Path(work), profiler)
+    if profiler is not None:
+        operators = profiler.key_averages(group_by_input_shape=True)
+        print(operators.table(sort_by="self_cpu_time_total", row_limit=30, max_shapes_column_width=70), file=sys.stderr)
+    return row
 
 
 def _measure_in(
-    task: str, recipe_name: str, beam: int | None, device_name: str, dtype: str, repeats: int, work: Path
+    task: str,
+    recipe_name: str,
+    beam: int | None,
+    device_name: str,
+    dtype: str,
+    repeats: int,
+    work: Path,
+    profiler=None,
 ) -> Row:
     import torch
 
@@ -284,14 +304,15 @@ def _measure_in(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rates, per_batch = [], []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        count = run()
-        sync()
-        seconds = time.perf_counter() - start
-        rates.append(batch * count / seconds)
-        per_batch.append(seconds / count)
+    with profiler or contextlib.nullcontext():  # the timed runs only, after the warm-up
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            count = run()
+            sync()
+            seconds = time.perf_counter() - start
+            rates.append(batch * count / seconds)
+            per_batch.append(seconds / count)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
@@ -351,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 3, 5], help="captioning rows (default: 1 3 5)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row; the median counts (default: 3)")
     parser.add_argument("--output", help="also write the table (Markdown) here, and the rows as JSON beside it")
+    parser.add_argument("--profile", action="store_true", help="print each row's costliest operators (torch.profiler)")
     args = parser.parse_args(argv)
     if args.repeats < 1 or any(b < 1 for b in args.beams):
         parser.error("--repeats and --beams must be at least 1")
@@ -363,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--device cuda: no CUDA GPU is visible to torch here")
     tasks = [TASKS[t] for t in (TASKS if "all" in args.task else args.task)]
     jobs = [
-        (task, recipe, beam, args.device, dtype, args.repeats)
+        (task, recipe, beam, args.device, dtype, args.repeats, args.profile)
         for recipe in recipes
         for dtype in dtypes
         for task in tasks

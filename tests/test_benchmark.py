@@ -31,3 +31,11 @@ def test_a_row_of_the_cpu_recipe(task, beam, unit):
     assert 0 < row.seconds_per_batch < 60
     text = benchmark.table([row])
     assert f"| {task} | cpu |" in text and unit in text
+
+
+def test_profile_prints_the_costliest_operators_of_the_timed_runs(capsys):
+    benchmark = load_benchmark()
+    row = benchmark._measure("caption, cached grids", "cpu", 1, "cpu", "fp32", 1, profile=True)
+    assert row.throughput > 0
+    printed = capsys.readouterr().err
+    assert "Self CPU time total" in printed and "aten::" in printed and "Input Shapes" in printed
