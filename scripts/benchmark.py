@@ -376,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1 or any(b < 1 for b in args.beams):
         parser.error("--repeats and --beams must be at least 1")
+    if args.profile and args.output:
+        parser.error("--profile slows the rows it times: no --output with it")
     recipes = list(RECIPES) if args.recipe == "all" else [args.recipe]
     dtypes = ["fp32", "bf16"] if args.dtype == "all" else [args.dtype]
     if args.device == "cuda":

@@ -10,9 +10,10 @@ product through oneDNN at many row counts, as training's products meet them (a s
 the output layer's rows are a batch's words), and give the process's resident memory before and after.
 
 --training times the COCO recipe's training step from cached grids (scripts/benchmark.py's loader and trainer) with
-oneDNN on and off (every product through F.linear, as before linear.py sent training's through oneDNN), batch by
-batch in one process, each batch run once each way in turn: a ratio per batch, free of this machine's drift from
-process to process.
+oneDNN on and off (off: every product through F.linear, as before linear.py sent training's through oneDNN, but
+for the attention score's small product, which went through oneDNN before too), batch by batch in one process,
+each batch run once each way in turn (the optimizer steps twice a batch): a ratio per batch, free of this
+machine's drift from process to process.
 """
 
 from __future__ import annotations
@@ -77,12 +78,15 @@ def timings(repeats: int) -> list[dict]:
 
 
 def plans(counts: range, inputs: int, outputs: int) -> dict:
-    """The resident memory before and after one oneDNN product at each of these row counts."""
-    weight, before = torch.randn(outputs, inputs), _resident_mib()
-    for n in counts:
-        onednn_product(torch.randn(n, inputs), weight)
+    """The resident memory before and after one product at each of these row counts: through MKL (what the
+    allocator keeps), then through oneDNN (what its plans add)."""
+    weight = torch.randn(outputs, inputs)
     row = {"rows": f"{counts.start}-{counts.stop - 1}", "shapes": len(counts), "in x out": f"{inputs} x {outputs}"}
-    row |= {"resident before MiB": before, "resident after MiB": _resident_mib()}
+    for engine, product in (("mkl", lambda x: x @ weight.t()), ("onednn", lambda x: onednn_product(x, weight))):
+        before = _resident_mib()
+        for n in counts:
+            product(torch.randn(n, inputs))
+        row |= {f"{engine} before MiB": before, f"{engine} after MiB": _resident_mib()}
     print(json.dumps(row), flush=True)
     return row
 

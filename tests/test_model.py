@@ -331,10 +331,11 @@ def test_chunked_attention_scores_have_the_formulas_gradients(monkeypatch, chunk
 
 @pytest.mark.parametrize("shape", [(6, 5), (2, 3, 5), (5,), (0, 5)])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_linear_is_f_linear(shape, with_bias, monkeypatch):
+def test_linear_is_f_linear(shape, with_bias):
     """models/linear.py: without gradients oneDNN, with F.linear's values (over a slice of a weight's columns and an
-    empty batch too); with gradients, a step's rows and a same-size input through oneDNN with F.linear's values and
-    gradients; other rows and autocast F.linear itself."""
+    empty batch too); with gradients, a product marked few_shapes through oneDNN with F.linear's values and
+    gradients (of the input, the weight and the bias, also of an input that needs none and a strided one), an
+    unmarked one and autocast F.linear itself."""
     if not linear._ONEDNN:
         pytest.skip("this torch has no oneDNN")
     full, x = torch.randn(4, 9), torch.randn(*shape)
@@ -344,33 +345,60 @@ def test_linear_is_f_linear(shape, with_bias, monkeypatch):
             assert linear.uses_onednn(x, weight) == (x.numel() > 0)
             torch.testing.assert_close(linear.linear(x, weight, bias), torch.nn.functional.linear(x, weight, bias))
     full.requires_grad_()
-    x.requires_grad_()
+    if bias is not None:
+        bias.requires_grad_()
     assert not linear.uses_onednn(x, full)
-    # a step's rows; more rows marked the same size every call (their weight gradient through oneDNN as well);
-    # more rows unmarked: F.linear itself
-    for step_rows, same_size, recorded in ((256, False, True), (0, True, True), (0, False, False)):
-        monkeypatch.setattr(linear, "STEP_ROWS", step_rows)
-        grads = []
-        for product in (linear.linear, torch.nn.functional.linear):
-            out = (
-                product(x, full[:, 2:7], bias, same_size)
-                if product is linear.linear
-                else product(x, full[:, 2:7], bias)
-            )
-            if x.numel():
-                ours = type(out.grad_fn).__name__ == "_RecordedLinearBackward"
-                assert ours == (recorded and product is linear.linear)
-            out.backward(torch.ones_like(out))
-            grads.append((out.detach(), x.grad, full.grad))
-            x.grad = full.grad = None
-        for ours, theirs in zip(*grads, strict=True):
-            if recorded:
-                torch.testing.assert_close(ours, theirs)
-            else:
-                assert torch.equal(ours, theirs)
+    strided = torch.randn(*shape[:-1], 10)[..., ::2]  # every other column: not contiguous
+    for inputs, input_grad in ((x, True), (x, False), (strided, True)):
+        inputs = inputs.detach().requires_grad_(input_grad)
+        upstream = torch.randn(*shape[:-1], 4)  # rows of different gradients: a mixed-up row order would show
+        for few_shapes in (True, False):
+            results = []
+            for product in (linear.linear, torch.nn.functional.linear):
+                args = (inputs, full[:, 2:7], bias) + ((few_shapes,) if product is linear.linear else ())
+                out = product(*args)
+                if inputs.numel():
+                    ours = type(out.grad_fn).__name__ == "_RecordedLinearBackward"
+                    assert ours == (few_shapes and product is linear.linear)
+                out.backward(upstream)
+                results.append([out.detach(), inputs.grad, full.grad, None if bias is None else bias.grad])
+                inputs.grad = full.grad = None
+                if bias is not None:
+                    bias.grad = None
+            for ours, theirs in zip(*results, strict=True):
+                if ours is None or theirs is None:
+                    assert ours is theirs
+                elif few_shapes:
+                    torch.testing.assert_close(ours, theirs)
+                else:
+                    assert torch.equal(ours, theirs)
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         assert not linear.uses_onednn(x, full)
         assert linear.linear(x, full[:, :5], bias).dtype == torch.bfloat16
+
+
+def test_in_training_only_a_steps_products_and_a_grids_keys_go_through_onednn(monkeypatch):
+    """The recorded products that go through oneDNN take few shapes over a run: a step's (at most the batch's rows)
+    and, for a decoder over an image grid (the captioner's), the keys' projection; the output layer and the
+    embeddings' projection, whose rows change from batch to batch, do not."""
+    if not linear._ONEDNN:
+        pytest.skip("this torch has no oneDNN")
+    rows = []
+    recorded = linear._RecordedLinear.apply
+    monkeypatch.setattr(
+        linear._RecordedLinear, "apply", lambda x, *rest: rows.append(tuple(x.shape)) or recorded(x, *rest)
+    )
+    B, P, D = 3, 5, 6
+    for grid_memory in (False, True):
+        rows.clear()
+        decoder = AttentionDecoder(12, D, 5, 8, 7, num_layers=2, dropout=0.0, grid_memory=grid_memory)
+        logits, _ = decoder(torch.randn(B, P, D), torch.randint(4, 12, (B, 4)), steps=torch.tensor([4, 3, 1]))
+        logits.sum().backward()
+        keys = [shape for shape in rows if len(shape) == 3]
+        assert keys == ([(B, P, D)] if grid_memory else [])
+        steps = [shape for shape in rows if len(shape) != 3]
+        assert steps and all(len(shape) == 2 and shape[0] <= B for shape in steps)
+    assert Captioner.from_config(Config.from_dict({"encoder": TINY_ENCODER}), vocab_size=15).decoder.grid_memory
 
 
 @pytest.mark.parametrize("layers", [1, 2])

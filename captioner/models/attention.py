@@ -25,10 +25,10 @@ class AdditiveAttention(nn.Module):
         self.query_proj = Linear(query_dim, attention_dim, bias=False)
         self.score = Linear(attention_dim, 1, bias=False)  # a bias would cancel in the softmax
 
-    def project_memory(self, memory: Tensor, same_size: bool = False) -> Tensor:
+    def project_memory(self, memory: Tensor, few_shapes: bool = False) -> Tensor:
         """Keys for all positions, computed once per memory: (B, P, D) -> (B, P, A), doubled (see _scores).
-        same_size: every batch's memory has the same P (an image grid), see models/linear.py."""
-        return self.memory_proj(memory, same_size).mul(2.0)
+        few_shapes: every batch's memory has the same P (an image grid), see models/linear.py."""
+        return self.memory_proj(memory, few_shapes).mul(2.0)
 
     def forward(self, keys: Tensor, memory: Tensor, query: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """keys (B, P, A) from project_memory, memory (B, P, D), query (B * K, Q), mask (B, P) True where valid.
@@ -40,7 +40,7 @@ class AdditiveAttention(nn.Module):
         if query.size(0) % B:
             raise ValueError(f"{query.size(0)} queries cannot be shared out over {B} memories")
         K = query.size(0) // B
-        queries = self.query_proj(query).mul(2.0).view(B, K, 1, A)  # doubled, as the keys
+        queries = self.query_proj(query, few_shapes=True).mul(2.0).view(B, K, 1, A)  # a step's; doubled, as the keys
         keys = keys.unsqueeze(1)  # (B, 1, P, A)
         if torch.compiler.is_exporting() or torch.compiler.is_compiling() or keys.device.type != "cpu":
             scores = _scores(keys, queries, self.score.weight)  # (B, K, P); an export: any B, no loop

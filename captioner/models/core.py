@@ -194,8 +194,8 @@ class RecurrentCore(nn.Module):
             weight_ih, weight_hh, bias_ih, bias_hh = self._weights(layer)
             if layer > 0:
                 below = F.dropout(layers[-1][0], self.dropout, self.training)
-                input_gates = linear(below, weight_ih, bias_ih)
-            hidden_gates = linear(state[0][:, layer], weight_hh, bias_hh)  # (B, G * H)
+                input_gates = linear(below, weight_ih, bias_ih, few_shapes=True)  # a step's rows
+            hidden_gates = linear(state[0][:, layer], weight_hh, bias_hh, few_shapes=True)  # (B, G * H)
             layers.append(self.unit.update(input_gates, hidden_gates, tuple(s[:, layer] for s in state)))
         return layers[-1][0], tuple(torch.stack(parts, dim=1) for parts in zip(*layers, strict=True))  # (B, L, H)
 

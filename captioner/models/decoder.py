@@ -152,7 +152,7 @@ class AttentionDecoder(WordGroups, nn.Module):
             whole_classes = class_offset = None
         else:  # class words: the whole picture's classes, once per memory rather than at every step
             whole_classes = self._whole_classes(memory if class_offset is None else memory - class_offset, mask)
-        keys = self.attention.project_memory(memory, same_size=self.grid_memory)
+        keys = self.attention.project_memory(memory, few_shapes=self.grid_memory)
         return self.attended(memory, keys, mask, whole_classes, class_offset, decoding)
 
     def attended(
@@ -204,11 +204,11 @@ class AttentionDecoder(WordGroups, nn.Module):
         """
         query = state[0][:, -1]  # top layer's h_{t-1}: (B, H)
         context, alpha = self.attention(attended.keys, attended.memory, query, attended.mask)
-        gated = torch.sigmoid(self.gate(query)) * context  # (B, D)
+        gated = torch.sigmoid(self.gate(query, few_shapes=True)) * context  # (B, D)
         if attended.summed is not None:
             gates = embed_gates + attended.summed.linear(gated, attended.context_weight)
         else:
-            gates = embed_gates + linear(gated, attended.context_weight)
+            gates = embed_gates + linear(gated, attended.context_weight, few_shapes=True)
         hidden, state = self.core.step_projected(gates, state)
         return hidden, context, gated, alpha, state
 

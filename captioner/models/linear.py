@@ -3,17 +3,16 @@ step loop and the projection of an image grid.
 
 torch runs an fp32 F.linear on a CPU through MKL's sgemm. oneDNN, which torch also carries (the engine of its
 bf16 products and of Inductor's CPU linear), ran the COCO decoder's products and their input gradients faster than
-MKL on the AMD EPYC where it was measured, a step's (a few dozen rows) about twice as fast; its weight gradients
-were no faster, as it copies a transposed input first. oneDNN keeps a plan of some megabytes for every shape it has
-run, though: through products whose row count changes from batch to batch (the output layer over a batch's
-words) the process grew by tens of megabytes a batch. So `linear` below is F.linear through oneDNN on a CPU in
-fp32 without gradients (captioning); with gradients (the product and the input's gradient through oneDNN, the
-weight's through MKL) for inputs of at most STEP_ROWS rows (a step's: their shapes are bounded by the batch size)
-and for inputs the caller marks as the same size every batch (an image grid's B x P positions); F.linear itself
-for other recorded products, on a GPU, under autocast, in an export and under torch.compile (docs/speed.md,
-"Training through oneDNN"). Both are IEEE fp32; they differ only in the order of their sums. SummedWeightGrad:
-the products of a step loop with one weight, whose gradient with respect to it is one product rather than one
-per step.
+MKL on the AMD EPYC where it was measured, a step's (a few dozen rows) 1.5 to 1.7 times as fast; its weight
+gradients, for which it copies a transposed input first, gained nothing end to end. oneDNN keeps a plan of
+some megabytes for every shape it has run, though: through products whose row count changes from batch to batch
+(the output layer over a batch's words) the process grew by some 12 MB for every new row count. So `linear` below is
+F.linear through oneDNN on a CPU in fp32 without gradients (captioning); with gradients (the product and the
+input's gradient through oneDNN, the weight's through MKL) where the caller says its input takes few shapes over a
+run (`few_shapes`: a step's rows, at most the batch size; an image grid's B x P positions); F.linear itself for
+other recorded products, on a GPU, under autocast, in an export and under torch.compile (docs/speed.md, "Training
+through oneDNN"). Both are IEEE fp32; they differ only in the order of their sums. SummedWeightGrad: the products
+of a step loop with one weight, whose gradient with respect to it is one product rather than one per step.
 """
 
 from __future__ import annotations
@@ -23,8 +22,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-STEP_ROWS = 256  # recorded products over at most this many rows (a step's) go through oneDNN too
-STEP_ROWS = 256  # recorded products over at most this many rows (a step's) go through oneDNN too
 
 
 def onednn_product(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -63,21 +60,21 @@ def _onednn_can(x: Tensor, weight: Tensor) -> bool:
     )
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, same_size: bool = False) -> Tensor:
-    """F.linear(x, weight, bias), through oneDNN where it can (see the module's docstring). same_size: x has the
-    same shape at every call of a run (an image grid's), so a recorded product over many rows goes through oneDNN."""
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, few_shapes: bool = False) -> Tensor:
+    """F.linear(x, weight, bias), through oneDNN where it can (see the module's docstring). few_shapes: x takes few
+    shapes over a run (a step's rows; an image grid), so a recorded product goes through oneDNN too."""
     if not _onednn_can(x, weight):
         return F.linear(x, weight, bias)
     if not _recorded(x, weight, bias):
         return onednn_product(x, weight, bias)
-    if same_size or x.numel() // x.size(-1) <= STEP_ROWS:
+    if few_shapes:
         return _RecordedLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
 class _RecordedLinear(torch.autograd.Function):
     """F.linear with gradients: the product and the input's gradient through oneDNN, the weight's gradient through
-    MKL (oneDNN reads a transposed input only after copying it, which cost what it saved)."""
+    MKL (oneDNN reads a transposed input only after copying it; end to end it gained nothing there)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -98,8 +95,8 @@ class _RecordedLinear(torch.autograd.Function):
 class Linear(nn.Linear):
     """nn.Linear (the same parameters, the same state-dict keys) whose product is `linear`'s."""
 
-    def forward(self, x: Tensor, same_size: bool = False) -> Tensor:
-        return linear(x, self.weight, self.bias, same_size)
+    def forward(self, x: Tensor, few_shapes: bool = False) -> Tensor:
+        return linear(x, self.weight, self.bias, few_shapes)
 
 
 class SummedWeightGrad:
