@@ -218,6 +218,20 @@ def _trainer(model, config, loader, device, work: Path):
     return training.Trainer(LoaderTask(run), run)
 
 
+def training_stage(task: str, recipe: dict, model, config, device, work: Path, amp: str, batch: int):
+    """The trainer, its cross-entropy stage and its loader for a training row (from cached grids or image files),
+    as `captioner train` runs them; what they write goes under work."""
+    config.train.amp, config.train.batch_size = amp, batch
+    config.data.max_caption_len = recipe["max_caption_len"]
+    if task == "train, cached grids":
+        grid = (recipe["encoder"]["grid_size"] ** 2, model.encoder.out_dim)
+        loader = _cached_loader(recipe, config, grid, device, work)
+    else:
+        loader = _image_loader(recipe, config, model, device, work)
+    trainer = _trainer(model, config, loader, device, work)
+    return trainer, trainer.stages[0], loader
+
+
 def _measure(
     task: str, recipe_name: str, beam: int | None, device_name: str, dtype: str, repeats: int, profile: bool = False
 ) -> Row:
@@ -271,14 +285,7 @@ def _measure_in(
             torch.cuda.synchronize()
 
     if task.startswith("train"):
-        config.train.amp, config.train.batch_size = amp, batch
-        config.data.max_caption_len = recipe["max_caption_len"]
-        if task == "train, cached grids":
-            loader = _cached_loader(recipe, config, grid, device, work)
-        else:
-            loader = _image_loader(recipe, config, model, device, work)
-        trainer = _trainer(model, config, loader, device, work)
-        stage = trainer.stages[0]
+        trainer, stage, loader = training_stage(task, recipe, model, config, device, work, amp, batch)
         epochs = iter(range(10_000))
 
         def run():

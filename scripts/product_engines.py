@@ -101,15 +101,14 @@ def training(batches: int) -> dict:
 
     from captioner.models import linear
 
-    recipe = benchmark.RECIPES["coco"]
-    model, config = benchmark._build(recipe, torch.device("cpu"), fine_tune=False)
-    config.train.batch_size, config.data.max_caption_len = recipe["batch"], recipe["max_caption_len"]
-    grid = (recipe["encoder"]["grid_size"] ** 2, model.encoder.out_dim)
+    recipe, cpu = benchmark.RECIPES["coco"], torch.device("cpu")
+    model, config = benchmark._build(recipe, cpu, fine_tune=False)
     seconds: dict[bool, list[float]] = {True: [], False: []}
     with tempfile.TemporaryDirectory(prefix="captioner-engines-") as work:
-        loader = benchmark._cached_loader(recipe, config, grid, torch.device("cpu"), Path(work))
-        trainer = benchmark._trainer(model, config, loader, torch.device("cpu"), Path(work))
-        stage = trainer.stages[0]
+        task = benchmark.TASKS["train-grids"]
+        trainer, stage, _ = benchmark.training_stage(
+            task, recipe, model, config, cpu, Path(work), "none", recipe["batch"]
+        )
         model.train()
         for i, batch in enumerate(stage.batches(0, 0)):
             if i == batches + 2:
