@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -132,6 +135,31 @@ def test_amp_settings(monkeypatch):
     assert amp_dtype(cpu, "auto") is None  # fp32: bf16 would fall to torch's reference loop
     with pytest.raises(ConfigError, match="no fast bf16"):
         amp_dtype(cpu, "bf16")
+
+
+FAULTS = """
+import resource, sys, torch
+from captioner.device import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+torch.empty(64 << 20, dtype=torch.uint8).fill_(1)  # touched, then freed
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.empty(64 << 20, dtype=torch.uint8).fill_(1)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_a_cpu_training_process_reuses_freed_memory_without_page_faults():
+    """By default glibc maps a 64 MiB block afresh and the kernel faults in (zeroes) every one of its 16,384
+    pages again; kept, the second block is the first one's memory."""
+
+    def faults(mode: str) -> int:
+        result = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True)
+        return int(result.stdout)
+
+    assert faults("default") >= 16_000
+    assert faults("keep") < 1_000
 
 
 def test_a_resumed_fp16_run_keeps_its_loss_scale(shapes_root, tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from captioner.config import TrainSection
-from captioner.device import autocast, grad_scaler, resolve_device
+from captioner.device import autocast, grad_scaler, keep_freed_memory, resolve_device
 from captioner.distributed import SINGLE, World, from_main, gather_objects, on_main
 from captioner.errors import CheckpointError
 from captioner.training.board import Board
@@ -94,6 +94,8 @@ class Trainer:
         checkpoint = run.checkpoint
         self.train: TrainSection = task.config.train
         self.device = task.device
+        if self.device.type == "cpu":  # a step's tensors reused, not mapped afresh (device.keep_freed_memory)
+            keep_freed_memory()
         self.log = task.log
         self.optimizer = adamw(task.parameter_groups(), self.train)
         for group in self.optimizer.param_groups:
