@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import os
 import platform
 
 import torch
@@ -35,24 +36,33 @@ def resolve_device(name: str, world: World = SINGLE) -> torch.device:
     return device
 
 
-# glibc's mallopt parameters (malloc.h)
+# glibc's mallopt parameters (malloc.h); the environment variables that set them (or GLIBC_TUNABLES's glibc.malloc.*)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 
 @functools.cache
 def keep_freed_memory() -> bool:
     """Let glibc's malloc keep the memory a training step frees, for the next step, rather than hand it back to the
-    kernel: by default every block above a few MB is mapped fresh on allocation and unmapped when freed, and the kernel
-    zeroes each page of it again on first touch (tens of thousands of page faults per COCO-sized batch on a CPU).
-    Blocks up to 1 GiB then come from the heap, whose free top is no longer trimmed: the process keeps its peak
-    memory for its lifetime, the price of the reuse. Once per process; False where the C library is not glibc."""
+    kernel: by default a block above the mmap threshold (128 KiB at first, raised up to 32 MiB as such blocks are freed)
+    is mapped afresh and unmapped when freed, and the heap's free top is trimmed, so the kernel zeroes every page again
+    on first touch (tens of thousands of page faults per COCO-sized batch on a CPU). Here blocks up to 1 GiB (32 MiB
+    before glibc 2.35, which refuses more) come from the main heap, and its free top is trimmed only past 2 GiB: a
+    process keeps up to its peak memory for its lifetime, the price of the reuse.
+
+    Once per process. False, leaving malloc as it is, where the C library is not glibc, where mallopt refuses, or where
+    the environment sets glibc's malloc already (MALLOC_*_ or GLIBC_TUNABLES): that is how to opt out."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    if any(name in os.environ for name in _MALLOC_VARIABLES) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    if not mallopt(_M_MMAP_THRESHOLD, 1 << 30) and not mallopt(_M_MMAP_THRESHOLD, 32 << 20):
+        return False
+    return bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def fast_bf16(device: torch.device) -> bool:

@@ -3,11 +3,11 @@ a CPU, captioner.device.keep_freed_memory) and with its defaults: milliseconds a
 
     .venv/bin/python scripts/allocator_speed.py [--pairs 5] [--batches 16] [--output benchmarks/allocator_speed.json]
 
-The setting holds for a whole process, so each side runs in processes of its own, in turn (default first, then
-kept, --pairs times): each pair gives a ratio, and the median ratio is reported, this machine's speed drifting by
-20% or more from minute to minute. A process times --batches training steps (scripts/benchmark.py's loader and
-trainer, batches of 32 captions of COCO's lengths) after two warm-up batches, and counts their minor page faults
-and system seconds (getrusage).
+The setting holds for a whole process, so each side runs in processes of its own, in turn (--pairs times, the
+default side first in the odd pairs and second in the even ones): each pair gives a ratio, and the median ratio is
+reported, this machine's speed drifting by 20% or more from minute to minute. A process times --batches training
+steps (scripts/benchmark.py's trainer, batches of 32 captions of COCO's lengths, taken from its loader before the
+clock starts) after two warm-up batches, and counts their minor page faults and system seconds (getrusage).
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ def one_side(keep: bool, batches: int) -> dict:
             taken.append(batch)
             if len(taken) == batches + 2:
                 break
+        if len(taken) < batches + 2:
+            raise SystemExit(f"--batches {batches}: an epoch here has {len(taken)} batches, two of them warm-up")
         for batch in taken[:2]:
             trainer.step(stage, batch)
         before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -76,10 +78,12 @@ def main() -> None:
         print(json.dumps(one_side(args.side == "keep", args.batches)))
         return
     runs: dict[str, list[dict]] = {"default": [], "keep": []}
-    for _ in range(args.pairs):
-        for side in runs:
+    for pair in range(args.pairs):
+        for side in ("default", "keep") if pair % 2 == 0 else ("keep", "default"):  # either side first in turn
             command = [sys.executable, __file__, "--side", side, "--batches", str(args.batches)]
-            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"the {side} side failed:\n{done.stderr.strip()}")
             runs[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(side, runs[side][-1], flush=True)
     ratios = [d["ms per batch"] / k["ms per batch"] for d, k in zip(runs["default"], runs["keep"], strict=True)]
