@@ -18,7 +18,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,19 +29,12 @@ def one_side(keep: bool, batches: int) -> dict:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "scripts"))
     import benchmark
-    import torch
 
     from captioner.training import loop
 
     if not keep:
         loop.keep_freed_memory = lambda: False  # what the trainer calls: here nothing
-    recipe, cpu = benchmark.RECIPES["coco"], torch.device("cpu")
-    model, config = benchmark._build(recipe, cpu, fine_tune=False)
-    with tempfile.TemporaryDirectory(prefix="captioner-allocator-") as work:
-        trainer, stage, _ = benchmark.training_stage(
-            benchmark.TASKS["train-grids"], recipe, model, config, cpu, Path(work), "none", recipe["batch"]
-        )
-        model.train()
+    with benchmark.coco_training("captioner-allocator-") as (trainer, stage):
         taken = []
         for batch in stage.batches(0, 0):
             taken.append(batch)
@@ -56,7 +48,6 @@ def one_side(keep: bool, batches: int) -> dict:
         for batch in taken[2:]:
             trainer.step(stage, batch)
         seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
-        trainer.board.close()
     n = len(taken) - 2
     return {
         "ms per batch": round(seconds / n * 1000),

@@ -232,6 +232,28 @@ def training_stage(task: str, recipe: dict, model, config, device, work: Path, a
     return trainer, trainer.stages[0], loader
 
 
+@contextlib.contextmanager
+def coco_training(prefix: str):
+    """(trainer, stage) of the `train-grids` row at the coco recipe, fp32 on the CPU, the model in training mode, for
+    scripts that time its steps their own way (product_engines.py, allocator_speed.py); its run folder is removed
+    after."""
+    import tempfile
+
+    import torch
+
+    recipe, cpu = RECIPES["coco"], torch.device("cpu")
+    model, config = _build(recipe, cpu, fine_tune=False)
+    with tempfile.TemporaryDirectory(prefix=prefix) as work:
+        trainer, stage, _ = training_stage(
+            TASKS["train-grids"], recipe, model, config, cpu, Path(work), "none", recipe["batch"]
+        )
+        model.train()
+        try:
+            yield trainer, stage
+        finally:
+            trainer.board.close()  # before its folder goes
+
+
 def _measure(
     task: str, recipe_name: str, beam: int | None, device_name: str, dtype: str, repeats: int, profile: bool = False
 ) -> Row:

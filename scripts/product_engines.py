@@ -94,22 +94,14 @@ def plans(counts: range, inputs: int, outputs: int) -> dict:
 def training(batches: int) -> dict:
     """Milliseconds a training step with oneDNN on and off, alternating on the same batches, and their ratios."""
     import statistics
-    import tempfile
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import benchmark
 
     from captioner.models import linear
 
-    recipe, cpu = benchmark.RECIPES["coco"], torch.device("cpu")
-    model, config = benchmark._build(recipe, cpu, fine_tune=False)
     seconds: dict[bool, list[float]] = {True: [], False: []}
-    with tempfile.TemporaryDirectory(prefix="captioner-engines-") as work:
-        task = benchmark.TASKS["train-grids"]
-        trainer, stage, _ = benchmark.training_stage(
-            task, recipe, model, config, cpu, Path(work), "none", recipe["batch"]
-        )
-        model.train()
+    with benchmark.coco_training("captioner-engines-") as (trainer, stage):
         for i, batch in enumerate(stage.batches(0, 0)):
             if i == batches + 2:
                 break
