@@ -12,7 +12,7 @@ import torch
 from captioner.checkpoint import VERSION, load_checkpoint, save_checkpoint
 from captioner.config import CONFIGS
 from captioner.errors import CheckpointError
-from captioner.models import linear
+from captioner.models import linear, score_kernel
 from captioner.models.registry import MODELS, restore
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v1"
@@ -28,11 +28,14 @@ def expected():
 @pytest.mark.parametrize("onednn", [False, True])
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_a_version_1_checkpoint_restores_to_the_same_model(kind, onednn, expected, monkeypatch):
-    """With torch's own products (F.linear) the very numbers the old code computed; through oneDNN
-    (models/linear.py, the default on a CPU), which sums in another order, the same to float32's precision."""
+    """With torch's own products and operators (F.linear; the attention's score without the fused kernel) the very
+    numbers the old code computed; through oneDNN and the kernel (models/linear.py, models/score_kernel.py, the
+    default on a CPU), which sum in another order, the same to float32's precision."""
     if onednn and not linear._ONEDNN:
         pytest.skip("this torch has no oneDNN")
     monkeypatch.setattr(linear, "_ONEDNN", onednn)
+    if not onednn:
+        monkeypatch.setattr(score_kernel, "usable", lambda keys, queries: False)
     model, config, vocabularies = restore(FIXTURES / f"{kind}.pt")
     assert isinstance(config, CONFIGS[kind]) and not model.training
     assert set(vocabularies) == VOCABULARIES[kind]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from captioner.models import score_kernel
 from captioner.models.linear import Linear, linear
 
-# On a CPU the score is computed over a few memory rows at a time, about this many values each, so
-# that the (rows, K, P, A) intermediate stays in cache between the add, the sigmoid and the dot.
+# On a CPU without the fused kernel (models/score_kernel.py) the score is computed over a few memory rows at a time,
+# about this many values each, so that the (rows, K, P, A) intermediate stays in cache between the add, the sigmoid
+# and the dot.
 _CPU_CHUNK = 1 << 21
 
 
@@ -45,7 +47,7 @@ class AdditiveAttention(nn.Module):
         if torch.compiler.is_exporting() or torch.compiler.is_compiling() or keys.device.type != "cpu":
             scores = _scores(keys, queries, self.score.weight)  # (B, K, P); an export: any B, no loop
         else:
-            scores = _ChunkedScores.apply(keys, queries, self.score.weight)
+            scores = _CpuScores.apply(keys, queries, self.score.weight)
         if mask is not None:
             scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
         alpha = torch.softmax(scores, dim=-1)
@@ -72,20 +74,25 @@ def _chunks(keys: Tensor, queries: Tensor):
     return (slice(i, i + rows) for i in range(0, keys.size(0), rows))
 
 
-class _ChunkedScores(torch.autograd.Function):
-    """AdditiveAttention's scores on a CPU, 2 w^T sigmoid(keys + queries), a few memory rows at a time, forward
-    and backward: the (B, K, P, A) sigmoid is never held whole, in neither pass (the backward computes it
-    again, chunk by chunk), so no step writes or reads it in memory, only in cache. keys (B, 1, P, A),
-    queries (B, K, 1, A), w (1, A) -> (B, K, P)."""
+class _CpuScores(torch.autograd.Function):
+    """AdditiveAttention's scores on a CPU, 2 w^T sigmoid(keys + queries), forward and backward: in fp32 by the fused
+    kernel of models/score_kernel.py where it was built, else a few memory rows at a time. Neither holds the
+    (B, K, P, A) sigmoid whole, in neither pass (the backward computes it again), so no step writes or reads it in
+    memory, only in registers or cache. keys (B, 1, P, A), queries (B, K, 1, A), w (1, A) -> (B, K, P)."""
 
     @staticmethod
     def forward(ctx, keys: Tensor, queries: Tensor, w: Tensor) -> Tensor:
         ctx.save_for_backward(keys, queries, w)
+        if score_kernel.usable(keys, queries):
+            return score_kernel.scores(keys, queries, w).to(keys.dtype)
         return torch.cat([_scores(keys[rows], queries[rows], w) for rows in _chunks(keys, queries)])  # (B, K, P)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         keys, queries, w = ctx.saved_tensors
+        if score_kernel.usable(keys, queries):
+            grad_keys, grad_queries, grad_w = score_kernel.score_gradients(keys, queries, w, grad)
+            return grad_keys, grad_queries, grad_w.to(w.dtype)
         weight = w.to(keys.dtype).view(-1)
         grad = grad.to(keys.dtype).mul(2.0)  # (B, K, P): the scores' factor 2
         grad_keys, grad_queries = torch.empty_like(keys), torch.empty_like(queries)

@@ -1,0 +1,146 @@
+"""The additive attention's score on a CPU as one fused kernel (score_kernel.c): 2 w^T sigmoid(keys + queries),
+forward and backward, in one pass over the keys each, where PyTorch's operators write and read the (rows, K, P, A)
+sigmoid several times a step (docs/speed.md, "The attention's score in one pass").
+
+The kernel is compiled on first use with the system's C compiler ($CC, else cc or gcc) for this machine's CPU
+(-march=native) and kept in $XDG_CACHE_HOME/captioner/kernels (~/.cache/... by default) under a name that hashes
+the source, the flags, the compiler's version and the CPU's features, so a home directory shared by several machines
+holds one build per kind of CPU. Where it cannot be had (not Linux, no compiler, an OpenMP other than the libgomp
+torch loads, a failed build: the last with a warning), `kernel()` is None and the attention runs PyTorch's
+operators; CAPTIONER_CPU_KERNEL=0 turns it off."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("score_kernel.c")
+COMPILE_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-std=gnu11"]
+LINK_FLAGS = ["-shared", "-fopenmp", "-lm"]
+
+
+@functools.cache
+def kernel() -> ctypes.CDLL | None:
+    """The built kernel, once per process; None where it cannot be had (see the module's docstring)."""
+    if os.environ.get("CAPTIONER_CPU_KERNEL", "1") == "0" or platform.system() != "Linux" or not _libgomp_loaded():
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    try:
+        try:
+            return load(build(compiler, cache_directory()))
+        except OSError:  # a build that does not load (a damaged file): once more, afresh
+            build(compiler, cache_directory()).unlink(missing_ok=True)
+            return load(build(compiler, cache_directory()))
+    except (OSError, subprocess.SubprocessError) as error:
+        warnings.warn(
+            f"captioner: the attention's CPU kernel was not built ({_first_line(error)}); "
+            "PyTorch's operators run instead (slower)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+def cache_directory() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "captioner" / "kernels"
+
+
+def build(compiler: str, directory: Path) -> Path:
+    """score_kernel.c compiled into directory (made if missing), unless built there already; the library's path.
+    A build is written under a temporary name and renamed, so no process loads half a file."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60, check=True).stdout
+    source = SOURCE.read_bytes()
+    identity = b"\0".join([source, " ".join(COMPILE_FLAGS + LINK_FLAGS).encode(), version.encode(), _cpu_features()])
+    target = directory / f"score-{hashlib.sha256(identity).hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".build-") as work:
+        objects, library = Path(work) / "score.o", Path(work) / "score.so"
+        for command in (
+            [compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", str(objects)],
+            [compiler, str(objects), "-o", str(library), *LINK_FLAGS],
+        ):
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            if done.returncode:
+                raise subprocess.SubprocessError(f"{Path(compiler).name}: {done.stderr.strip() or done.returncode}")
+        os.replace(library, target)
+    return target
+
+
+def load(path: Path) -> ctypes.CDLL:
+    library = ctypes.CDLL(str(path))
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    library.score_forward.argtypes = [pointer] * 4 + [size] * 4 + [ctypes.c_int]
+    library.score_forward.restype = None
+    library.score_backward.argtypes = [pointer] * 7 + [size] * 4 + [ctypes.c_int]
+    library.score_backward.restype = None
+    return library
+
+
+def usable(keys: Tensor, queries: Tensor) -> bool:
+    """Whether the kernel takes these: fp32 on a CPU, and built."""
+    return keys.dtype == queries.dtype == torch.float32 and keys.device.type == "cpu" and kernel() is not None
+
+
+def scores(keys: Tensor, queries: Tensor, w: Tensor) -> Tensor:
+    """keys (B, 1, P, A) and queries (B, K, 1, A), both doubled, w (1, A) -> scores (B, K, P) =
+    2 w^T sigmoid(keys + queries), as attention._scores."""
+    keys, queries, w = _fp32(keys), _fp32(queries), _fp32(w)
+    B, _, P, A = keys.shape
+    K = queries.size(1)
+    out = torch.empty(B, K, P)
+    kernel().score_forward(*_pointers(keys, queries, w, out), B, K, P, A, torch.get_num_threads())
+    return out
+
+
+def score_gradients(keys: Tensor, queries: Tensor, w: Tensor, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradients of the loss with respect to keys, queries and w, given grad = d loss / d scores (B, K, P)."""
+    keys, queries, w, grad = _fp32(keys), _fp32(queries), _fp32(w), _fp32(grad)
+    B, _, P, A = keys.shape
+    K, threads = queries.size(1), torch.get_num_threads()
+    grad_keys, grad_queries, grad_w = torch.empty_like(keys), torch.empty_like(queries), torch.empty(threads, A)
+    kernel().score_backward(*_pointers(keys, queries, w, grad, grad_keys, grad_queries, grad_w), B, K, P, A, threads)
+    return grad_keys, grad_queries, grad_w.sum(0, keepdim=True)
+
+
+def _fp32(tensor: Tensor) -> Tensor:
+    return tensor.detach().to(torch.float32).contiguous()
+
+
+def _pointers(*tensors: Tensor) -> list[int]:
+    return [t.data_ptr() for t in tensors]
+
+
+def _libgomp_loaded() -> bool:
+    """Whether this process's OpenMP is GNU's (torch's Linux wheels carry one): the kernel, built with -fopenmp, then
+    runs in the threads torch's operators run in, not in a second pool that would compete with them."""
+    try:
+        return "libgomp" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+
+
+def _cpu_features() -> bytes:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine().encode()
+    return next((line for line in lines if line.startswith(("flags", "Features"))), platform.machine()).encode()
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
