@@ -13,7 +13,7 @@ import torch
 
 from captioner.models import attention, score_kernel
 
-COMPILER = shutil.which("cc") or shutil.which("gcc")
+COMPILER = shutil.which("gcc") or shutil.which("cc")
 needs_kernel = pytest.mark.skipif(
     platform.system() != "Linux" or COMPILER is None, reason="the kernel is built on Linux with a C compiler"
 )
@@ -84,7 +84,7 @@ def test_training_gradients_are_the_same_with_and_without_the_kernel(monkeypatch
 
 def _fake_compiler(path, exit_code: int):
     path.write_text(
-        f'#!/bin/sh\n[ "$1" = --version ] && echo "fake cc 1.0" && exit 0\necho "no: {exit_code}" >&2\n'
+        f'#!/bin/sh\ncase "$*" in *--version*) echo "fake cc 1.0"; exit 0;; esac\necho "no: {exit_code}" >&2\n'
         f"exit {exit_code}\n"
     )
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
@@ -93,7 +93,7 @@ def _fake_compiler(path, exit_code: int):
 
 @pytest.mark.skipif(platform.system() != "Linux", reason="the kernel is built on Linux only")
 def test_a_failed_build_warns_once_and_the_operators_run(tmp_path, monkeypatch):
-    monkeypatch.setenv("CC", str(_fake_compiler(tmp_path / "cc", 1)))
+    monkeypatch.setenv("CC", f"{_fake_compiler(tmp_path / 'cc', 1)} -O2")  # $CC may carry flags
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.warns(RuntimeWarning, match=r"the attention's CPU kernel was not built \(cc: no: 1\)"):
         assert score_kernel.kernel.__wrapped__() is None
@@ -110,10 +110,23 @@ def test_the_kernel_can_be_turned_off(monkeypatch):
 @needs_kernel
 def test_a_build_is_kept_and_a_damaged_one_is_built_again(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    first = score_kernel.build(COMPILER, score_kernel.cache_directory())
+    monkeypatch.setenv("CC", COMPILER)
+    first = score_kernel.build([COMPILER], score_kernel.cache_directory())
     built = first.stat().st_mtime_ns
-    assert score_kernel.build(COMPILER, score_kernel.cache_directory()) == first
+    assert score_kernel.build([COMPILER], score_kernel.cache_directory()) == first
     assert first.stat().st_mtime_ns == built  # not compiled again
     first.write_bytes(b"not a library")
     library = score_kernel.kernel.__wrapped__()
     assert library is not None and first.read_bytes()[:4] == b"\x7fELF"
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="the kernel is built on Linux only")
+def test_clang_is_refused_with_a_warning(tmp_path, monkeypatch):
+    """clang's -fopenmp links LLVM's runtime, a second pool of threads beside torch's."""
+    clang = tmp_path / "clang"
+    clang.write_text('#!/bin/sh\necho "Debian clang version 14.0.6"\n')
+    clang.chmod(clang.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("CC", str(clang))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.warns(RuntimeWarning, match=r"\(clang is clang; the kernel needs GCC's OpenMP \(CC=gcc\)\)"):
+        assert score_kernel.kernel.__wrapped__() is None

@@ -2,12 +2,12 @@
 forward and backward, in one pass over the keys each, where PyTorch's operators write and read the (rows, K, P, A)
 sigmoid several times a step (docs/speed.md, "The attention's score in one pass").
 
-The kernel is compiled on first use with the system's C compiler ($CC, else cc or gcc) for this machine's CPU
-(-march=native) and kept in $XDG_CACHE_HOME/captioner/kernels (~/.cache/... by default) under a name that hashes
-the source, the flags, the compiler's version and the CPU's features, so a home directory shared by several machines
-holds one build per kind of CPU. Where it cannot be had (not Linux, no compiler, an OpenMP other than the libgomp
-torch loads, a failed build: the last with a warning), `kernel()` is None and the attention runs PyTorch's
-operators; CAPTIONER_CPU_KERNEL=0 turns it off."""
+The kernel is compiled on first use with the system's C compiler ($CC, else gcc or cc: GCC, whose OpenMP is the
+one torch runs in) for this machine's CPU (-march=native) and kept in $XDG_CACHE_HOME/captioner/kernels
+(~/.cache/... by default) under a name that hashes the source, the flags, the compiler's version and the CPU's
+features, so a home directory shared by several machines holds one build per kind of CPU. Where it cannot be had
+(not Linux, no compiler, an OpenMP other than the libgomp torch loads, a failed build or clang: the last two with a
+warning), `kernel()` is None and the attention runs PyTorch's operators; CAPTIONER_CPU_KERNEL=0 turns it off."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -35,8 +36,8 @@ def kernel() -> ctypes.CDLL | None:
     """The built kernel, once per process; None where it cannot be had (see the module's docstring)."""
     if os.environ.get("CAPTIONER_CPU_KERNEL", "1") == "0" or platform.system() != "Linux" or not _libgomp_loaded():
         return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+    compiler = shlex.split(os.environ.get("CC", "")) or [shutil.which("gcc") or shutil.which("cc") or ""]
+    if not compiler[0]:
         return None
     try:
         try:
@@ -58,10 +59,13 @@ def cache_directory() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "captioner" / "kernels"
 
 
-def build(compiler: str, directory: Path) -> Path:
-    """score_kernel.c compiled into directory (made if missing), unless built there already; the library's path.
-    A build is written under a temporary name and renamed, so no process loads half a file."""
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60, check=True).stdout
+def build(compiler: list[str], directory: Path) -> Path:
+    """score_kernel.c compiled into directory (made if missing) by compiler (a command: $CC may hold a wrapper or
+    flags, "ccache gcc"), unless built there already; the library's path. A build is written under a temporary name
+    and renamed, so no process loads half a file."""
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60, check=True).stdout
+    if "clang" in version.lower():  # its -fopenmp is LLVM's runtime: a second pool of threads beside torch's
+        raise subprocess.SubprocessError(f"{Path(compiler[0]).name} is clang; the kernel needs GCC's OpenMP (CC=gcc)")
     source = SOURCE.read_bytes()
     identity = b"\0".join([source, " ".join(COMPILE_FLAGS + LINK_FLAGS).encode(), version.encode(), _cpu_features()])
     target = directory / f"score-{hashlib.sha256(identity).hexdigest()[:16]}.so"
@@ -71,12 +75,12 @@ def build(compiler: str, directory: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=directory, prefix=".build-") as work:
         objects, library = Path(work) / "score.o", Path(work) / "score.so"
         for command in (
-            [compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", str(objects)],
-            [compiler, str(objects), "-o", str(library), *LINK_FLAGS],
+            [*compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", str(objects)],
+            [*compiler, str(objects), "-o", str(library), *LINK_FLAGS],
         ):
             done = subprocess.run(command, capture_output=True, text=True, timeout=300)
             if done.returncode:
-                raise subprocess.SubprocessError(f"{Path(compiler).name}: {done.stderr.strip() or done.returncode}")
+                raise subprocess.SubprocessError(f"{Path(compiler[0]).name}: {done.stderr.strip() or done.returncode}")
         os.replace(library, target)
     return target
 
