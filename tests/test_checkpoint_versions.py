@@ -35,7 +35,7 @@ def test_a_version_1_checkpoint_restores_to_the_same_model(kind, onednn, expecte
         pytest.skip("this torch has no oneDNN")
     monkeypatch.setattr(linear, "_ONEDNN", onednn)
     if not onednn:
-        monkeypatch.setattr(score_kernel, "usable", lambda keys, queries: False)
+        monkeypatch.setattr(score_kernel, "usable", lambda keys, queries, w: False)
     model, config, vocabularies = restore(FIXTURES / f"{kind}.pt")
     assert isinstance(config, CONFIGS[kind]) and not model.training
     assert set(vocabularies) == VOCABULARIES[kind]

@@ -27,8 +27,9 @@ def test_the_kernel_is_built_where_linux_has_a_c_compiler():
 @needs_kernel
 @pytest.mark.parametrize("queries", [1, 3])  # training (one query per memory row) and beam search (K beams)
 @pytest.mark.parametrize("dims", [1, 37, 512])  # vector tails of every length, and the COCO decoder's
-def test_the_kernel_gives_the_formulas_scores_and_gradients(queries, dims):
-    """Against the formula in float64 by autograd, with rows enough for every thread."""
+def test_the_kernel_gives_the_formulas_scores_and_gradients(queries, dims, monkeypatch):
+    """Against the formula in float64 by autograd, with rows enough for every thread; the kernel ran both ways."""
+    calls = _spy(monkeypatch)
     torch.manual_seed(0)
     keys, query = torch.randn(9, 1, 11, dims) * 3, torch.randn(9, queries, 1, dims) * 3
     w, grad = torch.randn(1, dims), torch.randn(9, queries, 11)
@@ -42,20 +43,57 @@ def test_the_kernel_gives_the_formulas_scores_and_gradients(queries, dims):
     torch.testing.assert_close(scores.double(), formula, rtol=1e-5, atol=1e-5)
     for ours, theirs in zip(fused, exact, strict=True):
         torch.testing.assert_close(ours.grad.double(), theirs.grad, rtol=1e-5, atol=1e-5)
+    assert calls == ["scores", "score_gradients"]
+
+
+def _spy(monkeypatch) -> list[str]:
+    """The names of the kernel's wrappers as they are called."""
+    calls = []
+    for name in ("scores", "score_gradients"):
+        function = getattr(score_kernel, name)
+        monkeypatch.setattr(score_kernel, name, lambda *a, _f=function, _n=name: calls.append(_n) or _f(*a))
+    return calls
 
 
 @needs_kernel
-def test_the_kernel_carries_a_non_finite_value_through():
-    """A NaN or an infinity in a key shows in that row's score and gradient, as with PyTorch's operators: training
-    must see a non-finite loss, not a wrong finite one."""
-    keys, query, w = torch.zeros(2, 1, 3, 16), torch.zeros(2, 1, 1, 16), torch.ones(1, 16)
-    keys[0, 0, 1, 5], keys[1, 0, 2, 7] = float("nan"), float("inf")
-    scores = score_kernel.scores(keys, query, w)
-    assert scores[0, 0, 1].isnan() and scores[0, 0, [0, 2]].isfinite().all()
-    torch.testing.assert_close(scores[1, 0, 2], torch.tensor(2.0 * 15 * 0.5 + 2.0))  # sigmoid(inf) = 1
-    grad_keys, grad_query, grad_w = score_kernel.score_gradients(keys, query, w, torch.ones(2, 1, 3))
-    assert grad_keys[0, 0, 1, 5].isnan() and grad_query[0, 0, 0, 5].isnan() and grad_w[0, 5].isnan()
-    assert grad_keys[1, 0, 2, 7] == 0 and grad_keys[1].isfinite().all()
+def test_the_kernel_writes_fp32_whatever_the_default_dtype(monkeypatch):
+    torch.manual_seed(0)
+    keys, query, w = torch.randn(3, 1, 5, 8), torch.randn(3, 1, 1, 8), torch.randn(1, 8)
+    formula = 2.0 * ((keys + query).sigmoid() @ w.t()).squeeze(-1)
+    monkeypatch.setattr(torch, "get_default_dtype", torch.get_default_dtype)  # restored after
+    torch.set_default_dtype(torch.float64)
+    try:
+        scores = score_kernel.scores(keys, query, w)
+        grad_w = score_kernel.score_gradients(keys, query, w, torch.ones(3, 1, 5))[2]
+    finally:
+        torch.set_default_dtype(torch.float32)
+    torch.testing.assert_close(scores, formula)
+    torch.testing.assert_close(grad_w, (keys + query).sigmoid().sum((0, 1, 2)).mul(2.0).view(1, 8))
+
+
+@needs_kernel
+def test_a_second_order_gradient_is_the_formulas(monkeypatch):
+    """A backward that records a graph (a gradient penalty) takes PyTorch's operators: the kernel's gradients are
+    not themselves differentiable."""
+    torch.manual_seed(0)
+    keys, query, w = torch.randn(2, 1, 5, 6), torch.randn(2, 3, 1, 6), torch.randn(1, 6)
+    penalties = []
+    for score in (attention._CpuScores.apply, lambda k, q, w: 2.0 * ((k + q).sigmoid() @ w.t()).squeeze(-1)):
+        k, q, v = (t.clone().requires_grad_() for t in (keys, query, w))
+        (grad_q,) = torch.autograd.grad(score(k, q, v).pow(2).sum(), q, create_graph=True)
+        grad_q.pow(2).sum().backward()
+        penalties.append(k.grad)
+    torch.testing.assert_close(penalties[0], penalties[1])
+
+
+@needs_kernel
+def test_tensors_on_another_device_are_left_to_the_operators():
+    """The kernel reads raw CPU pointers: keys on the CPU with queries or a weight elsewhere never reach it."""
+    keys, query, w = torch.randn(2, 1, 3, 4), torch.randn(2, 1, 1, 4), torch.randn(1, 4)
+    assert score_kernel.usable(keys, query, w)
+    assert not score_kernel.usable(keys, query.to("meta"), w)
+    assert not score_kernel.usable(keys, query, w.to("meta"))
+    assert not score_kernel.usable(keys.to("meta"), query, w)
 
 
 @needs_kernel
@@ -71,20 +109,23 @@ def test_training_gradients_are_the_same_with_and_without_the_kernel(monkeypatch
     steps = torch.tensor([7, 6, 4, 2])
     grads = []
     for on in (True, False):
-        if not on:
-            monkeypatch.setattr(score_kernel, "usable", lambda keys, queries: False)
+        if on:
+            calls = _spy(monkeypatch)
+        else:
+            monkeypatch.setattr(score_kernel, "usable", lambda keys, queries, w: False)
         decoder.zero_grad()
         logits, alphas = decoder(memory, tokens, steps=steps)
         (logits.logsumexp(-1).mean() + alphas.pow(2).mean()).backward()
         grads.append({name: p.grad.clone() for name, p in decoder.named_parameters() if p.grad is not None})
-    assert "attention.memory_proj.weight" in grads[0]
+    assert "attention.memory_proj.weight" in grads[0] and "scores" in calls and "score_gradients" in calls
     for name, grad in grads[0].items():
         torch.testing.assert_close(grad, grads[1][name], rtol=1e-4, atol=1e-6)
 
 
 def _fake_compiler(path, exit_code: int):
     path.write_text(
-        f'#!/bin/sh\ncase "$*" in *--version*) echo "fake cc 1.0"; exit 0;; esac\necho "no: {exit_code}" >&2\n'
+        f'#!/bin/sh\ncase "$*" in *--version*) echo "fake cc 1.0, Free Software Foundation"; exit 0;; esac\n'
+        f'echo "no: {exit_code}" >&2\n'
         f"exit {exit_code}\n"
     )
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
@@ -92,7 +133,7 @@ def _fake_compiler(path, exit_code: int):
 
 
 @pytest.mark.skipif(platform.system() != "Linux", reason="the kernel is built on Linux only")
-def test_a_failed_build_warns_once_and_the_operators_run(tmp_path, monkeypatch):
+def test_a_failed_build_warns_and_the_operators_run(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", f"{_fake_compiler(tmp_path / 'cc', 1)} -O2")  # $CC may carry flags
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.warns(RuntimeWarning, match=r"the attention's CPU kernel was not built \(cc: no: 1\)"):
@@ -115,18 +156,19 @@ def test_a_build_is_kept_and_a_damaged_one_is_built_again(tmp_path, monkeypatch)
     built = first.stat().st_mtime_ns
     assert score_kernel.build([COMPILER], score_kernel.cache_directory()) == first
     assert first.stat().st_mtime_ns == built  # not compiled again
+    assert score_kernel.build([COMPILER, "-O1"], score_kernel.cache_directory()) != first  # $CC's flags count
     first.write_bytes(b"not a library")
     library = score_kernel.kernel.__wrapped__()
     assert library is not None and first.read_bytes()[:4] == b"\x7fELF"
 
 
 @pytest.mark.skipif(platform.system() != "Linux", reason="the kernel is built on Linux only")
-def test_clang_is_refused_with_a_warning(tmp_path, monkeypatch):
+def test_a_compiler_other_than_gcc_is_refused_with_a_warning(tmp_path, monkeypatch):
     """clang's -fopenmp links LLVM's runtime, a second pool of threads beside torch's."""
     clang = tmp_path / "clang"
     clang.write_text('#!/bin/sh\necho "Debian clang version 14.0.6"\n')
     clang.chmod(clang.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("CC", str(clang))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    with pytest.warns(RuntimeWarning, match=r"\(clang is clang; the kernel needs GCC's OpenMP \(CC=gcc\)\)"):
+    with pytest.warns(RuntimeWarning, match=r"\(clang is not GCC, whose OpenMP torch runs \(CC=gcc\)\)"):
         assert score_kernel.kernel.__wrapped__() is None

@@ -83,14 +83,14 @@ class _CpuScores(torch.autograd.Function):
     @staticmethod
     def forward(ctx, keys: Tensor, queries: Tensor, w: Tensor) -> Tensor:
         ctx.save_for_backward(keys, queries, w)
-        if score_kernel.usable(keys, queries):
+        if score_kernel.usable(keys, queries, w):
             return score_kernel.scores(keys, queries, w).to(keys.dtype)
         return torch.cat([_scores(keys[rows], queries[rows], w) for rows in _chunks(keys, queries)])  # (B, K, P)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         keys, queries, w = ctx.saved_tensors
-        if score_kernel.usable(keys, queries):
+        if score_kernel.usable(keys, queries, w) and not torch.is_grad_enabled():  # else a graph (create_graph)
             grad_keys, grad_queries, grad_w = score_kernel.score_gradients(keys, queries, w, grad)
             return grad_keys, grad_queries, grad_w.to(w.dtype)
         weight = w.to(keys.dtype).view(-1)

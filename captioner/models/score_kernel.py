@@ -6,8 +6,8 @@ The kernel is compiled on first use with the system's C compiler ($CC, else gcc 
 one torch runs in) for this machine's CPU (-march=native) and kept in $XDG_CACHE_HOME/captioner/kernels
 (~/.cache/... by default) under a name that hashes the source, the flags, the compiler's version and the CPU's
 features, so a home directory shared by several machines holds one build per kind of CPU. Where it cannot be had
-(not Linux, no compiler, an OpenMP other than the libgomp torch loads, a failed build or clang: the last two with a
-warning), `kernel()` is None and the attention runs PyTorch's operators; CAPTIONER_CPU_KERNEL=0 turns it off."""
+(not Linux, no compiler, an OpenMP other than the libgomp torch loads; with a warning: a failed build, a compiler
+other than GCC), `kernel()` is None and the attention runs PyTorch's operators; CAPTIONER_CPU_KERNEL=0 turns it off."""
 
 from __future__ import annotations
 
@@ -34,18 +34,21 @@ LINK_FLAGS = ["-shared", "-fopenmp", "-lm"]
 @functools.cache
 def kernel() -> ctypes.CDLL | None:
     """The built kernel, once per process; None where it cannot be had (see the module's docstring)."""
-    if os.environ.get("CAPTIONER_CPU_KERNEL", "1") == "0" or platform.system() != "Linux" or not _libgomp_loaded():
+    if os.environ.get("CAPTIONER_CPU_KERNEL", "1") == "0" or platform.system() != "Linux" or not _libgomp_files():
         return None
     compiler = shlex.split(os.environ.get("CC", "")) or [shutil.which("gcc") or shutil.which("cc") or ""]
     if not compiler[0]:
         return None
     try:
         try:
-            return load(build(compiler, cache_directory()))
-        except OSError:  # a build that does not load (a damaged file): once more, afresh
+            library = load(build(compiler, cache_directory()))
+        except (OSError, AttributeError):  # a build that does not load (a damaged file): once more, afresh
             build(compiler, cache_directory()).unlink(missing_ok=True)
-            return load(build(compiler, cache_directory()))
-    except (OSError, subprocess.SubprocessError) as error:
+            library = load(build(compiler, cache_directory()))
+        if len(_libgomp_files()) > 1:  # the build linked a libgomp other than torch's: a second pool of threads
+            raise OSError(f"it loaded a second OpenMP runtime ({', '.join(sorted(_libgomp_files()))})")
+        return library
+    except (OSError, AttributeError, subprocess.SubprocessError) as error:
         warnings.warn(
             f"captioner: the attention's CPU kernel was not built ({_first_line(error)}); "
             "PyTorch's operators run instead (slower)",
@@ -56,19 +59,23 @@ def kernel() -> ctypes.CDLL | None:
 
 
 def cache_directory() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "captioner" / "kernels"
+    """$XDG_CACHE_HOME/captioner/kernels, ~/.cache/... where that is unset or not absolute (as the XDG spec says)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / "captioner" / "kernels"
 
 
 def build(compiler: list[str], directory: Path) -> Path:
     """score_kernel.c compiled into directory (made if missing) by compiler (a command: $CC may hold a wrapper or
     flags, "ccache gcc"), unless built there already; the library's path. A build is written under a temporary name
-    and renamed, so no process loads half a file."""
+    and renamed, so no process loads half a file. The name hashes all that makes the build: the source, the whole
+    compiler command and its version, the flags, the C library (libmvec) and the CPU's features."""
     version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60, check=True).stdout
-    if "clang" in version.lower():  # its -fopenmp is LLVM's runtime: a second pool of threads beside torch's
-        raise subprocess.SubprocessError(f"{Path(compiler[0]).name} is clang; the kernel needs GCC's OpenMP (CC=gcc)")
-    source = SOURCE.read_bytes()
-    identity = b"\0".join([source, " ".join(COMPILE_FLAGS + LINK_FLAGS).encode(), version.encode(), _cpu_features()])
-    target = directory / f"score-{hashlib.sha256(identity).hexdigest()[:16]}.so"
+    if "Free Software Foundation" not in version:  # clang's or icx's -fopenmp links LLVM's runtime, not torch's
+        raise subprocess.SubprocessError(f"{Path(compiler[0]).name} is not GCC, whose OpenMP torch runs (CC=gcc)")
+    parts = [SOURCE.read_bytes(), *(" ".join(part).encode() for part in (compiler, COMPILE_FLAGS, LINK_FLAGS))]
+    parts += [version.encode(), " ".join(platform.libc_ver()).encode(), _cpu_features()]
+    digest = hashlib.sha256(b"\0".join(parts)).hexdigest()
+    target = directory / f"score-{digest[:16]}.so"
     if target.exists():
         return target
     directory.mkdir(parents=True, exist_ok=True)
@@ -95,9 +102,13 @@ def load(path: Path) -> ctypes.CDLL:
     return library
 
 
-def usable(keys: Tensor, queries: Tensor) -> bool:
-    """Whether the kernel takes these: fp32 on a CPU, and built."""
-    return keys.dtype == queries.dtype == torch.float32 and keys.device.type == "cpu" and kernel() is not None
+def usable(keys: Tensor, queries: Tensor, w: Tensor) -> bool:
+    """Whether the kernel takes these: fp32 keys and queries, all three on the CPU, and the kernel built."""
+    return (
+        keys.dtype == queries.dtype == torch.float32
+        and keys.device.type == queries.device.type == w.device.type == "cpu"
+        and kernel() is not None
+    )
 
 
 def scores(keys: Tensor, queries: Tensor, w: Tensor) -> Tensor:
@@ -106,17 +117,19 @@ def scores(keys: Tensor, queries: Tensor, w: Tensor) -> Tensor:
     keys, queries, w = _fp32(keys), _fp32(queries), _fp32(w)
     B, _, P, A = keys.shape
     K = queries.size(1)
-    out = torch.empty(B, K, P)
+    out = torch.empty(B, K, P, dtype=torch.float32)
     kernel().score_forward(*_pointers(keys, queries, w, out), B, K, P, A, torch.get_num_threads())
     return out
 
 
 def score_gradients(keys: Tensor, queries: Tensor, w: Tensor, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The gradients of the loss with respect to keys, queries and w, given grad = d loss / d scores (B, K, P)."""
+    """The gradients of the loss with respect to keys, queries and w, given grad = d loss / d scores (B, K, P).
+    Not themselves differentiable: a backward that records a graph (create_graph) takes PyTorch's operators."""
     keys, queries, w, grad = _fp32(keys), _fp32(queries), _fp32(w), _fp32(grad)
     B, _, P, A = keys.shape
     K, threads = queries.size(1), torch.get_num_threads()
-    grad_keys, grad_queries, grad_w = torch.empty_like(keys), torch.empty_like(queries), torch.empty(threads, A)
+    grad_keys = torch.empty_like(keys) if K else torch.zeros_like(keys)  # the kernel writes it from the first query
+    grad_queries, grad_w = torch.empty_like(queries), torch.empty(threads, A, dtype=torch.float32)
     kernel().score_backward(*_pointers(keys, queries, w, grad, grad_keys, grad_queries, grad_w), B, K, P, A, threads)
     return grad_keys, grad_queries, grad_w.sum(0, keepdim=True)
 
@@ -129,13 +142,15 @@ def _pointers(*tensors: Tensor) -> list[int]:
     return [t.data_ptr() for t in tensors]
 
 
-def _libgomp_loaded() -> bool:
-    """Whether this process's OpenMP is GNU's (torch's Linux wheels carry one): the kernel, built with -fopenmp, then
-    runs in the threads torch's operators run in, not in a second pool that would compete with them."""
+def _libgomp_files() -> set[str]:
+    """The libgomp files this process has mapped: torch's Linux wheels carry one. The kernel, built with -fopenmp,
+    then runs in the threads torch's operators run in (the same soname, loaded once), not in a second pool that
+    would compete with them; empty where torch's OpenMP is another (the kernel is not built then)."""
     try:
-        return "libgomp" in Path("/proc/self/maps").read_text()
+        maps = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
-        return False
+        return set()
+    return {line.split()[-1] for line in maps if "libgomp" in line.rsplit("/", 1)[-1]}
 
 
 def _cpu_features() -> bytes:
