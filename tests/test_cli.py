@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -87,6 +90,33 @@ def test_caption_all_good_exits_zero_and_prints_lines(checkpoint, shapes_root, c
     assert main(["caption", *map(str, good), "--checkpoint", str(checkpoint), "--beam-size", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines] == [str(p) for p in good]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the attention's CPU kernel is built on Linux only")
+def test_a_kernel_that_was_not_built_is_one_line_and_the_captions_still_come(checkpoint, shapes_root, tmp_path):
+    """A failing C compiler: the command says so in one line (no Python source line) and captions with PyTorch's
+    operators."""
+    compiler = tmp_path / "gcc"
+    compiler.write_text(
+        '#!/bin/sh\ncase "$*" in *--version*) echo "gcc 12, Free Software Foundation"; exit 0;; esac\n'
+        'echo "gcc: fatal error" >&2; exit 1\n'
+    )
+    compiler.chmod(0o755)
+    good = sorted((shapes_root / "images").glob("test_*.png"))[:2]
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from captioner.cli import main; sys.exit(main())", "caption"]
+        + [*map(str, good), "--checkpoint", str(checkpoint)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CC": str(compiler), "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 2
+    assert done.stderr.splitlines() == [
+        "captioner: the attention's CPU kernel was not built (gcc: gcc: fatal error); PyTorch's operators run "
+        "instead (slower)"
+    ]
 
 
 def test_caption_n_best_prints_ranked_captions_with_scores(checkpoint, shapes_root, capsys):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from captioner.cli import ball, captioning, data, export, lm, sentiment, translate
 from captioner.errors import USER_ERRORS
@@ -40,6 +41,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    one_line_warnings()
     try:
         return args.func(args)
     except USER_ERRORS as error:
@@ -51,3 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`captioner caption ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 141
+
+
+def one_line_warnings() -> None:
+    """Show the package's own warnings ("captioner: ...", such as a CPU kernel that was not built) as the one line
+    they are, without the file, line and source text Python adds; others as Python shows them."""
+    show = warnings.showwarning
+    if getattr(show, "one_line", False):
+        return
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if str(message).startswith("captioner: "):
+            print(message, file=file or sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    one_line.one_line = True
+    warnings.showwarning = one_line

@@ -69,9 +69,13 @@ def build(compiler: list[str], directory: Path) -> Path:
     flags, "ccache gcc"), unless built there already; the library's path. A build is written under a temporary name
     and renamed, so no process loads half a file. The name hashes all that makes the build: the source, the whole
     compiler command and its version, the flags, the C library (libmvec) and the CPU's features."""
-    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60, check=True).stdout
+    name = Path(compiler[0]).name
+    asked = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60)
+    version = asked.stdout
+    if asked.returncode:
+        raise subprocess.SubprocessError(f"{name} --version: {asked.stderr.strip() or asked.returncode}")
     if "Free Software Foundation" not in version:  # clang's or icx's -fopenmp links LLVM's runtime, not torch's
-        raise subprocess.SubprocessError(f"{Path(compiler[0]).name} is not GCC, whose OpenMP torch runs (CC=gcc)")
+        raise subprocess.SubprocessError(f"{name} is not GCC, whose OpenMP torch runs (CC=gcc)")
     parts = [SOURCE.read_bytes(), *(" ".join(part).encode() for part in (compiler, COMPILE_FLAGS, LINK_FLAGS))]
     parts += [version.encode(), " ".join(platform.libc_ver()).encode(), _cpu_features()]
     digest = hashlib.sha256(b"\0".join(parts)).hexdigest()
@@ -87,7 +91,7 @@ def build(compiler: list[str], directory: Path) -> Path:
         ):
             done = subprocess.run(command, capture_output=True, text=True, timeout=300)
             if done.returncode:
-                raise subprocess.SubprocessError(f"{Path(compiler[0]).name}: {done.stderr.strip() or done.returncode}")
+                raise subprocess.SubprocessError(f"{name}: {done.stderr.strip() or done.returncode}")
         os.replace(library, target)
     return target
 
