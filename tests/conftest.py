@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -12,6 +14,19 @@ from captioner.data.shapes import ShapesSpec, build_shapes
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kernel_folder(tmp_path_factory):
+    """The attention's CPU kernel (models/score_kernel.py) built in the session's folder, for the tests and the
+    processes they start, not in the user's cache."""
+    previous = os.environ.get("CAPTIONER_KERNEL_DIR")
+    os.environ["CAPTIONER_KERNEL_DIR"] = str(tmp_path_factory.mktemp("kernels"))
+    yield
+    if previous is None:
+        del os.environ["CAPTIONER_KERNEL_DIR"]
+    else:
+        os.environ["CAPTIONER_KERNEL_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -99,7 +99,7 @@ def test_a_kernel_that_was_not_built_is_one_line_and_the_captions_still_come(che
     compiler = tmp_path / "gcc"
     compiler.write_text(
         '#!/bin/sh\ncase "$*" in *--version*) echo "gcc 12, Free Software Foundation"; exit 0;; esac\n'
-        'echo "gcc: fatal error" >&2; exit 1\n'
+        'echo "In function main:" >&2; echo "gcc: fatal error: no input" >&2; exit 1\n'
     )
     compiler.chmod(0o755)
     good = sorted((shapes_root / "images").glob("test_*.png"))[:2]
@@ -108,13 +108,13 @@ def test_a_kernel_that_was_not_built_is_one_line_and_the_captions_still_come(che
         + [*map(str, good), "--checkpoint", str(checkpoint)],
         capture_output=True,
         text=True,
-        env={**os.environ, "CC": str(compiler), "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        env={**os.environ, "CC": str(compiler), "CAPTIONER_KERNEL_DIR": str(tmp_path / "kernels")},
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 2
     assert done.stderr.splitlines() == [
-        "captioner: the attention's CPU kernel was not built (gcc: gcc: fatal error); PyTorch's operators run "
+        "captioner: the attention's CPU kernel was not built (gcc: fatal error: no input); PyTorch's operators run "
         "instead (slower)"
     ]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import platform
 import shutil
 import stat
+import subprocess
 import warnings
 
 import pytest
@@ -14,13 +15,23 @@ import torch
 from captioner.models import attention, score_kernel
 
 COMPILER = shutil.which("gcc") or shutil.which("cc")
+
+
+def _gcc(compiler: str | None) -> bool:
+    if compiler is None:
+        return False
+    done = subprocess.run([compiler, "--version"], capture_output=True, text=True)
+    return done.returncode == 0 and "Free Software Foundation" in done.stdout
+
+
 needs_kernel = pytest.mark.skipif(
-    platform.system() != "Linux" or COMPILER is None, reason="the kernel is built on Linux with a C compiler"
+    platform.system() != "Linux" or not score_kernel._libgomp_files() or not _gcc(COMPILER),
+    reason="the kernel is built on Linux with GCC, where torch's OpenMP is libgomp",
 )
 
 
 @needs_kernel
-def test_the_kernel_is_built_where_linux_has_a_c_compiler():
+def test_the_kernel_is_built_where_linux_has_gcc():
     assert score_kernel.kernel() is not None
 
 
@@ -56,17 +67,17 @@ def _spy(monkeypatch) -> list[str]:
 
 
 @needs_kernel
-def test_the_kernel_writes_fp32_whatever_the_default_dtype(monkeypatch):
+def test_the_kernel_writes_fp32_whatever_the_default_dtype():
     torch.manual_seed(0)
     keys, query, w = torch.randn(3, 1, 5, 8), torch.randn(3, 1, 1, 8), torch.randn(1, 8)
     formula = 2.0 * ((keys + query).sigmoid() @ w.t()).squeeze(-1)
-    monkeypatch.setattr(torch, "get_default_dtype", torch.get_default_dtype)  # restored after
+    default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
         scores = score_kernel.scores(keys, query, w)
         grad_w = score_kernel.score_gradients(keys, query, w, torch.ones(3, 1, 5))[2]
     finally:
-        torch.set_default_dtype(torch.float32)
+        torch.set_default_dtype(default)
     torch.testing.assert_close(scores, formula)
     torch.testing.assert_close(grad_w, (keys + query).sigmoid().sum((0, 1, 2)).mul(2.0).view(1, 8))
 
@@ -84,6 +95,20 @@ def test_a_second_order_gradient_is_the_formulas(monkeypatch):
         grad_q.pow(2).sum().backward()
         penalties.append(k.grad)
     torch.testing.assert_close(penalties[0], penalties[1])
+
+
+@needs_kernel
+def test_the_kernel_carries_a_non_finite_value_through():
+    """A NaN or an infinity in a key shows in that row's score and gradient, as with PyTorch's operators: training
+    must see a non-finite loss, not a wrong finite one."""
+    keys, query, w = torch.zeros(2, 1, 3, 16), torch.zeros(2, 1, 1, 16), torch.ones(1, 16)
+    keys[0, 0, 1, 5], keys[1, 0, 2, 7] = float("nan"), float("inf")
+    scores = score_kernel.scores(keys, query, w)
+    assert scores[0, 0, 1].isnan() and scores[0, 0, [0, 2]].isfinite().all()
+    torch.testing.assert_close(scores[1, 0, 2], torch.tensor(2.0 * 15 * 0.5 + 2.0))  # sigmoid(inf) = 1
+    grad_keys, grad_query, grad_w = score_kernel.score_gradients(keys, query, w, torch.ones(2, 1, 3))
+    assert grad_keys[0, 0, 1, 5].isnan() and grad_query[0, 0, 0, 5].isnan() and grad_w[0, 5].isnan()
+    assert grad_keys[1, 0, 2, 7] == 0 and grad_keys[1].isfinite().all()
 
 
 @needs_kernel
@@ -135,6 +160,7 @@ def _fake_compiler(path, exit_code: int):
 @pytest.mark.skipif(platform.system() != "Linux", reason="the kernel is built on Linux only")
 def test_a_failed_build_warns_and_the_operators_run(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", f"{_fake_compiler(tmp_path / 'cc', 1)} -O2")  # $CC may carry flags
+    monkeypatch.delenv("CAPTIONER_KERNEL_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.warns(RuntimeWarning, match=r"the attention's CPU kernel was not built \(cc: no: 1\)"):
         assert score_kernel.kernel.__wrapped__() is None
@@ -150,7 +176,7 @@ def test_the_kernel_can_be_turned_off(monkeypatch):
 
 @needs_kernel
 def test_a_build_is_kept_and_a_damaged_one_is_built_again(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CAPTIONER_KERNEL_DIR", str(tmp_path))
     monkeypatch.setenv("CC", COMPILER)
     first = score_kernel.build([COMPILER], score_kernel.cache_directory())
     built = first.stat().st_mtime_ns
@@ -169,6 +195,7 @@ def test_a_compiler_other_than_gcc_is_refused_with_a_warning(tmp_path, monkeypat
     clang.write_text('#!/bin/sh\necho "Debian clang version 14.0.6"\n')
     clang.chmod(clang.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("CC", str(clang))
+    monkeypatch.delenv("CAPTIONER_KERNEL_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.warns(RuntimeWarning, match=r"\(clang is not GCC, whose OpenMP torch runs \(CC=gcc\)\)"):
         assert score_kernel.kernel.__wrapped__() is None

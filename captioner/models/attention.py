@@ -84,7 +84,7 @@ class _CpuScores(torch.autograd.Function):
     def forward(ctx, keys: Tensor, queries: Tensor, w: Tensor) -> Tensor:
         ctx.save_for_backward(keys, queries, w)
         if score_kernel.usable(keys, queries, w):
-            return score_kernel.scores(keys, queries, w).to(keys.dtype)
+            return score_kernel.scores(keys, queries, w)
         return torch.cat([_scores(keys[rows], queries[rows], w) for rows in _chunks(keys, queries)])  # (B, K, P)
 
     @staticmethod

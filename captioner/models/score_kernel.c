@@ -44,26 +44,17 @@ void score_backward(const float *keys, const float *queries, const float *w, con
       for (int64_t p = 0; p < P; p++) {
         const float *key = keys + (b * P + p) * A;
         float *gk = grad_keys + (b * P + p) * A;
+        memset(gk, 0, sizeof(float) * A);  /* each of the K queries adds its share, the row still in cache */
         for (int64_t k = 0; k < K; k++) {
           const float *query = queries + (b * K + k) * A;
           float *gq = grad_queries + (b * K + k) * A;
           float g = 2.0f * grad[(b * K + k) * P + p];
-          if (k == 0) {
-            #pragma omp simd
-            for (int64_t a = 0; a < A; a++) {
-              float s = sigmoid(key[a] + query[a]), d = g * w[a] * s * (1.0f - s);
-              gw[a] += g * s;
-              gk[a] = d;
-              gq[a] += d;
-            }
-          } else {
-            #pragma omp simd
-            for (int64_t a = 0; a < A; a++) {
-              float s = sigmoid(key[a] + query[a]), d = g * w[a] * s * (1.0f - s);
-              gw[a] += g * s;
-              gk[a] += d;
-              gq[a] += d;
-            }
+          #pragma omp simd
+          for (int64_t a = 0; a < A; a++) {
+            float s = sigmoid(key[a] + query[a]), d = g * w[a] * s * (1.0f - s);
+            gw[a] += g * s;
+            gk[a] += d;
+            gq[a] += d;
           }
         }
       }

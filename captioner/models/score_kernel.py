@@ -3,11 +3,12 @@ forward and backward, in one pass over the keys each, where PyTorch's operators 
 sigmoid several times a step (docs/speed.md, "The attention's score in one pass").
 
 The kernel is compiled on first use with the system's C compiler ($CC, else gcc or cc: GCC, whose OpenMP is the
-one torch runs in) for this machine's CPU (-march=native) and kept in $XDG_CACHE_HOME/captioner/kernels
-(~/.cache/... by default) under a name that hashes the source, the flags, the compiler's version and the CPU's
-features, so a home directory shared by several machines holds one build per kind of CPU. Where it cannot be had
-(not Linux, no compiler, an OpenMP other than the libgomp torch loads; with a warning: a failed build, a compiler
-other than GCC), `kernel()` is None and the attention runs PyTorch's operators; CAPTIONER_CPU_KERNEL=0 turns it off."""
+one torch runs in) for this machine's CPU (-march=native) and kept in $CAPTIONER_KERNEL_DIR, else
+$XDG_CACHE_HOME/captioner/kernels (~/.cache/... by default), under a name that hashes the source, the compiler
+command, its flags and version, the C library and the CPU's features, so a home directory shared by several machines
+holds one build per kind of CPU. Where it cannot be had (not Linux, no compiler, an OpenMP other than the libgomp
+torch loads; with a warning: a failed build, a compiler other than GCC), `kernel()` is None and the attention runs
+PyTorch's operators; CAPTIONER_CPU_KERNEL=0 turns it off."""
 
 from __future__ import annotations
 
@@ -59,7 +60,10 @@ def kernel() -> ctypes.CDLL | None:
 
 
 def cache_directory() -> Path:
-    """$XDG_CACHE_HOME/captioner/kernels, ~/.cache/... where that is unset or not absolute (as the XDG spec says)."""
+    """$CAPTIONER_KERNEL_DIR where set, else $XDG_CACHE_HOME/captioner/kernels, ~/.cache/... where that is unset or
+    not absolute (as the XDG spec says)."""
+    if os.environ.get("CAPTIONER_KERNEL_DIR"):
+        return Path(os.environ["CAPTIONER_KERNEL_DIR"])
     base = os.environ.get("XDG_CACHE_HOME", "")
     return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / "captioner" / "kernels"
 
@@ -91,7 +95,7 @@ def build(compiler: list[str], directory: Path) -> Path:
         ):
             done = subprocess.run(command, capture_output=True, text=True, timeout=300)
             if done.returncode:
-                raise subprocess.SubprocessError(f"{name}: {done.stderr.strip() or done.returncode}")
+                raise subprocess.SubprocessError(_compiler_error(name, done))
         os.replace(library, target)
     return target
 
@@ -132,8 +136,8 @@ def score_gradients(keys: Tensor, queries: Tensor, w: Tensor, grad: Tensor) -> t
     keys, queries, w, grad = _fp32(keys), _fp32(queries), _fp32(w), _fp32(grad)
     B, _, P, A = keys.shape
     K, threads = queries.size(1), torch.get_num_threads()
-    grad_keys = torch.empty_like(keys) if K else torch.zeros_like(keys)  # the kernel writes it from the first query
-    grad_queries, grad_w = torch.empty_like(queries), torch.empty(threads, A, dtype=torch.float32)
+    grad_keys, grad_queries = torch.empty_like(keys), torch.empty_like(queries)
+    grad_w = torch.empty(threads, A, dtype=torch.float32)
     kernel().score_backward(*_pointers(keys, queries, w, grad, grad_keys, grad_queries, grad_w), B, K, P, A, threads)
     return grad_keys, grad_queries, grad_w.sum(0, keepdim=True)
 
@@ -163,6 +167,14 @@ def _cpu_features() -> bytes:
     except OSError:
         return platform.machine().encode()
     return next((line for line in lines if line.startswith(("flags", "Features"))), platform.machine()).encode()
+
+
+def _compiler_error(name: str, done: subprocess.CompletedProcess) -> str:
+    """A failed compile's reason: the first line of its output that says "error" (GCC's first lines are often
+    "In function ..."), else the first line, else the exit status, named by the compiler where the line is not."""
+    lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    line = next((line for line in lines if "error" in line.lower()), lines[0] if lines else f"exit {done.returncode}")
+    return line if line.startswith(name) else f"{name}: {line}"
 
 
 def _first_line(error: BaseException) -> str:
