@@ -199,3 +199,17 @@ def test_a_compiler_other_than_gcc_is_refused_with_a_warning(tmp_path, monkeypat
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.warns(RuntimeWarning, match=r"\(clang is not GCC, whose OpenMP torch runs \(CC=gcc\)\)"):
         assert score_kernel.kernel.__wrapped__() is None
+
+
+def test_the_build_folder_follows_the_environment(tmp_path, monkeypatch):
+    """$CAPTIONER_KERNEL_DIR, else $XDG_CACHE_HOME/captioner/kernels where it is absolute (the XDG spec ignores a
+    relative one), else ~/.cache/captioner/kernels."""
+    monkeypatch.setenv("CAPTIONER_KERNEL_DIR", str(tmp_path / "mine"))
+    assert score_kernel.cache_directory() == tmp_path / "mine"
+    monkeypatch.delenv("CAPTIONER_KERNEL_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert score_kernel.cache_directory() == tmp_path / "captioner" / "kernels"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for relative in ("cache", ""):
+        monkeypatch.setenv("XDG_CACHE_HOME", relative)
+        assert score_kernel.cache_directory() == tmp_path / "home" / ".cache" / "captioner" / "kernels"
