@@ -35,13 +35,7 @@ def one_side(keep: bool, batches: int) -> dict:
     if not keep:
         loop.keep_freed_memory = lambda: False  # what the trainer calls: here nothing
     with benchmark.coco_training("captioner-allocator-") as (trainer, stage):
-        taken = []
-        for batch in stage.batches(0, 0):
-            taken.append(batch)
-            if len(taken) == batches + 2:
-                break
-        if len(taken) < batches + 2:
-            raise SystemExit(f"--batches {batches}: an epoch here has {len(taken)} batches, two of them warm-up")
+        taken = benchmark.first_batches(stage, batches + 2)  # two warm-up batches
         for batch in taken[:2]:
             trainer.step(stage, batch)
         before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

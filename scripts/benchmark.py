@@ -254,6 +254,34 @@ def coco_training(prefix: str):
             trainer.board.close()  # before its folder goes
 
 
+def first_batches(stage, count: int) -> list:
+    """The first `count` batches of the stage's first epoch, taken before any clock starts; SystemExit where an epoch
+    has fewer."""
+    taken = []
+    for batch in stage.batches(0, 0):
+        taken.append(batch)
+        if len(taken) == count:
+            return taken
+    raise SystemExit(f"{count} batches asked for: an epoch here has {len(taken)}")
+
+
+def paired_seconds(set_side, run, count: int, warm_up: int = 2) -> dict[bool, list[float]]:
+    """Seconds of run(i) for i in 0 .. count + warm_up - 1, each i run once with set_side(True) and once with
+    set_side(False), either side first in turn (the A B B A of a paired comparison in one process, where this
+    machine's drift between processes exceeds the change measured); the warm_up pairs are not kept. set_side(True)
+    is left in place."""
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(count + warm_up):
+        for side in (True, False) if i % 2 else (False, True):
+            set_side(side)
+            start = time.perf_counter()
+            run(i)
+            if i >= warm_up:
+                seconds[side].append(time.perf_counter() - start)
+    set_side(True)
+    return seconds
+
+
 def _measure(
     task: str, recipe_name: str, beam: int | None, device_name: str, dtype: str, repeats: int, profile: bool = False
 ) -> Row:

@@ -63,28 +63,25 @@ def stages(files: list[Path], sizes: tuple[int, ...]) -> dict:
         f"ms: torch antialiased bicubic resize to {side}": _ms(lambda t: torch_resize(t, side), tensors),
     }
     for size in sizes:
-        worst, means, drafted = 0, [], 0
+        worst, means, drafted, resize_worst, differing = 0, [], 0, 0, []
         for path, tensor in zip(files, tensors, strict=True):
-            pillow = np.asarray(resized(load_image(path, size), size), dtype=np.int16)
-            theirs = torch_resize(tensor, size).permute(1, 2, 0).numpy().astype(np.int16)
+            picture = load_image(path, size)
+            pillow = np.asarray(resized(picture, size), dtype=np.int16)
+            theirs = torch_resize(tensor, size).permute(1, 2, 0).numpy().astype(np.int16)  # the whole other way
             difference = np.abs(pillow - theirs)
             worst, drafted = max(worst, int(difference.max())), drafted + (min(tensor.shape[1:]) >= 2 * size)
             means.append(float(difference.mean()))
+            pixels = torch.from_numpy(np.array(picture, dtype=np.uint8)).permute(2, 0, 1)  # Pillow's decode
+            resized_by_torch = torch_resize(pixels, size).permute(1, 2, 0).numpy().astype(np.int16)
+            resize_worst = max(resize_worst, int(np.abs(pillow - resized_by_torch).max()))
+            differing.append(float((pillow != resized_by_torch).mean()))
         result[f"levels apart at {size}"] = {
             "largest": worst,
             "mean": round(float(np.mean(means)), 3),
             "pictures Pillow decodes at a reduced scale": drafted,
         }
-        worst, differing = 0, []
-        for path in files:  # the same decoded picture, Pillow's resize against torch's
-            picture = load_image(path, size)
-            pillow = np.asarray(resized(picture, size), dtype=np.int16)
-            pixels = torch.from_numpy(np.array(picture, dtype=np.uint8)).permute(2, 0, 1)
-            theirs = torch_resize(pixels, size).permute(1, 2, 0).numpy().astype(np.int16)
-            worst = max(worst, int(np.abs(pillow - theirs).max()))
-            differing.append(float((pillow != theirs).mean()))
         result[f"resizes of the same picture apart at {size}"] = {
-            "largest": worst,
+            "largest": resize_worst,
             "share of values that differ": round(float(np.mean(differing)), 5),
         }
     return result

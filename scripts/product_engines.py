@@ -100,17 +100,12 @@ def training(batches: int) -> dict:
 
     from captioner.models import linear
 
-    seconds: dict[bool, list[float]] = {True: [], False: []}
+    def engine(onednn: bool) -> None:
+        linear._ONEDNN = onednn
+
     with benchmark.coco_training("captioner-engines-") as (trainer, stage):
-        for i, batch in enumerate(stage.batches(0, 0)):
-            if i == batches + 2:
-                break
-            for onednn in (True, False) if i % 2 else (False, True):
-                linear._ONEDNN = onednn
-                start = time.perf_counter()
-                trainer.step(stage, batch)
-                if i >= 2:  # two warm-up batches
-                    seconds[onednn].append(time.perf_counter() - start)
+        taken = benchmark.first_batches(stage, batches + 2)  # two warm-up pairs
+        seconds = benchmark.paired_seconds(engine, lambda i: trainer.step(stage, taken[i]), batches)
     ratios = [off / on for on, off in zip(seconds[True], seconds[False], strict=True)]
     row = {"batches": len(ratios), "oneDNN ms": round(statistics.median(seconds[True]) * 1000)}
     row |= {

@@ -11,13 +11,13 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import benchmark  # noqa: E402
 import torch  # noqa: E402
 
 from captioner.models import attention, score_kernel  # noqa: E402
@@ -35,18 +35,9 @@ class _Off:
         return False
 
 
-def _paired(run, count: int, warm_up: int = 2) -> dict:
-    """Seconds of run(i) with the kernel on and off, the order alternating, after warm_up pairs; medians in ms and
-    the per-pair ratios off / on."""
-    seconds: dict[bool, list[float]] = {True: [], False: []}
-    for i in range(count + warm_up):
-        for on in (True, False) if i % 2 else (False, True):
-            _kernel(on)
-            start = time.perf_counter()
-            run(i)
-            if i >= warm_up:
-                seconds[on].append(time.perf_counter() - start)
-    _kernel(True)
+def _paired(run, count: int) -> dict:
+    """run(i) with the kernel on and off in turn (benchmark.paired_seconds): medians in ms and the ratios off / on."""
+    seconds = benchmark.paired_seconds(_kernel, run, count)
     ratios = [off / on for on, off in zip(seconds[True], seconds[False], strict=True)]
     return {
         "pairs": len(ratios),
@@ -74,21 +65,13 @@ def step(repeats: int) -> dict:
 
 
 def training(batches: int) -> dict:
-    import benchmark
-
     with benchmark.coco_training("captioner-score-kernel-") as (trainer, stage):
-        batch_list = []
-        for batch in stage.batches(0, 0):
-            batch_list.append(batch)
-            if len(batch_list) == batches + 2:
-                break
-        row = _paired(lambda i: trainer.step(stage, batch_list[i % len(batch_list)]), min(batches, len(batch_list) - 2))
+        taken = benchmark.first_batches(stage, batches + 2)  # two warm-up pairs
+        row = _paired(lambda i: trainer.step(stage, taken[i]), batches)
     return {"row": "training step, cached grids, batch 32"} | row
 
 
 def beam_search(repeats: int) -> dict:
-    import benchmark
-
     recipe = benchmark.RECIPES["coco"]
     model, config = benchmark._build(recipe, torch.device("cpu"), fine_tune=False)
     model.eval()
@@ -115,8 +98,6 @@ def main() -> None:
         rows.append(measure(count))
         print(json.dumps(rows[-1]), flush=True)
     if args.output:
-        import benchmark
-
         args.output.write_text(json.dumps({"device": benchmark.device_name("cpu"), "rows": rows}, indent=1) + "\n")
 
 

@@ -41,13 +41,15 @@ def kernel() -> ctypes.CDLL | None:
     if not compiler[0]:
         return None
     try:
+        path = build(compiler, cache_directory())
         try:
-            library = load(build(compiler, cache_directory()))
+            library = load(path)
         except (OSError, AttributeError):  # a build that does not load (a damaged file): once more, afresh
-            build(compiler, cache_directory()).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             library = load(build(compiler, cache_directory()))
-        if len(_libgomp_files()) > 1:  # the build linked a libgomp other than torch's: a second pool of threads
-            raise OSError(f"it loaded a second OpenMP runtime ({', '.join(sorted(_libgomp_files()))})")
+        runtimes = _libgomp_files()
+        if len(runtimes) > 1:  # the build linked a libgomp other than torch's: a second pool of threads
+            raise OSError(f"it loaded a second OpenMP runtime ({', '.join(sorted(runtimes))})")
         return library
     except (OSError, AttributeError, subprocess.SubprocessError) as error:
         warnings.warn(
